@@ -1,0 +1,179 @@
+/* Single-pass activation statistics for CPU tensors: the C half of actprobe's CPU kernel.
+ *
+ * A tensor is seen as (A, E, B), contiguous: A rows, E entries (units), B values per entry and row.
+ * One call reads every value once and writes, for each entry, the number of finite values, a
+ * shift (the entry's first value), and the sums of (x - shift) and (x - shift)^2, followed by
+ * four scalars: min, max, the number of values with |x| > bound (non-finite ones included), and
+ * the number of non-finite values. Output layout (float64): count[E] shift[E] sum[E] sumsq[E]
+ * min max far nonfinite.
+ *
+ * moments() is the fast path: it assumes every value is finite, is compiled to vector
+ * instructions (AVX2 where the processor has it), and returns False when the assumption failed;
+ * the caller then runs moments_masked(), which skips non-finite values one by one. Values are
+ * summed in float32 within blocks of at most BLOCK values and the blocks in float64; shifting by
+ * one of the entry's own values keeps the squares from cancelling when the mean is far from zero.
+ *
+ * The file is compiled with -ffast-math for vectorised reductions, so finiteness is tested on the
+ * bits of a value, which the compiler cannot assume away.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define BLOCK 256
+#define MIN_RUN 64
+#define MAX_COLUMNS (1 << 16)
+
+static int finite_f64(double v) { uint64_t u; memcpy(&u, &v, 8); return ((u >> 52) & 0x7ff) != 0x7ff; }
+static int finite_f32(float v) { uint32_t u; memcpy(&u, &v, 4); return ((u >> 23) & 0xff) != 0xff; }
+
+#define MOMENTS_FAST(NAME, T, ABS, MIN, MAX)                                                          \
+__attribute__((target_clones("avx2", "default")))                                                     \
+static int NAME(const T *restrict x, int64_t A, int64_t E, int64_t B, double bound, double *restrict out, \
+                void *scratch_memory) {                                                               \
+    double *restrict count = out, *restrict shift = out + E, *restrict s1 = out + 2 * E,               \
+           *restrict s2 = out + 3 * E;                                                                \
+    const T tb = (T)bound;                                                                            \
+    T mn = x[0], mx = x[0];                                                                           \
+    double near = 0;                                                                                  \
+    for (int64_t e = 0; e < E; e++) {                                                                 \
+        shift[e] = x[e * B]; count[e] = (double)(A * B); s1[e] = 0; s2[e] = 0;                        \
+    }                                                                                                 \
+    if (scratch_memory) { /* row by row over the W = E*B columns, BLOCK rows at a time */             \
+        const int64_t W = E * B;                                                                      \
+        double *restrict c1 = (double *)scratch_memory, *restrict c2 = c1 + W;                        \
+        T *restrict f1 = (T *)(c2 + W), *restrict f2 = f1 + W, *restrict k = f2 + W;                   \
+        for (int64_t j = 0; j < W; j++) { k[j] = (T)shift[j / B]; c1[j] = 0; c2[j] = 0; }             \
+        for (int64_t a0 = 0; a0 < A; a0 += BLOCK) {                                                   \
+            int64_t a1 = a0 + BLOCK < A ? a0 + BLOCK : A;                                             \
+            for (int64_t j = 0; j < W; j++) { f1[j] = 0; f2[j] = 0; }                                 \
+            for (int64_t a = a0; a < a1; a++) {                                                       \
+                const T *restrict row = x + a * W;                                                    \
+                T lmn = row[0], lmx = row[0], lnear = 0;                                              \
+                for (int64_t j = 0; j < W; j++) {                                                     \
+                    T v = row[j], d = v - k[j];                                                       \
+                    f1[j] += d; f2[j] += d * d;                                                       \
+                    lmn = MIN(v, lmn); lmx = MAX(v, lmx);                                             \
+                    lnear += ABS(v) <= tb ? (T)1 : (T)0;                                              \
+                }                                                                                     \
+                mn = MIN(lmn, mn); mx = MAX(lmx, mx); near += lnear;                                  \
+            }                                                                                         \
+            for (int64_t j = 0; j < W; j++) { c1[j] += f1[j]; c2[j] += f2[j]; }                       \
+        }                                                                                             \
+        for (int64_t j = 0; j < W; j++) { s1[j / B] += c1[j]; s2[j / B] += c2[j]; }                   \
+    } else { /* each unit's values form runs of B: sum each run, BLOCK values at a time */            \
+        for (int64_t a = 0; a < A; a++) {                                                             \
+            for (int64_t e = 0; e < E; e++) {                                                         \
+                const T *restrict seg = x + (a * E + e) * B;                                          \
+                const T k = (T)shift[e];                                                              \
+                T lmn = seg[0], lmx = seg[0];                                                         \
+                double d1 = 0, d2 = 0, dn = 0;                                                        \
+                for (int64_t b0 = 0; b0 < B; b0 += BLOCK) {                                           \
+                    int64_t b1 = b0 + BLOCK < B ? b0 + BLOCK : B;                                     \
+                    T l1 = 0, l2 = 0, lnear = 0;                                                      \
+                    for (int64_t b = b0; b < b1; b++) {                                               \
+                        T v = seg[b], d = v - k;                                                      \
+                        l1 += d; l2 += d * d;                                                         \
+                        lmn = MIN(v, lmn); lmx = MAX(v, lmx);                                         \
+                        lnear += ABS(v) <= tb ? (T)1 : (T)0;                                          \
+                    }                                                                                 \
+                    d1 += l1; d2 += l2; dn += lnear;                                                  \
+                }                                                                                     \
+                s1[e] += d1; s2[e] += d2; near += dn;                                                 \
+                mn = MIN(lmn, mn); mx = MAX(lmx, mx);                                                 \
+            }                                                                                         \
+        }                                                                                             \
+    }                                                                                                 \
+    double total = 0;                                                                                 \
+    for (int64_t e = 0; e < E; e++) total += s2[e];                                                   \
+    out[4 * E] = mn; out[4 * E + 1] = mx;                                                             \
+    out[4 * E + 2] = (double)(A * E * B) - near; out[4 * E + 3] = 0;                                  \
+    return finite_f64(total) && finite_f64((double)mn) && finite_f64((double)mx);                     \
+}
+
+#define MOMENTS_MASKED(NAME, T, FINITE, ABS)                                                          \
+static void NAME(const T *restrict x, int64_t A, int64_t E, int64_t B, double bound, double *restrict out) { \
+    double *restrict count = out, *restrict shift = out + E, *restrict s1 = out + 2 * E,               \
+           *restrict s2 = out + 3 * E;                                                                \
+    double mn = 0, mx = 0, far = 0, nonfinite = 0;                                                    \
+    int any = 0;                                                                                      \
+    for (int64_t e = 0; e < E; e++) {                                                                 \
+        count[e] = 0; s1[e] = 0; s2[e] = 0; shift[e] = 0;                                             \
+        for (int64_t a = 0; a < A; a++) { /* the first finite value of the entry */                  \
+            int64_t b;                                                                                \
+            for (b = 0; b < B && !FINITE(x[(a * E + e) * B + b]); b++) {}                             \
+            if (b < B) { shift[e] = x[(a * E + e) * B + b]; break; }                                  \
+        }                                                                                             \
+    }                                                                                                 \
+    for (int64_t a = 0; a < A; a++)                                                                   \
+        for (int64_t e = 0; e < E; e++)                                                               \
+            for (int64_t b = 0; b < B; b++) {                                                         \
+                T v = x[(a * E + e) * B + b];                                                         \
+                if (!FINITE(v)) { nonfinite++; far++; continue; }                                     \
+                double d = (double)v - shift[e];                                                      \
+                count[e]++; s1[e] += d; s2[e] += d * d;                                               \
+                if (!any || v < mn) mn = v;                                                           \
+                if (!any || v > mx) mx = v;                                                           \
+                any = 1;                                                                              \
+                if (!(ABS(v) <= (T)bound)) far++;                                                     \
+            }                                                                                         \
+    out[4 * E] = any ? mn : NAN; out[4 * E + 1] = any ? mx : NAN;                                     \
+    out[4 * E + 2] = far; out[4 * E + 3] = nonfinite;                                                 \
+}
+
+MOMENTS_FAST(moments_f32, float, fabsf, fminf, fmaxf)
+MOMENTS_FAST(moments_f64, double, fabs, fmin, fmax)
+MOMENTS_MASKED(masked_f32, float, finite_f32, fabsf)
+MOMENTS_MASKED(masked_f64, double, finite_f64, fabs)
+
+/* moments(is_double, data_ptr, A, E, B, bound, out_ptr) -> bool
+ * data: A*E*B values; out: 4*E+4 float64. Returns False if a value was not finite; the output is
+ * then complete only after masked() with the same arguments. */
+static PyObject *py_moments(PyObject *self, PyObject *args) {
+    int is_double;
+    unsigned long long data, out;
+    long long A, E, B;
+    double bound;
+    if (!PyArg_ParseTuple(args, "pKLLLdK", &is_double, &data, &A, &E, &B, &bound, &out)) return NULL;
+    if (A < 1 || E < 1 || B < 1) { PyErr_SetString(PyExc_ValueError, "empty tensor"); return NULL; }
+    /* Short runs are read row by row (vectorised across columns) when the columns fit in scratch. */
+    void *scratch = NULL;
+    if (B < MIN_RUN && E * B <= MAX_COLUMNS) {
+        scratch = malloc((size_t)(E * B) * (2 * sizeof(double) + 3 * (is_double ? sizeof(double) : sizeof(float))));
+        if (!scratch) return PyErr_NoMemory();
+    }
+    int ok;
+    Py_BEGIN_ALLOW_THREADS
+    ok = is_double ? moments_f64((const double *)(uintptr_t)data, A, E, B, bound, (double *)(uintptr_t)out, scratch)
+                   : moments_f32((const float *)(uintptr_t)data, A, E, B, bound, (double *)(uintptr_t)out, scratch);
+    Py_END_ALLOW_THREADS
+    free(scratch);
+    return PyBool_FromLong(ok);
+}
+
+static PyObject *py_masked(PyObject *self, PyObject *args) {
+    int is_double;
+    unsigned long long data, out;
+    long long A, E, B;
+    double bound;
+    if (!PyArg_ParseTuple(args, "pKLLLdK", &is_double, &data, &A, &E, &B, &bound, &out)) return NULL;
+    if (A < 1 || E < 1 || B < 1) { PyErr_SetString(PyExc_ValueError, "empty tensor"); return NULL; }
+    Py_BEGIN_ALLOW_THREADS
+    if (is_double) masked_f64((const double *)(uintptr_t)data, A, E, B, bound, (double *)(uintptr_t)out);
+    else masked_f32((const float *)(uintptr_t)data, A, E, B, bound, (double *)(uintptr_t)out);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"moments", py_moments, METH_VARARGS, "Fast single-pass moments of finite values; False if any is not finite."},
+    {"masked", py_masked, METH_VARARGS, "Single-pass moments over the finite values only."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cstats", "Single-pass CPU activation statistics.", -1, methods};
+
+PyMODINIT_FUNC PyInit__cstats(void) { return PyModule_Create(&module); }

@@ -1,0 +1,59 @@
+"""An exclusive lock on ``<run file>.lock``, so that two writers never share one run file.
+
+``flock`` locks die with their process, so a writer killed with SIGKILL leaves no stale lock behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+
+from .errors import RunFileError
+
+
+class WriterLock:
+    """Holds ``flock(LOCK_EX)`` on a sidecar file until ``release()``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path.with_name(path.name + ".lock")
+        self._fd: int | None = None
+        for _ in range(8):
+            fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise RunFileError(
+                        f"{path} is being written by another probe (lock {self.path} is held); "
+                        "choose another path or wait until that run ends") from None
+                raise RunFileError(f"cannot lock {self.path}: {exc.strerror}") from None
+            if self._same_file(fd):  # a releasing writer may have unlinked it meanwhile
+                self._fd = fd
+                return
+            os.close(fd)
+        raise RunFileError(f"cannot lock {self.path}: it keeps being replaced")
+
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise RunFileError(f"cannot create {self.path}: {exc.strerror}") from None
+
+    def _same_file(self, fd: int) -> bool:
+        try:
+            return os.stat(self.path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            return False
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None

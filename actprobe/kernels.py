@@ -1,0 +1,191 @@
+"""Statistics kernels: the moments of one activation tensor, computed on its own device.
+
+A kernel turns a tensor into a ``Partial``: for each *entry* (a unit, or the whole tensor when its
+output has no units) the number of finite values, a shift (one of the entry's own values) and the
+sums of (x − shift) and (x − shift)²; and four scalars: min, max, the number of values with
+|x| > eps (non-finite ones included) and the number of non-finite values. Partials of all sites of
+a step are merged later, in a handful of batched operations (``reduce.py``).
+
+Shifting by one of the entry's own values keeps the squares from cancelling when the mean is far
+from zero (the shifted-data algorithm): a tensor whose mean is 10,000 times its std keeps a relative
+error near 1e-7. Half-precision inputs are summed in float32, float64 in float64.
+
+Two implementations produce the same numbers:
+
+- on the CPU, the C extension ``actprobe._cstats`` reads each value once (vector instructions,
+  blocks of at most 256 values summed in float32 and the blocks in float64); a second, masked pass
+  runs only when the tensor holds NaN or ±Inf;
+- on every other device (and on the CPU when the extension could not be built), torch operations
+  that mask non-finite values. They never read a device value on the host: no synchronisation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+try:
+    from . import _cstats
+except ImportError:  # built without a C compiler: the torch kernel serves the CPU too
+    _cstats = None
+
+SCALARS = ("min", "max", "far", "nonfinite")
+
+
+@dataclass
+class Partial:
+    """Moments of one tensor, packed as float64: count[E] shift[E] sum[E] sumsq[E] min max far nonfinite."""
+
+    packed: torch.Tensor
+    entries: int
+    entry_unit: torch.Tensor  # (E,) int64: each entry's unit (or pseudo-unit)
+    units: int  # number of real units, 0 when the output has none
+    groups: int  # number of distinct values in entry_unit
+    numel: int
+
+    def part(self, index: int) -> torch.Tensor:
+        """count, shift, sum or sumsq (index 0–3) as an (E,) view."""
+        return self.packed[index * self.entries:(index + 1) * self.entries]
+
+    @property
+    def scalars(self) -> torch.Tensor:
+        return self.packed[4 * self.entries:]
+
+
+@dataclass
+class _Plan:
+    """How to compute one (shape, dtype, device, unit_dim): cached per kernel."""
+
+    view_shape: tuple[int, int, int]  # (A, E, B): moments per entry, over A and B
+    channels_last: bool
+    entry_unit: torch.Tensor
+    units: int
+    groups: int
+    dtype: torch.dtype  # the dtype the values are summed in
+    near_bound: float  # the largest value of dtype that is ≤ near_zero_eps
+    use_c: bool
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def near_zero_bound(eps: float, dtype: torch.dtype) -> float:
+    """The largest value of ``dtype`` that is ≤ eps, so that |x| ≤ eps can be tested in ``dtype``."""
+    if dtype == torch.float64:
+        return eps
+    bound = np.float32(eps)
+    if float(bound) > eps:
+        bound = np.nextafter(bound, np.float32(0))
+    return float(bound)
+
+
+class MomentKernel:
+    """Computes ``Partial``s.
+
+    Args:
+        near_zero_eps: the near-zero threshold.
+        use_c: use the C extension for CPU tensors when it is available (tests turn it off to
+            compare the two implementations).
+    """
+
+    def __init__(self, near_zero_eps: float, *, use_c: bool = True) -> None:
+        self.near_zero_eps = near_zero_eps
+        self.use_c = use_c and _cstats is not None
+        self._plans: dict[tuple, _Plan] = {}
+        self._entry_units: dict[tuple[torch.device, int], torch.Tensor] = {}
+        self._scratch: dict[int, torch.Tensor] = {}
+
+    def __call__(self, x: torch.Tensor, unit_dim: int | None) -> Partial:
+        key = (x.shape, x.dtype, x.device, unit_dim, x.is_contiguous())
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._plan(x, unit_dim)
+        view = (x.permute(0, 2, 3, 1) if plan.channels_last else x).reshape(plan.view_shape)
+        packed = self._c(view, plan) if plan.use_c else self._torch(view, plan)
+        return Partial(packed, plan.view_shape[1], plan.entry_unit, plan.units, plan.groups, x.numel())
+
+    def _plan(self, x: torch.Tensor, unit_dim: int | None) -> _Plan:
+        shape, channels_last = _entries_shape(x, unit_dim)
+        entries = shape[1]
+        units = 0 if unit_dim is None or x.ndim <= 1 else entries
+        entry_unit = self._units_of_entries(x.device, entries)
+        dtype = compute_dtype(x.dtype)
+        return _Plan(view_shape=shape, channels_last=channels_last, entry_unit=entry_unit, units=units,
+                     groups=entries, dtype=dtype, near_bound=near_zero_bound(self.near_zero_eps, dtype),
+                     use_c=self.use_c and x.device.type == "cpu")
+
+    def _units_of_entries(self, device: torch.device, entries: int) -> torch.Tensor:
+        key = (device, entries)
+        ids = self._entry_units.get(key)
+        if ids is None:
+            ids = self._entry_units[key] = torch.arange(entries, device=device)
+        return ids
+
+    def _c(self, view: torch.Tensor, plan: _Plan) -> torch.Tensor:
+        if view.dtype != plan.dtype or not view.is_contiguous():
+            converted = self._scratch_for(view.numel(), plan.dtype).view(view.shape)
+            view = converted.copy_(view)
+        a, e, b = plan.view_shape
+        packed = torch.empty(4 * e + 4, dtype=torch.float64)
+        args = (plan.dtype == torch.float64, view.data_ptr(), a, e, b, plan.near_bound, packed.data_ptr())
+        if not _cstats.moments(*args):
+            _cstats.masked(*args)
+        return packed
+
+    def _scratch_for(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        buffer = self._scratch.get(id(dtype))
+        if buffer is None or buffer.numel() < numel or buffer.dtype != dtype:
+            buffer = self._scratch[id(dtype)] = torch.empty(numel, dtype=dtype)
+        return buffer[:numel]
+
+    def release_memory(self) -> None:
+        """Drop cached scratch memory and plans."""
+        self._scratch.clear()
+        self._plans.clear()
+
+    def _torch(self, view: torch.Tensor, plan: _Plan) -> torch.Tensor:
+        """The masked moments with torch operations; never reads a device value on the host."""
+        dtype = plan.dtype
+        values = view.to(dtype)
+        finite = torch.isfinite(values)
+        zero = torch.zeros((), dtype=dtype, device=view.device)
+        cleaned = torch.where(finite, values, zero)
+        # the shift: each entry's first finite value, in (A, B) order (0 if it has none)
+        entries = values.shape[1]
+        first = finite.transpose(0, 1).reshape(entries, -1).to(torch.uint8).argmax(dim=1, keepdim=True)
+        shift = cleaned.transpose(0, 1).reshape(entries, -1).gather(1, first)[:, 0]
+        centred = torch.where(finite, values - shift[None, :, None], zero)
+        count = finite.sum(dim=(0, 2), dtype=dtype)
+        total = centred.sum(dim=(0, 2))
+        squares = (centred * centred).sum(dim=(0, 2))
+        inf = torch.full((), math.inf, dtype=dtype, device=view.device)  # a fill, not a host copy
+        minimum = torch.where(finite, values, inf).amin()
+        maximum = torch.where(finite, values, -inf).amax()
+        numel = values.numel()
+        far = numel - (values.abs() <= plan.near_bound).sum().to(dtype)
+        nonfinite = numel - count.sum()
+        any_finite = count.sum() > 0
+        nan = torch.full((), math.nan, dtype=dtype, device=view.device)
+        scalars = torch.stack((torch.where(any_finite, minimum, nan), torch.where(any_finite, maximum, nan),
+                               far, nonfinite))
+        return torch.cat((count, shift, total, squares, scalars)).double()
+
+
+def _entries_shape(x: torch.Tensor, unit_dim: int | None) -> tuple[tuple[int, int, int], bool]:
+    """How to view ``x`` as (A, E, B): moments per entry E (a unit, or the whole tensor when it has
+    no units), over A and B. Also returns whether ``x`` must first be permuted from channels-last."""
+    numel = x.numel()
+    if unit_dim is not None and not -x.ndim <= unit_dim < x.ndim:
+        unit_dim = None  # a later call of a site with fewer dims than its first
+    if x.ndim == 0 or unit_dim is None:
+        return (1, 1, numel), False
+    if unit_dim == -1 or unit_dim == x.ndim - 1:
+        return (numel // x.shape[-1], x.shape[-1], 1), False
+    if x.ndim == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return (numel // x.shape[1], x.shape[1], 1), True
+    rows, units = x.shape[0], x.shape[1]
+    return (rows, units, numel // (rows * units)), False

@@ -1,0 +1,99 @@
+"""Training-step overhead of actprobe on the paper's reference CNN (batch 256, 1×28×28 inputs).
+
+Modes, interleaved in one run: no probe; actprobe recording every step (default selection, the
+file written by the background thread); a fastai-style hook calling ``.item()`` on each statistic
+of each layer every step; one plain ``sum()`` per hooked activation (a floor for any hook that
+reads every value). Prints one table; the ratio is the median step time over the baseline's.
+
+    python bench/overhead.py [--rounds 15] [--steps 20] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import actprobe  # noqa: E402
+from common import interleaved, median_ms, paper_cnn  # noqa: E402
+
+
+def make_trainer(device: torch.device, batch: int) -> tuple[nn.Module, object]:
+    torch.manual_seed(0)
+    model = paper_cnn().to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.randn(batch, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+
+    def step() -> torch.Tensor:
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss
+    return model, step
+
+
+def leaves(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if next(m.children(), None) is None]
+
+
+def fastai_style(output: torch.Tensor, store: list) -> None:
+    o = output.detach().float()
+    store.append((o.mean().item(), o.std().item(), o.min().item(), o.max().item(),
+                  (o.abs() <= 0.05).float().mean().item()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    tmp = Path(tempfile.mkdtemp(prefix="actprobe-bench-"))
+    modes = {}
+
+    _, base = make_trainer(device, args.batch)
+    modes["baseline"] = lambda: (base(), sync())
+
+    model, probed = make_trainer(device, args.batch)
+    probe = actprobe.Probe(model, tmp / "bench.h5")
+    modes["actprobe every step"] = lambda: (probe.step(loss=probed()), sync())
+
+    model_f, fastai_step = make_trainer(device, args.batch)
+    store: list = []
+    for m in leaves(model_f):
+        m.register_forward_hook(lambda mod, a, out: fastai_style(out, store))
+    modes["fastai-style .item()"] = lambda: (fastai_step(), store.clear(), sync())
+
+    model_s, sum_step = make_trainer(device, args.batch)
+    sums: list = []
+    for m in leaves(model_s):
+        m.register_forward_hook(lambda mod, a, out: sums.append(out.detach().sum()))
+    modes["one sum per activation"] = lambda: (sum_step(), sums.clear(), sync())
+
+    samples = interleaved(modes, rounds=args.rounds, steps=args.steps, warmup=10)
+    probe.close()
+    base_ms = median_ms(samples["baseline"])
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    print(f"paper CNN, batch {args.batch}, {device.type} ({name}), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {args.rounds} rounds x {args.steps} steps, median per step")
+    print(f"{'mode':28s} {'ms/step':>9s} {'overhead':>9s}")
+    for mode, values in samples.items():
+        ms = median_ms(values)
+        print(f"{mode:28s} {ms:9.2f} {100 * (ms / base_ms - 1):+8.1f}%")
+    run = actprobe.read(tmp / "bench.h5")
+    print(f"actprobe wrote {run.rows} rows x {len(run.sites)} sites to {tmp / 'bench.h5'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+"""Builds the optional C kernel (actprobe/_cstats.c); all other metadata lives in pyproject.toml.
+
+The extension is optional: without a C compiler actprobe installs and uses its torch kernel.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "actprobe._cstats",
+            ["actprobe/_cstats.c"],
+            extra_compile_args=["-O3", "-ffast-math", "-std=c11"],
+            optional=True,
+        )
+    ]
+)
