@@ -22,6 +22,7 @@ Two implementations produce the same numbers:
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,27 +33,58 @@ try:
 except ImportError:  # built without a C compiler: the torch kernel serves the CPU too
     _cstats = None
 
+# ACTPROBE_KERNEL=torch forces the torch kernel on the CPU (for comparisons and benchmarks).
+_C_WANTED = os.environ.get("ACTPROBE_KERNEL", "auto") != "torch"
+
 SCALARS = ("min", "max", "far", "nonfinite")
 
 
-@dataclass
+@dataclass(slots=True)
 class Partial:
-    """Moments of one tensor, packed as float64: count[E] shift[E] sum[E] sumsq[E] min max far nonfinite."""
+    """Moments of one tensor, packed as float64 in the step's ``Arena`` from ``offset`` on:
+    count[E] shift[E] sum[E] sumsq[E] min max far nonfinite."""
 
-    packed: torch.Tensor
+    offset: int
     entries: int
     entry_unit: torch.Tensor  # (E,) int64: each entry's unit (or pseudo-unit)
     units: int  # number of real units, 0 when the output has none
     groups: int  # number of distinct values in entry_unit
     numel: int
 
-    def part(self, index: int) -> torch.Tensor:
-        """count, shift, sum or sumsq (index 0–3) as an (E,) view."""
-        return self.packed[index * self.entries:(index + 1) * self.entries]
-
     @property
-    def scalars(self) -> torch.Tensor:
-        return self.packed[4 * self.entries:]
+    def width(self) -> int:
+        return 4 * self.entries + 4
+
+
+class Arena:
+    """The packed partials of the step in progress, side by side in one float64 buffer on one device.
+
+    Kernels write into it directly (the C kernel through a pointer), so that a step costs no
+    allocation per site and its partials are one contiguous row, ready to merge.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.buffer = torch.empty(4096, dtype=torch.float64, device=device)
+        self.used = 0
+
+    def reserve(self, width: int) -> int:
+        """Room for ``width`` values; returns its offset. May move the buffer: take pointers after."""
+        offset = self.used
+        if offset + width > self.buffer.numel():
+            grown = torch.empty(max(2 * self.buffer.numel(), offset + width), dtype=torch.float64,
+                                device=self.device)
+            grown[:offset].copy_(self.buffer[:offset])
+            self.buffer = grown
+        self.used = offset + width
+        return offset
+
+    def row(self) -> torch.Tensor:
+        """The packed partials written since the last ``clear``, as one (width,) view."""
+        return self.buffer[:self.used]
+
+    def clear(self) -> None:
+        self.used = 0
 
 
 @dataclass
@@ -61,6 +93,7 @@ class _Plan:
 
     view_shape: tuple[int, int, int]  # (A, E, B): moments per entry, over A and B
     channels_last: bool
+    contiguous: bool  # the memory is already (A, E, B) row-major (contiguous or channels-last)
     entry_unit: torch.Tensor
     units: int
     groups: int
@@ -88,25 +121,46 @@ class MomentKernel:
 
     Args:
         near_zero_eps: the near-zero threshold.
-        use_c: use the C extension for CPU tensors when it is available (tests turn it off to
-            compare the two implementations).
+        use_c: use the C extension for CPU tensors when it is available; the default is on
+            unless the environment variable ACTPROBE_KERNEL is ``torch``.
+        cpu_shortcut: without the C extension, try an unmasked torch pass first on the CPU (tests
+            turn it off to run the masked kernel that other devices use).
     """
 
-    def __init__(self, near_zero_eps: float, *, use_c: bool = True) -> None:
+    def __init__(self, near_zero_eps: float, *, use_c: bool = _C_WANTED, cpu_shortcut: bool = True) -> None:
         self.near_zero_eps = near_zero_eps
         self.use_c = use_c and _cstats is not None
+        self.cpu_shortcut = cpu_shortcut
         self._plans: dict[tuple, _Plan] = {}
         self._entry_units: dict[tuple[torch.device, int], torch.Tensor] = {}
-        self._scratch: dict[int, torch.Tensor] = {}
+        self._scratch: dict[torch.dtype, torch.Tensor] = {}
 
-    def __call__(self, x: torch.Tensor, unit_dim: int | None) -> Partial:
+    def __call__(self, x: torch.Tensor, unit_dim: int | None, arena: Arena) -> Partial:
+        """Write the moments of ``x`` (detached) into ``arena``; return where they are."""
         key = (x.shape, x.dtype, x.device, unit_dim, x.is_contiguous())
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = self._plan(x, unit_dim)
-        view = (x.permute(0, 2, 3, 1) if plan.channels_last else x).reshape(plan.view_shape)
-        packed = self._c(view, plan) if plan.use_c else self._torch(view, plan)
-        return Partial(packed, plan.view_shape[1], plan.entry_unit, plan.units, plan.groups, x.numel())
+        entries = plan.view_shape[1]
+        width = 4 * entries + 4
+        offset = arena.reserve(width)
+        if plan.use_c and arena.device.type == "cpu":
+            self._c(x, plan, arena.buffer.data_ptr() + 8 * offset)
+        elif plan.use_c:
+            packed = torch.empty(width, dtype=torch.float64)
+            self._c(x, plan, packed.data_ptr())
+            arena.buffer[offset:offset + width].copy_(packed, non_blocking=True)
+        else:
+            view = self._view(x, plan)
+            packed = self._torch_unmasked_cpu(view, plan) if self.cpu_shortcut and x.device.type == "cpu" else None
+            if packed is None:
+                packed = self._torch(view, plan)
+            arena.buffer[offset:offset + width].copy_(packed, non_blocking=True)
+        return Partial(offset, entries, plan.entry_unit, plan.units, plan.groups, x.numel())
+
+    @staticmethod
+    def _view(x: torch.Tensor, plan: _Plan) -> torch.Tensor:
+        return (x.permute(0, 2, 3, 1) if plan.channels_last else x).reshape(plan.view_shape)
 
     def _plan(self, x: torch.Tensor, unit_dim: int | None) -> _Plan:
         shape, channels_last = _entries_shape(x, unit_dim)
@@ -114,8 +168,9 @@ class MomentKernel:
         units = 0 if unit_dim is None or x.ndim <= 1 else entries
         entry_unit = self._units_of_entries(x.device, entries)
         dtype = compute_dtype(x.dtype)
-        return _Plan(view_shape=shape, channels_last=channels_last, entry_unit=entry_unit, units=units,
-                     groups=entries, dtype=dtype, near_bound=near_zero_bound(self.near_zero_eps, dtype),
+        contiguous = x.is_contiguous() or (channels_last and x.is_contiguous(memory_format=torch.channels_last))
+        return _Plan(view_shape=shape, channels_last=channels_last, contiguous=contiguous, entry_unit=entry_unit,
+                     units=units, groups=entries, dtype=dtype, near_bound=near_zero_bound(self.near_zero_eps, dtype),
                      use_c=self.use_c and x.device.type == "cpu")
 
     def _units_of_entries(self, device: torch.device, entries: int) -> torch.Tensor:
@@ -125,27 +180,43 @@ class MomentKernel:
             ids = self._entry_units[key] = torch.arange(entries, device=device)
         return ids
 
-    def _c(self, view: torch.Tensor, plan: _Plan) -> torch.Tensor:
-        if view.dtype != plan.dtype or not view.is_contiguous():
+    def _c(self, x: torch.Tensor, plan: _Plan, out_pointer: int) -> None:
+        """The C kernel: reads the memory of ``x`` in place when it is laid out as (A, E, B)."""
+        if x.dtype != plan.dtype or not plan.contiguous:
+            view = self._view(x, plan)
             converted = self._scratch_for(view.numel(), plan.dtype).view(view.shape)
-            view = converted.copy_(view)
+            x = converted.copy_(view)
         a, e, b = plan.view_shape
-        packed = torch.empty(4 * e + 4, dtype=torch.float64)
-        args = (plan.dtype == torch.float64, view.data_ptr(), a, e, b, plan.near_bound, packed.data_ptr())
+        args = (plan.dtype == torch.float64, x.data_ptr(), a, e, b, plan.near_bound, out_pointer)
         if not _cstats.moments(*args):
             _cstats.masked(*args)
-        return packed
 
     def _scratch_for(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
-        buffer = self._scratch.get(id(dtype))
-        if buffer is None or buffer.numel() < numel or buffer.dtype != dtype:
-            buffer = self._scratch[id(dtype)] = torch.empty(numel, dtype=dtype)
+        buffer = self._scratch.get(dtype)
+        if buffer is None or buffer.numel() < numel:
+            buffer = self._scratch[dtype] = torch.empty(numel, dtype=dtype)
         return buffer[:numel]
 
     def release_memory(self) -> None:
         """Drop cached scratch memory and plans."""
         self._scratch.clear()
         self._plans.clear()
+
+    @staticmethod
+    def _torch_unmasked_cpu(view: torch.Tensor, plan: _Plan) -> torch.Tensor | None:
+        """CPU without the C kernel: fewer passes, assuming finite values; None when they are not."""
+        values = view.to(plan.dtype)
+        minimum, maximum = torch.aminmax(values)
+        if not math.isfinite(float(maximum - minimum)):  # a CPU value: reading it costs no synchronisation
+            return None
+        shift = values[0, :, 0]
+        centred = values - shift[None, :, None]
+        total = centred.sum(dim=(0, 2))
+        squares = centred.square_().sum(dim=(0, 2))
+        far = (values.abs() > plan.near_bound).sum().to(plan.dtype)
+        count = torch.full_like(shift, values.numel() // values.shape[1])
+        scalars = torch.stack((minimum, maximum, far, torch.zeros_like(far)))
+        return torch.cat((count, shift, total, squares, scalars)).double()
 
     def _torch(self, view: torch.Tensor, plan: _Plan) -> torch.Tensor:
         """The masked moments with torch operations; never reads a device value on the host."""

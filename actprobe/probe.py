@@ -84,8 +84,13 @@ class Probe:
         self._warned: set[str] = set()
         self._scalar_names: list[str] | None = None
         self.error: BaseException | None = None
+        self._staged_rows_valid = True  # False after a failure that may have left a row half-made
         self.closed = False
-        self._engine = HookEngine(model, modules, self._on_call, train_only=train_only)
+        try:
+            self._engine = HookEngine(model, modules, self._on_call, train_only=train_only)
+        except BaseException:
+            self._lock.release()
+            raise
         _open_probes.add(self)
 
     # -- context manager -------------------------------------------------------------------------
@@ -149,7 +154,7 @@ class Probe:
             return
         try:
             self._engine.remove()
-            if self.error is None:
+            if self._staged_rows_valid:
                 self._flush()
             if self._writer is not None:
                 self._writer.close()
@@ -175,7 +180,7 @@ class Probe:
         try:
             self._recorder.observe(name, index, module, output)
         except Exception as exc:
-            self._fail(exc)
+            self._fail(exc, staged_rows_valid=True)  # the step in progress is dropped, earlier rows are whole
 
     def _end_recorded_step(self, scalars: Mapping[str, Any]) -> None:
         if not self._recorder.has_partials:
@@ -240,7 +245,8 @@ class Probe:
         if self._writer is not None and self._writer.error is not None and self.error is None:
             self._fail(self._writer.error)
 
-    def _fail(self, exc: BaseException) -> None:
+    def _fail(self, exc: BaseException, *, staged_rows_valid: bool = False) -> None:
+        self._staged_rows_valid = self._staged_rows_valid and staged_rows_valid
         if self.error is None:
             self.error = exc
             self._engine.active = False

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .kernels import MomentKernel, Partial
+from .kernels import Arena, MomentKernel, Partial
 from .reduce import Layout, PartialRing, arrangement, merge_now
 from .sites import Site, floating_outputs, site_name, unit_dim
 from .staging import RowStage
@@ -30,6 +30,7 @@ class Recorder:
         self._channel_first_shapes: set[torch.Size] = set()
         self._layouts: dict[tuple, Layout] = {}
         self._ring: PartialRing | None = None
+        self._arena: Arena | None = None
 
     def observe(self, module_name: str, call_index: int, module: nn.Module, output: object) -> None:
         if type(output) is torch.Tensor and output.is_floating_point():  # the common case, kept short
@@ -47,10 +48,9 @@ class Recorder:
             index = self._add_site(name, module, tensor)
         if tensor.numel() == 0:
             return
-        partial = self.kernel(tensor.detach(), self.sites[index].unit_dim)
-        if partial.packed.device != self.device:
-            partial = self._on_device(partial)
-        self._partials.append((index, partial))
+        if self._arena is None:
+            self._arena = Arena(self.device)
+        self._partials.append((index, self.kernel(tensor.detach(), self.sites[index].unit_dim, self._arena)))
 
     def _add_site(self, name: str, module: nn.Module, tensor: torch.Tensor) -> int:
         dim = unit_dim(module, tensor.shape, self._channel_first_shapes)
@@ -60,11 +60,6 @@ class Recorder:
             self.device = tensor.device
         return len(self.sites) - 1
 
-    def _on_device(self, partial: Partial) -> Partial:
-        """Move a partial from another device (model parallelism) to the recorder's device."""
-        return Partial(partial.packed.to(self.device, non_blocking=True), partial.entries, partial.entry_unit,
-                       partial.units, partial.groups, partial.numel)
-
     @property
     def has_partials(self) -> bool:
         return bool(self._partials)
@@ -73,9 +68,11 @@ class Recorder:
         """Freeze the site set: later, unknown sites are ignored."""
         self.fixed = True
 
-    def finish_step(self, stage: RowStage, row: int) -> None:
-        """Merge this step's partials into ``stage`` row ``row``, now or (batched) at ``drain``."""
+    def finish_step(self, stage: RowStage, index: int) -> None:
+        """Merge this step's partials into ``stage`` row ``index``, now or (batched) at ``drain``."""
         partials, self._partials = self._partials, []
+        assert self._arena is not None
+        row = self._arena.row()
         key = arrangement(partials)
         layout = self._layouts.get(key)
         if layout is None:
@@ -83,24 +80,28 @@ class Recorder:
                 self._layouts.clear()
             layout = self._layouts[key] = Layout.build(partials, len(self.sites), stage.device)
         ring = self._ring
-        if ring is not None and (ring.key != key or ring.full or ring.first_row + ring.filled != row):
+        if ring is not None and ring.filled and (
+                ring.key != key or ring.full or ring.first_row + ring.filled != index):
             self.drain(stage)
-            ring = None
-        if ring is None:
-            capacity = PartialRing.capacity_for(layout, stage.capacity - row)
-            if capacity < 2:
-                stage.set_stats(row, merge_now(layout, partials, self.dead_eps))
+        if ring is None or ring.key != key:
+            capacity = PartialRing.capacity_for(layout, stage.capacity)
+            if capacity < 2:  # too wide to batch: merge this step on its own
+                stage.set_stats(index, merge_now(layout, row, self.dead_eps))
+                self._arena.clear()
                 return
             ring = self._ring = PartialRing(key, layout, capacity, stage.device)
-            ring.first_row = row
-        ring.add(partials)
+        if not ring.filled:
+            ring.first_row = index
+        ring.add(row)
+        self._arena.clear()
 
     def drain(self, stage: RowStage) -> None:
         """Merge the rows waiting in the ring into ``stage``."""
         ring = self._ring
         if ring is not None and ring.filled:
             stage.set_stats(ring.first_row, ring.merge(self.dead_eps))
-        self._ring = None
 
     def discard_step(self) -> None:
         self._partials = []
+        if self._arena is not None:
+            self._arena.clear()

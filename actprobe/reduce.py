@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .kernels import Partial
+from .kernels import Arena, Partial
 
 STATISTICS: tuple[str, ...] = ("count", "mean", "std", "min", "max", "near_zero", "dead", "nonfinite")
 
@@ -28,7 +28,7 @@ Partials = Sequence[tuple[int, Partial]]
 
 def arrangement(partials: Partials) -> tuple:
     """A key that is equal for two steps exactly when their partials can share a layout."""
-    return tuple((site, p.entries, id(p.entry_unit), p.groups, p.units, p.numel) for site, p in partials)
+    return tuple((site, p.offset, p.entries, id(p.entry_unit), p.groups, p.units, p.numel) for site, p in partials)
 
 
 @dataclass
@@ -63,15 +63,15 @@ class Layout:
             offset += group_count[site]
             group_site += [site] * group_count[site]
             group_is_unit += [1.0 if has_units[site] else 0.0] * group_count[site]
-        moments, scalars, base = [[], [], [], []], [], 0
+        moments, scalars = [[], [], [], []], []
         for _, part in partials:
-            e = part.entries
+            base, e = part.offset, part.entries
             for q in range(4):
                 moments[q].extend(range(base + q * e, base + (q + 1) * e))
             scalars.append(list(range(base + 4 * e, base + 4 * e + 4)))
-            base += 4 * e + 4
+        width = partials[-1][1].offset + partials[-1][1].width
         return cls(
-            sites=sites, width=base, parts=len(partials),
+            sites=sites, width=width, parts=len(partials),
             moments=_to_device(moments, torch.int64, device),
             scalars=_to_device(scalars, torch.int64, device),
             entry_group=torch.cat([p.entry_unit.to(device) + start[s] for s, p in partials]),
@@ -124,23 +124,33 @@ def merge_rows(layout: Layout, rows: torch.Tensor, dead_eps: float) -> torch.Ten
     ), dim=-1)
 
 
-def merge_now(layout: Layout, partials: Partials, dead_eps: float) -> torch.Tensor:
-    """Statistics (1, S, 8) of one step."""
-    return merge_rows(layout, torch.cat([p.packed for _, p in partials])[None], dead_eps)
+def merge_now(layout: Layout, row: torch.Tensor, dead_eps: float) -> torch.Tensor:
+    """Statistics (1, S, 8) of one step from its (width,) row of packed partials."""
+    return merge_rows(layout, row[None], dead_eps)
+
+
+IMPLEMENTATIONS = ("auto", "c", "torch", "torch-masked")
 
 
 def tensor_statistics(x: torch.Tensor, *, unit_dim: int | None, near_zero_eps: float = 0.05,
-                      dead_eps: float = 1e-6, use_c: bool = True) -> dict[str, float]:
+                      dead_eps: float = 1e-6, implementation: str = "auto") -> dict[str, float]:
     """The statistics actprobe records, for one tensor: ``{name: value}`` for each of ``STATISTICS``.
 
     ``unit_dim`` is the dimension holding the units for ``dead`` (None: no units, ``dead`` is NaN).
-    Reads the result on the host: meant for tests and interactive use, not for a training step.
+    ``implementation`` picks the kernel: ``auto`` (what a probe uses), ``c`` (the C kernel, CPU),
+    ``torch`` (torch operations, with the CPU's unmasked first try) or ``torch-masked`` (the torch
+    kernel that runs on GPUs). Reads the result on the host: for tests and interactive use.
     """
     from .kernels import MomentKernel
 
-    partial = MomentKernel(near_zero_eps, use_c=use_c)(x.detach(), unit_dim)
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"unknown implementation {implementation!r}; available: {', '.join(IMPLEMENTATIONS)}")
+    options = {"c": {"use_c": True}, "torch": {"use_c": False},
+               "torch-masked": {"use_c": False, "cpu_shortcut": False}}.get(implementation, {})
+    arena = Arena(x.device)
+    partial = MomentKernel(near_zero_eps, **options)(x.detach(), unit_dim, arena)
     layout = Layout.build([(0, partial)], 1, x.device)
-    row = merge_now(layout, [(0, partial)], dead_eps)[0, 0].cpu().tolist()
+    row = merge_now(layout, arena.row(), dead_eps)[0, 0].cpu().tolist()
     return dict(zip(STATISTICS, row))
 
 
@@ -163,8 +173,8 @@ class PartialRing:
     def full(self) -> bool:
         return self.filled >= self.capacity
 
-    def add(self, partials: Partials) -> None:
-        torch.cat([p.packed for _, p in partials], out=self.rows[self.filled])
+    def add(self, row: torch.Tensor) -> None:
+        self.rows[self.filled].copy_(row)
         self.filled += 1
 
     def merge(self, dead_eps: float) -> torch.Tensor:

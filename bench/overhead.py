@@ -1,16 +1,18 @@
 """Training-step overhead of actprobe on the paper's reference CNN (batch 256, 1×28×28 inputs).
 
 Modes, interleaved in one run: no probe; actprobe recording every step (default selection, the
-file written by the background thread); a fastai-style hook calling ``.item()`` on each statistic
-of each layer every step; one plain ``sum()`` per hooked activation (a floor for any hook that
-reads every value). Prints one table; the ratio is the median step time over the baseline's.
+file written by the background thread); with --torch-kernel, the same with the torch kernel that
+runs where no C compiler was found; actprobe recording every 10th step; a fastai-style hook calling ``.item()`` on each statistic of each layer
+every step; one plain ``sum()`` per hooked activation (a floor for any hook that reads every
+value). Prints one table; the overhead is the median step time over the baseline's, minus one.
 
-    python bench/overhead.py [--rounds 15] [--steps 20] [--device cpu|cuda]
+    python bench/overhead.py [--rounds 15] [--steps 20] [--device cpu|cuda] [--torch-kernel]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import tempfile
@@ -50,12 +52,26 @@ def fastai_style(output: torch.Tensor, store: list) -> None:
                   (o.abs() <= 0.05).float().mean().item()))
 
 
+def machine(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"CPU: {line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--torch-kernel", action="store_true",
+                        help="also time the torch kernel on the CPU (what runs where the C kernel was not built)")
     args = parser.parse_args()
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -68,6 +84,16 @@ def main() -> None:
     model, probed = make_trainer(device, args.batch)
     probe = actprobe.Probe(model, tmp / "bench.h5")
     modes["actprobe every step"] = lambda: (probe.step(loss=probed()), sync())
+
+    if device.type == "cpu" and args.torch_kernel:
+        model_t, probed_t = make_trainer(device, args.batch)
+        probe_t = actprobe.Probe(model_t, tmp / "bench-torch.h5")
+        probe_t._recorder.kernel.use_c = False  # the torch kernel, as used where no C compiler was found
+        modes["actprobe, torch kernel"] = lambda: (probe_t.step(loss=probed_t()), sync())
+
+    model_10, probed_10 = make_trainer(device, args.batch)
+    probe_10 = actprobe.Probe(model_10, tmp / "bench-every10.h5", every=10)
+    modes["actprobe every 10th step"] = lambda: (probe_10.step(loss=probed_10()), sync())
 
     model_f, fastai_step = make_trainer(device, args.batch)
     store: list = []
@@ -82,10 +108,10 @@ def main() -> None:
     modes["one sum per activation"] = lambda: (sum_step(), sums.clear(), sync())
 
     samples = interleaved(modes, rounds=args.rounds, steps=args.steps, warmup=10)
-    probe.close()
+    for p in (probe, probe_10) + ((probe_t,) if "actprobe, torch kernel" in modes else ()):
+        p.close()
     base_ms = median_ms(samples["baseline"])
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    print(f"paper CNN, batch {args.batch}, {device.type} ({name}), torch {torch.__version__}, "
+    print(f"paper CNN, batch {args.batch}, {machine(device)}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {args.rounds} rounds x {args.steps} steps, median per step")
     print(f"{'mode':28s} {'ms/step':>9s} {'overhead':>9s}")
     for mode, values in samples.items():

@@ -324,9 +324,8 @@ def test_second_writer_in_the_same_process_is_refused(tmp_path):
 def test_a_failing_hook_warns_once_and_training_goes_on(tmp_path, monkeypatch):
     model = paper_cnn()
     reference = copy.deepcopy(model)
-    with actprobe.Probe(model, tmp_path / "run.h5", flush_every=2) as probe:
-        train_steps(model, 4, probe=probe, seed=1)
-        probe.flush(wait=True)
+    with actprobe.Probe(model, tmp_path / "run.h5", flush_every=100) as probe:
+        train_steps(model, 4, probe=probe, seed=1)  # staged, not yet flushed when the hook breaks
 
         def broken(*args, **kwargs):
             raise RuntimeError("kernel exploded")
@@ -410,3 +409,77 @@ def test_file_is_chunked_by_the_flush_interval(tmp_path):
     with h5py.File(tmp_path / "run.h5", "r") as f:
         assert f["stats/mean"].chunks[0] == 3
         assert f["step"].chunks == (3,)
+
+
+def test_unit_dimension_rule(tmp_path):
+    class Mixed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(3, 6, 3, padding=1)  # (N, C, L)
+            self.act = nn.ReLU()  # same shape as the conv output: units along dim 1
+            self.proj = nn.Linear(10, 5)  # (N, T, F): units along the last dim
+            self.norm = nn.LayerNorm(5)
+
+        def forward(self, x):
+            h = self.act(self.conv(x))  # (4, 6, 10)
+            return self.norm(self.proj(h)).sum()
+
+    model = Mixed()
+    with actprobe.Probe(model, tmp_path / "run.h5") as probe:
+        x = torch.randn(4, 3, 10)
+        model(x).backward()
+        probe.step()
+    run = actprobe.read(tmp_path / "run.h5")
+    assert dict(zip(run.sites, run.site_unit_dims.tolist())) == {"conv": 1, "act": 1, "proj": -1, "norm": -1}
+    with torch.no_grad():
+        h = model.act(model.conv(x))
+    got = {k: float(run.stats[k][0, 1]) for k in STATS}
+    want = reference_statistics(h, 1)
+    assert_statistics_close(got, {k: float(np.float32(v)) for k, v in want.items()}, rtol=2e-6)
+
+
+@pytest.mark.parametrize("ring_bytes", [64 << 20, 0])  # batched merging, and one step at a time
+def test_rows_stay_right_when_the_set_of_firing_sites_changes(tmp_path, monkeypatch, ring_bytes):
+    from actprobe import reduce
+
+    monkeypatch.setattr(reduce, "RING_BYTES", ring_bytes)
+
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(4, 6), nn.Linear(6, 6), nn.Tanh()
+
+        def forward(self, x, pattern):
+            h = self.a(x)
+            if pattern & 1:
+                h = self.b(h)
+            if pattern & 2:
+                h = self.c(h) + self.c(h * 2)  # two calls: c and c#1
+            return h.sum()
+
+    model = Branchy()
+    patterns = [3, 3, 1, 0, 3, 2, 2, 3, 1, 3]
+    expected = []
+    with actprobe.Probe(model, tmp_path / "run.h5", flush_every=100) as probe:
+        for step, pattern in enumerate(patterns):
+            x = torch.randn(5, 4) * (step + 1)
+            model(x, pattern).backward()
+            probe.step()
+            with torch.no_grad():
+                h = model.a(x)
+                row = {"a": h}
+                if pattern & 1:
+                    h = row["b"] = model.b(h)
+                if pattern & 2:
+                    row["c"], row["c#1"] = model.c(h), model.c(h * 2)
+            expected.append(row)
+    run = actprobe.read(tmp_path / "run.h5")
+    assert run.sites == ["a", "b", "c", "c#1"]
+    for t, row in enumerate(expected):
+        for s, name in enumerate(run.sites):
+            got = {k: float(run.stats[k][t, s]) for k in STATS}
+            if name not in row:
+                assert all(np.isnan(v) for v in got.values()), (t, name)
+                continue
+            want = {k: float(np.float32(v)) for k, v in reference_statistics(row[name], -1).items()}
+            assert_statistics_close(got, want, rtol=2e-6)
