@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: the paper's reference CNN and an interleaved timer."""
+"""Shared pieces of the benchmarks: the paper's reference CNN and an interleaved, paired timer."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import statistics
 import time
 from collections.abc import Callable
 
-import torch
 from torch import nn
 
 
@@ -23,8 +22,9 @@ def paper_cnn(in_channels: int = 1, classes: int = 10) -> nn.Sequential:
 
 def interleaved(modes: dict[str, Callable[[], None]], *, rounds: int, steps: int,
                 warmup: int) -> dict[str, list[float]]:
-    """Per-step seconds of each mode: ``rounds`` rounds, each running every mode for ``steps`` steps,
-    in an order that rotates every round so that no mode always runs first."""
+    """Seconds per step of each mode in each round. Every round runs every mode for ``steps``
+    steps, in an order that rotates from round to round, so that drifts of the machine's speed
+    fall on all modes alike."""
     for run in modes.values():
         for _ in range(warmup):
             run()
@@ -39,6 +39,13 @@ def interleaved(modes: dict[str, Callable[[], None]], *, rounds: int, steps: int
                 run()
             samples[name].append((time.perf_counter() - start) / steps)
     return samples
+
+
+def paired_overhead(samples: list[float], baseline: list[float]) -> tuple[float, float, float]:
+    """Median, first and third quartile of the per-round ratio to the baseline, minus one."""
+    ratios = sorted(s / b - 1 for s, b in zip(samples, baseline))
+    q1, median, q3 = statistics.quantiles(ratios, n=4)
+    return median, q1, q3
 
 
 def median_ms(values: list[float]) -> float:

@@ -1,12 +1,15 @@
 """Training-step overhead of actprobe on the paper's reference CNN (batch 256, 1×28×28 inputs).
 
-Modes, interleaved in one run: no probe; actprobe recording every step (default selection, the
-file written by the background thread); with --torch-kernel, the same with the torch kernel that
-runs where no C compiler was found; actprobe recording every 10th step; a fastai-style hook calling ``.item()`` on each statistic of each layer
-every step; one plain ``sum()`` per hooked activation (a floor for any hook that reads every
-value). Prints one table; the overhead is the median step time over the baseline's, minus one.
+Modes, interleaved in one run: no probe; a second copy of that baseline (it shows the noise of the
+method); actprobe recording every step (default selection, the file written by the background
+thread); with --torch-kernel, the same with the torch kernel that runs where the C kernel was not
+built; actprobe recording every 10th step; a fastai-style hook calling ``.item()`` on each
+statistic of each layer every step; one plain ``sum()`` per hooked activation (a floor for any hook
+that reads every value). Inputs are standardised random tensors: step time does not depend on the
+values. The overhead of a mode is the median over rounds of its step time divided by the
+baseline's in the same round, minus one; the quartiles of that ratio show the spread.
 
-    python bench/overhead.py [--rounds 15] [--steps 20] [--device cpu|cuda] [--torch-kernel]
+    python bench/overhead.py [--rounds 60] [--steps 5] [--device cpu|cuda] [--torch-kernel]
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import actprobe  # noqa: E402
-from common import interleaved, median_ms, paper_cnn  # noqa: E402
+from common import interleaved, median_ms, paired_overhead, paper_cnn  # noqa: E402
 
 
 def make_trainer(device: torch.device, batch: int) -> tuple[nn.Module, object]:
@@ -66,8 +69,8 @@ def machine(device: torch.device) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--torch-kernel", action="store_true",
@@ -80,6 +83,8 @@ def main() -> None:
 
     _, base = make_trainer(device, args.batch)
     modes["baseline"] = lambda: (base(), sync())
+    _, control = make_trainer(device, args.batch)
+    modes["baseline, second copy"] = lambda: (control(), sync())  # the noise floor of the method
 
     model, probed = make_trainer(device, args.batch)
     probe = actprobe.Probe(model, tmp / "bench.h5")
@@ -110,13 +115,12 @@ def main() -> None:
     samples = interleaved(modes, rounds=args.rounds, steps=args.steps, warmup=10)
     for p in (probe, probe_10) + ((probe_t,) if "actprobe, torch kernel" in modes else ()):
         p.close()
-    base_ms = median_ms(samples["baseline"])
     print(f"paper CNN, batch {args.batch}, {machine(device)}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {args.rounds} rounds x {args.steps} steps, median per step")
-    print(f"{'mode':28s} {'ms/step':>9s} {'overhead':>9s}")
+          f"{torch.get_num_threads()} threads, {args.rounds} rounds x {args.steps} steps per mode")
+    print(f"{'mode':28s} {'ms/step':>9s} {'overhead':>9s} {'(quartiles)':>16s}")
     for mode, values in samples.items():
-        ms = median_ms(values)
-        print(f"{mode:28s} {ms:9.2f} {100 * (ms / base_ms - 1):+8.1f}%")
+        median, q1, q3 = paired_overhead(values, samples["baseline"])
+        print(f"{mode:28s} {median_ms(values):9.2f} {100 * median:+8.1f}%  ({100 * q1:+5.1f}% .. {100 * q3:+5.1f}%)")
     run = actprobe.read(tmp / "bench.h5")
     print(f"actprobe wrote {run.rows} rows x {len(run.sites)} sites to {tmp / 'bench.h5'}")
 
