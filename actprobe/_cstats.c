@@ -25,7 +25,21 @@
 
 #define BLOCK 256
 #define MIN_RUN 64
-#define MAX_COLUMNS (1 << 16)
+#define MAX_COLUMNS (1 << 20)
+
+/* Scratch memory of the column path, kept per thread and grown as needed: no allocation per call. */
+static _Thread_local void *scratch_memory = NULL;
+static _Thread_local size_t scratch_bytes = 0;
+
+static void *scratch(size_t bytes) {
+    if (bytes > scratch_bytes) {
+        void *grown = realloc(scratch_memory, bytes);
+        if (!grown) return NULL;
+        scratch_memory = grown;
+        scratch_bytes = bytes;
+    }
+    return scratch_memory;
+}
 
 static int finite_f64(double v) { uint64_t u; memcpy(&u, &v, 8); return ((u >> 52) & 0x7ff) != 0x7ff; }
 static int finite_f32(float v) { uint32_t u; memcpy(&u, &v, 4); return ((u >> 23) & 0xff) != 0xff; }
@@ -140,17 +154,16 @@ static PyObject *py_moments(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "pKLLLdK", &is_double, &data, &A, &E, &B, &bound, &out)) return NULL;
     if (A < 1 || E < 1 || B < 1) { PyErr_SetString(PyExc_ValueError, "empty tensor"); return NULL; }
     /* Short runs are read row by row (vectorised across columns) when the columns fit in scratch. */
-    void *scratch = NULL;
-    if (B < MIN_RUN && E * B <= MAX_COLUMNS) {
-        scratch = malloc((size_t)(E * B) * (2 * sizeof(double) + 3 * (is_double ? sizeof(double) : sizeof(float))));
-        if (!scratch) return PyErr_NoMemory();
+    void *columns = NULL;
+    if (B < MIN_RUN && (E * B <= MAX_COLUMNS || B == 1)) {
+        columns = scratch((size_t)(E * B) * (2 * sizeof(double) + 3 * (is_double ? sizeof(double) : sizeof(float))));
+        if (!columns) return PyErr_NoMemory();
     }
     int ok;
     Py_BEGIN_ALLOW_THREADS
-    ok = is_double ? moments_f64((const double *)(uintptr_t)data, A, E, B, bound, (double *)(uintptr_t)out, scratch)
-                   : moments_f32((const float *)(uintptr_t)data, A, E, B, bound, (double *)(uintptr_t)out, scratch);
+    ok = is_double ? moments_f64((const double *)(uintptr_t)data, A, E, B, bound, (double *)(uintptr_t)out, columns)
+                   : moments_f32((const float *)(uintptr_t)data, A, E, B, bound, (double *)(uintptr_t)out, columns);
     Py_END_ALLOW_THREADS
-    free(scratch);
     return PyBool_FromLong(ok);
 }
 

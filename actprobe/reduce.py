@@ -55,28 +55,25 @@ class Layout:
             group_count[site] = max(group_count.get(site, 0), part.groups)
             has_units[site] = has_units.get(site, False) or part.units > 0
             numel[site] += part.numel
-        start, offset = {}, 0
-        group_site: list[int] = []
-        group_is_unit: list[float] = []
-        for site in sorted(group_count):
-            start[site] = offset
-            offset += group_count[site]
-            group_site += [site] * group_count[site]
-            group_is_unit += [1.0 if has_units[site] else 0.0] * group_count[site]
-        moments, scalars = [[], [], [], []], []
-        for _, part in partials:
-            base, e = part.offset, part.entries
-            for q in range(4):
-                moments[q].extend(range(base + q * e, base + (q + 1) * e))
-            scalars.append(list(range(base + 4 * e, base + 4 * e + 4)))
+        order = sorted(group_count)
+        counts = torch.tensor([group_count[site] for site in order])
+        starts = torch.cumsum(counts, 0) - counts
+        start = dict(zip(order, starts.tolist()))
+        group_site = torch.repeat_interleave(torch.tensor(order), counts)
+        group_is_unit = torch.repeat_interleave(torch.tensor([float(has_units[site]) for site in order],
+                                                             dtype=torch.float64), counts)
+        # indices into the row: (4, E) for count/shift/sum/sumsq, (P, 4) for the scalars
+        moments = torch.cat([torch.arange(p.offset, p.offset + 4 * p.entries).view(4, p.entries)
+                             for _, p in partials], dim=1)
+        scalars = torch.stack([torch.arange(p.offset + 4 * p.entries, p.offset + p.width) for _, p in partials])
         width = partials[-1][1].offset + partials[-1][1].width
         return cls(
             sites=sites, width=width, parts=len(partials),
-            moments=_to_device(moments, torch.int64, device),
-            scalars=_to_device(scalars, torch.int64, device),
+            moments=moments.to(device, non_blocking=True),
+            scalars=scalars.to(device, non_blocking=True),
             entry_group=torch.cat([p.entry_unit.to(device) + start[s] for s, p in partials]),
-            group_site=_to_device(group_site, torch.int64, device),
-            group_is_unit=_to_device(group_is_unit, torch.float64, device),
+            group_site=group_site.to(device, non_blocking=True),
+            group_is_unit=group_is_unit.to(device, non_blocking=True),
             part_site=_to_device([s for s, _ in partials], torch.int64, device),
             site_numel=_to_device(numel, torch.float64, device),
         )
