@@ -143,40 +143,43 @@ MOMENTS_FAST(moments_f64, double, fabs, fmin, fmax)
 MOMENTS_MASKED(masked_f32, float, finite_f32, fabsf)
 MOMENTS_MASKED(masked_f64, double, finite_f64, fabs)
 
-/* moments(is_double, data_ptr, A, E, B, bound, out_ptr) -> bool
- * data: A*E*B values; out: 4*E+4 float64. Returns False if a value was not finite; the output is
- * then complete only after masked() with the same arguments. */
+typedef struct { int is_double; unsigned long long data, out; long long A, E, B; double bound; } call_args;
+
+/* (is_double, data_ptr, A, E, B, bound, out_ptr): data holds A*E*B values, out 4*E+4 float64. */
+static int parse(PyObject *args, call_args *c) {
+    if (!PyArg_ParseTuple(args, "pKLLLdK", &c->is_double, &c->data, &c->A, &c->E, &c->B, &c->bound, &c->out))
+        return 0;
+    if (c->A < 1 || c->E < 1 || c->B < 1) { PyErr_SetString(PyExc_ValueError, "empty tensor"); return 0; }
+    return 1;
+}
+
+/* moments(...) -> bool: False if a value was not finite; the output is then complete only after
+ * masked() with the same arguments. */
 static PyObject *py_moments(PyObject *self, PyObject *args) {
-    int is_double;
-    unsigned long long data, out;
-    long long A, E, B;
-    double bound;
-    if (!PyArg_ParseTuple(args, "pKLLLdK", &is_double, &data, &A, &E, &B, &bound, &out)) return NULL;
-    if (A < 1 || E < 1 || B < 1) { PyErr_SetString(PyExc_ValueError, "empty tensor"); return NULL; }
+    call_args c;
+    if (!parse(args, &c)) return NULL;
     /* Short runs are read row by row (vectorised across columns) when the columns fit in scratch. */
     void *columns = NULL;
-    if (B < MIN_RUN && (E * B <= MAX_COLUMNS || B == 1)) {
-        columns = scratch((size_t)(E * B) * (2 * sizeof(double) + 3 * (is_double ? sizeof(double) : sizeof(float))));
+    if (c.B < MIN_RUN && (c.E * c.B <= MAX_COLUMNS || c.B == 1)) {
+        columns = scratch((size_t)(c.E * c.B) * (2 * sizeof(double) + 3 * (c.is_double ? sizeof(double) : sizeof(float))));
         if (!columns) return PyErr_NoMemory();
     }
     int ok;
+    double *out = (double *)(uintptr_t)c.out;
     Py_BEGIN_ALLOW_THREADS
-    ok = is_double ? moments_f64((const double *)(uintptr_t)data, A, E, B, bound, (double *)(uintptr_t)out, columns)
-                   : moments_f32((const float *)(uintptr_t)data, A, E, B, bound, (double *)(uintptr_t)out, columns);
+    ok = c.is_double ? moments_f64((const double *)(uintptr_t)c.data, c.A, c.E, c.B, c.bound, out, columns)
+                     : moments_f32((const float *)(uintptr_t)c.data, c.A, c.E, c.B, c.bound, out, columns);
     Py_END_ALLOW_THREADS
     return PyBool_FromLong(ok);
 }
 
 static PyObject *py_masked(PyObject *self, PyObject *args) {
-    int is_double;
-    unsigned long long data, out;
-    long long A, E, B;
-    double bound;
-    if (!PyArg_ParseTuple(args, "pKLLLdK", &is_double, &data, &A, &E, &B, &bound, &out)) return NULL;
-    if (A < 1 || E < 1 || B < 1) { PyErr_SetString(PyExc_ValueError, "empty tensor"); return NULL; }
+    call_args c;
+    if (!parse(args, &c)) return NULL;
+    double *out = (double *)(uintptr_t)c.out;
     Py_BEGIN_ALLOW_THREADS
-    if (is_double) masked_f64((const double *)(uintptr_t)data, A, E, B, bound, (double *)(uintptr_t)out);
-    else masked_f32((const float *)(uintptr_t)data, A, E, B, bound, (double *)(uintptr_t)out);
+    if (c.is_double) masked_f64((const double *)(uintptr_t)c.data, c.A, c.E, c.B, c.bound, out);
+    else masked_f32((const float *)(uintptr_t)c.data, c.A, c.E, c.B, c.bound, out);
     Py_END_ALLOW_THREADS
     Py_RETURN_NONE;
 }

@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: the paper's reference CNN and an interleaved, paired timer."""
+"""Shared pieces of the benchmarks: an interleaved, paired timer."""
 
 from __future__ import annotations
 
@@ -6,18 +6,6 @@ import statistics
 import time
 from collections.abc import Callable
 
-from torch import nn
-
-
-def paper_cnn(in_channels: int = 1, classes: int = 10) -> nn.Sequential:
-    """The reference CNN of the WIB-ReLU paper (Fig. 6)."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, 8, 5, stride=2, padding=2), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, classes),
-    )
 
 
 def interleaved(modes: dict[str, Callable[[], None]], *, rounds: int, steps: int,

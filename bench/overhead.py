@@ -26,7 +26,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import actprobe  # noqa: E402
-from common import interleaved, median_ms, paired_overhead, paper_cnn  # noqa: E402
+from actprobe.models import paper_cnn  # noqa: E402
+from common import interleaved, median_ms, paired_overhead  # noqa: E402
 
 
 def make_trainer(device: torch.device, batch: int) -> tuple[nn.Module, object]:

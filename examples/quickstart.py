@@ -25,19 +25,9 @@ from rich.table import Table
 from torch import nn
 
 import actprobe
+from actprobe.models import paper_cnn
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte")
-
-
-def paper_cnn() -> nn.Sequential:
-    """The reference CNN of the paper (Fig. 6)."""
-    return nn.Sequential(
-        nn.Conv2d(1, 8, 5, stride=2, padding=2), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
-    )
 
 
 def read_idx(path: Path) -> np.ndarray:

@@ -7,6 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from actprobe.models import paper_cnn  # noqa: F401  (the tests import it from here)
+
 STATS = ("count", "mean", "std", "min", "max", "near_zero", "dead", "nonfinite")
 
 
@@ -43,17 +45,6 @@ def assert_statistics_close(got: dict[str, float], want: dict[str, float], rtol:
             continue
         scale = max(abs(w), want["std"]) if name == "mean" and np.isfinite(want["std"]) else abs(w)
         assert abs(g - w) <= rtol * scale + 1e-12, f"{name}: got {g!r}, want {w!r}"
-
-
-def paper_cnn(in_channels: int = 1, classes: int = 10) -> nn.Sequential:
-    """The reference CNN of the WIB-ReLU paper (Fig. 6)."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, 8, 5, stride=2, padding=2), nn.ReLU(),
-        nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, classes),
-    )
 
 
 def train_steps(model: nn.Module, steps: int, *, probe=None, seed: int = 0, batch: int = 32,
