@@ -15,8 +15,11 @@ Two implementations produce the same numbers:
 - on the CPU, the C extension ``actprobe._cstats`` reads each value once (vector instructions,
   blocks of at most 256 values summed in float32 and the blocks in float64); a second, masked pass
   runs only when the tensor holds NaN or ±Inf;
-- on every other device (and on the CPU when the extension could not be built), torch operations
-  that mask non-finite values. They never read a device value on the host: no synchronisation.
+- on every other device, torch operations that mask non-finite values; they never read a device
+  value on the host, so they never synchronise. On a CPU where the extension could not be built,
+  the same torch kernel runs, after a cheaper unmasked pass that is kept when every value is finite.
+
+Kernels write into the step's ``Arena``, one packed float64 block per tensor, without allocating.
 """
 
 from __future__ import annotations
@@ -35,8 +38,6 @@ except ImportError:  # built without a C compiler: the torch kernel serves the C
 
 # ACTPROBE_KERNEL=torch forces the torch kernel on the CPU (for comparisons and benchmarks).
 _C_WANTED = os.environ.get("ACTPROBE_KERNEL", "auto") != "torch"
-
-SCALARS = ("min", "max", "far", "nonfinite")
 
 
 @dataclass(slots=True)

@@ -5,8 +5,8 @@ sites: entries → units (or one pseudo-unit for outputs without units) → site
 variance formula (Chan et al.) in float64. A site called several times in one step (gradient
 accumulation) is merged over all its calls, units included.
 
-Steps whose partials have the same arrangement are gathered in a ``PartialRing`` — one
-concatenation per step — and merged together, many rows at once, before the rows are flushed.
+Steps whose partials have the same arrangement are gathered in a ``PartialRing`` — one copy of
+the step's arena per step — and merged together, many rows at once, before the rows are flushed.
 """
 
 from __future__ import annotations
