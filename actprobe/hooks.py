@@ -1,8 +1,9 @@
 """The hook engine: forward hooks on the selected modules, numbered per forward.
 
 Hooks return ``None`` and only read detached outputs, so the model computes exactly what it would
-without them. They hold the model only through weak references: removing the handles leaves
-nothing behind.
+without them. The hooks keep the engine (and so the probe) alive while they are attached, as
+PyTorch hooks keep their closures; the engine holds the model only through a weak reference, and
+removing the handles leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -33,23 +34,17 @@ class HookEngine:
         self._train_only = train_only
         self._calls: dict[str, int] = {}
         self.active = True
-        engine = weakref.ref(self)
-
-        def new_forward(module: nn.Module, args: object) -> None:
-            self_ = engine()
-            if self_ is not None:
-                self_._calls.clear()
-        self._handles: list[RemovableHandle] = [model.register_forward_pre_hook(new_forward)]
+        self._handles: list[RemovableHandle] = [model.register_forward_pre_hook(self._new_forward)]
         for name, module in modules:
             self._handles.append(module.register_forward_hook(self._hook_for(name)))
 
-    def _hook_for(self, name: str) -> Callable[[nn.Module, object, object], None]:
-        engine = weakref.ref(self)
+    def _new_forward(self, module: nn.Module, args: object) -> None:
+        self._calls.clear()
 
+    def _hook_for(self, name: str) -> Callable[[nn.Module, object, object], None]:
         def hook(module: nn.Module, args: object, output: object) -> None:
-            self_ = engine()
-            if self_ is not None and self_.active:
-                self_._called(name, module, output)
+            if self.active:
+                self._called(name, module, output)
         return hook
 
     def _called(self, name: str, module: nn.Module, output: object) -> None:

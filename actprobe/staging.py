@@ -9,6 +9,7 @@ still busy (the disk is slower than training), the rows are dropped and counted.
 from __future__ import annotations
 
 import queue
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,6 +19,14 @@ from .reduce import STATISTICS
 from .writer import Batch
 
 HOST_SLOTS = 3
+
+
+def _wait_for(event: torch.cuda.Event) -> None:
+    """Wait (on the writer thread) until the copies before ``event`` are done. Polling instead of
+    ``event.synchronize()`` keeps even the writer clear of CUDA's synchronising calls, so that
+    ``torch.cuda.set_sync_debug_mode("error")`` can watch a whole training run."""
+    while not event.query():
+        time.sleep(0.0002)
 
 
 class _HostSlot:
@@ -95,7 +104,7 @@ class RowStage:
         return Batch(
             steps=self._steps[:n].copy(),
             times=self._times[:n].copy(),
-            ready=event.synchronize if event is not None else (lambda: None),
+            ready=(lambda: _wait_for(event)) if event is not None else (lambda: None),
             stats=lambda: slot.stats[:n].numpy(),
             scalars=lambda: np.where(from_device, slot.scalars[:n].numpy(), host_scalars),
             release=lambda: self._free.put(slot),

@@ -483,3 +483,24 @@ def test_rows_stay_right_when_the_set_of_firing_sites_changes(tmp_path, monkeypa
                 continue
             want = {k: float(np.float32(v)) for k, v in reference_statistics(row[name], -1).items()}
             assert_statistics_close(got, want, rtol=2e-6)
+
+
+def test_a_probe_never_closed_is_kept_alive_by_its_hooks_and_committed_at_exit(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    path = tmp_path / "run.h5"
+    script = textwrap.dedent(f"""
+        import gc, weakref, torch, actprobe
+        from torch import nn
+        model = nn.Sequential(nn.Linear(3, 3))
+        probe = weakref.ref(actprobe.Probe(model, {str(path)!r}))  # no strong reference, no close()
+        gc.collect()
+        for _ in range(3):
+            model(torch.randn(2, 3)).sum().backward()
+            probe().step()
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert actprobe.read(path).rows == 3
