@@ -18,7 +18,7 @@ import pytest
 import actprobe
 
 WORKER = Path(__file__).with_name("_writer_process.py")
-KILLS = 12
+KILLS = 16
 
 
 def _start(path: Path, *args: str) -> subprocess.Popen:
