@@ -82,7 +82,6 @@ class Probe:
         self._started = time.perf_counter()
         self._last_flush = self._started
         self._warned: set[str] = set()
-        self._scalar_names: list[str] | None = None
         self.error: BaseException | None = None
         self._staged_rows_valid = True  # False after a failure that may have left a row half-made
         self.closed = False
@@ -138,7 +137,7 @@ class Probe:
 
     def flush(self, *, wait: bool = False) -> None:
         """Send every recorded row to the writer; with ``wait``, return once they are committed."""
-        if self.closed:
+        if self.closed or not self._staged_rows_valid:
             return
         try:
             self._flush()
@@ -195,11 +194,11 @@ class Probe:
         self._recorder.finish_step(self._stage, row)
 
     def _start_stage(self, scalars: Mapping[str, Any]) -> None:
-        self._scalar_names = [name for name in scalars if _scalar_value(scalars[name]) is not None]
+        names = [name for name in scalars if _scalar_value(scalars[name]) is not None]
         rows = self.settings.rows_per_flush
         device = self._recorder.device or torch.device("cpu")
-        self._stage = RowStage(rows, len(self._recorder.sites), self._scalar_names, device)
-        sites, names, settings = list(self._recorder.sites), list(self._scalar_names), self.settings
+        self._stage = RowStage(rows, len(self._recorder.sites), names, device)
+        sites, settings = list(self._recorder.sites), self.settings
         attributes = {"near_zero_eps": settings.near_zero_eps, "dead_eps": settings.dead_eps,
                       "every": settings.every, **settings.meta}
         path = self.path
