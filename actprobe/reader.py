@@ -10,10 +10,7 @@ from typing import Any
 import numpy as np
 
 from .errors import FormatError
-from .reduce import STATISTICS
-
-FORMAT_NAME = "actprobe"
-SUPPORTED_VERSION = 1
+from .format import FORMAT_NAME, FORMAT_VERSION, STATISTICS
 
 
 @dataclass(frozen=True)
@@ -99,9 +96,9 @@ def _load(f: Any, path: Path) -> Run:
     version = attrs.get("format_version")
     if not isinstance(version, (int, np.integer)) or version < 1:
         raise FormatError(f"{path} has an invalid format_version {version!r}")
-    if version > SUPPORTED_VERSION:
+    if version > FORMAT_VERSION:
         raise FormatError(f"{path} has format_version {version}; this actprobe reads up to "
-                          f"{SUPPORTED_VERSION}: upgrade actprobe")
+                          f"{FORMAT_VERSION}: upgrade actprobe")
     if "step" not in f:
         raise FormatError(f"{path} has no rows yet (the writer has not committed its first flush)")
     step_ds = f["step"]

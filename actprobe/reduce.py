@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .format import STATISTICS
 from .kernels import Arena, Partial
 
-STATISTICS: tuple[str, ...] = ("count", "mean", "std", "min", "max", "near_zero", "dead", "nonfinite")
 
 # The most memory one ring may take; steps that need more are merged one at a time.
 RING_BYTES = 64 << 20

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .reduce import STATISTICS
+from .format import STATISTICS
 from .writer import Batch
 
 HOST_SLOTS = 3

@@ -18,11 +18,8 @@ import numpy as np
 import torch
 
 from ._version import __version__
-from .reduce import STATISTICS
+from .format import FORMAT_NAME, FORMAT_VERSION, STATISTICS
 from .sites import Site
-
-FORMAT_NAME = "actprobe"
-FORMAT_VERSION = 1
 
 
 def _fixed_utf8(values: Sequence[str]) -> np.ndarray:

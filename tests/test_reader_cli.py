@@ -110,3 +110,12 @@ def test_python_dash_m_and_console_script(run_file):
     bad = subprocess.run([sys.executable, "-m", "actprobe", "info", str(run_file) + ".missing"],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+def test_import_and_cli_do_not_load_torch(run_file):
+    """`import actprobe`, the CLI and reading a file stay light: torch loads with the Probe only."""
+    code = ("import sys, actprobe, actprobe.cli; run = actprobe.read(sys.argv[1]); "
+            "assert 'torch' not in sys.modules, 'torch was imported'; "
+            "actprobe.Probe; assert 'torch' in sys.modules")
+    result = subprocess.run([sys.executable, "-c", code, str(run_file)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
