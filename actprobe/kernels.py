@@ -1,7 +1,7 @@
 """Statistics kernels: the moments of one activation tensor, computed on its own device.
 
-A kernel turns a tensor into a ``Partial``: for each *entry* (a unit, or the whole tensor when its
-output has no units) the number of finite values, a shift (one of the entry's own values) and the
+A kernel turns a tensor into a ``Partial``: for each *entry* (a unit, or the whole tensor as one
+pseudo-unit when its output has no units) the number of finite values, a shift (one of the entry's own values) and the
 sums of (x − shift) and (x − shift)²; and four scalars: min, max, the number of values with
 |x| > eps (non-finite ones included) and the number of non-finite values. Partials of all sites of
 a step are merged later, in a handful of batched operations (``reduce.py``).
@@ -46,10 +46,8 @@ class Partial:
     count[E] shift[E] sum[E] sumsq[E] min max far nonfinite."""
 
     offset: int
-    entries: int
-    entry_unit: torch.Tensor  # (E,) int64: each entry's unit (or pseudo-unit)
-    units: int  # number of real units, 0 when the output has none
-    groups: int  # number of distinct values in entry_unit
+    entries: int  # E: the units, or 1 pseudo-unit
+    units: int  # number of real units (E), 0 when the output has none
     numel: int
 
     @property
@@ -95,9 +93,7 @@ class _Plan:
     view_shape: tuple[int, int, int]  # (A, E, B): moments per entry, over A and B
     channels_last: bool
     contiguous: bool  # the memory is already (A, E, B) row-major (contiguous or channels-last)
-    entry_unit: torch.Tensor
     units: int
-    groups: int
     dtype: torch.dtype  # the dtype the values are summed in
     near_bound: float  # the largest value of dtype that is ≤ near_zero_eps
     use_c: bool
@@ -133,7 +129,6 @@ class MomentKernel:
         self.use_c = use_c and _cstats is not None
         self.cpu_shortcut = cpu_shortcut
         self._plans: dict[tuple, _Plan] = {}
-        self._entry_units: dict[tuple[torch.device, int], torch.Tensor] = {}
         self._scratch: dict[torch.dtype, torch.Tensor] = {}
 
     def __call__(self, x: torch.Tensor, unit_dim: int | None, arena: Arena) -> Partial:
@@ -157,7 +152,7 @@ class MomentKernel:
             if packed is None:
                 packed = self._torch(view, plan)
             arena.buffer[offset:offset + width].copy_(packed, non_blocking=True)
-        return Partial(offset, entries, plan.entry_unit, plan.units, plan.groups, x.numel())
+        return Partial(offset, entries, plan.units, x.numel())
 
     @staticmethod
     def _view(x: torch.Tensor, plan: _Plan) -> torch.Tensor:
@@ -167,19 +162,11 @@ class MomentKernel:
         shape, channels_last = _entries_shape(x, unit_dim)
         entries = shape[1]
         units = 0 if unit_dim is None or x.ndim <= 1 else entries
-        entry_unit = self._units_of_entries(x.device, entries)
         dtype = compute_dtype(x.dtype)
         contiguous = x.is_contiguous() or (channels_last and x.is_contiguous(memory_format=torch.channels_last))
-        return _Plan(view_shape=shape, channels_last=channels_last, contiguous=contiguous, entry_unit=entry_unit,
-                     units=units, groups=entries, dtype=dtype, near_bound=near_zero_bound(self.near_zero_eps, dtype),
+        return _Plan(view_shape=shape, channels_last=channels_last, contiguous=contiguous,
+                     units=units, dtype=dtype, near_bound=near_zero_bound(self.near_zero_eps, dtype),
                      use_c=self.use_c and x.device.type == "cpu")
-
-    def _units_of_entries(self, device: torch.device, entries: int) -> torch.Tensor:
-        key = (device, entries)
-        ids = self._entry_units.get(key)
-        if ids is None:
-            ids = self._entry_units[key] = torch.arange(entries, device=device)
-        return ids
 
     def _c(self, x: torch.Tensor, plan: _Plan, out_pointer: int) -> None:
         """The C kernel: reads the memory of ``x`` in place when it is laid out as (A, E, B)."""

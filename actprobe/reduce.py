@@ -28,7 +28,7 @@ Partials = Sequence[tuple[int, Partial]]
 
 def arrangement(partials: Partials) -> tuple:
     """A key that is equal for two steps exactly when their partials can share a layout."""
-    return tuple((site, p.offset, p.entries, id(p.entry_unit), p.groups, p.units, p.numel) for site, p in partials)
+    return tuple((site, p.offset, p.entries, p.units, p.numel) for site, p in partials)
 
 
 @dataclass
@@ -52,7 +52,7 @@ class Layout:
         has_units: dict[int, bool] = {}
         numel = [0] * sites
         for site, part in partials:
-            group_count[site] = max(group_count.get(site, 0), part.groups)
+            group_count[site] = max(group_count.get(site, 0), part.entries)
             has_units[site] = has_units.get(site, False) or part.units > 0
             numel[site] += part.numel
         order = sorted(group_count)
@@ -71,7 +71,8 @@ class Layout:
             sites=sites, width=width, parts=len(partials),
             moments=moments.to(device, non_blocking=True),
             scalars=scalars.to(device, non_blocking=True),
-            entry_group=torch.cat([p.entry_unit.to(device) + start[s] for s, p in partials]),
+            entry_group=torch.cat([torch.arange(p.entries) + start[s] for s, p in partials]).to(
+                device, non_blocking=True),
             group_site=group_site.to(device, non_blocking=True),
             group_is_unit=group_is_unit.to(device, non_blocking=True),
             part_site=_to_device([s for s, _ in partials], torch.int64, device),

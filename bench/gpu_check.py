@@ -25,8 +25,8 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 import actprobe  # noqa: E402
 from actprobe.reduce import tensor_statistics  # noqa: E402
-from actprobe.models import paper_cnn  # noqa: E402
 from conftest import assert_statistics_close, reference_statistics  # noqa: E402
+from overhead import make_trainer  # noqa: E402
 
 
 def check_statistics(device: torch.device) -> None:
@@ -46,22 +46,14 @@ def check_statistics(device: torch.device) -> None:
 
 
 def check_no_sync(device: torch.device) -> None:
-    torch.manual_seed(0)
-    model = paper_cnn().to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x = torch.randn(256, 1, 28, 28, device=device)
-    y = torch.randint(0, 10, (256,), device=device)
+    model, train = make_trainer(device, 256)
     path = Path(tempfile.mkdtemp()) / "gpu.h5"
     with actprobe.Probe(model, path, flush_every=25) as probe:
         if device.type == "cuda":
             torch.cuda.set_sync_debug_mode("error")
         try:
             for _ in range(150):
-                loss = torch.nn.functional.cross_entropy(model(x), y)
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                probe.step(loss=loss)
+                probe.step(loss=train())
         finally:
             if device.type == "cuda":
                 torch.cuda.set_sync_debug_mode("default")
