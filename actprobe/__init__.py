@@ -12,7 +12,16 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
-from .errors import ActprobeError, ActprobeWarning, FormatError, OptionError, RunFileError, SelectionError
+from .errors import (
+    ActprobeError,
+    ActprobeWarning,
+    DataError,
+    FormatError,
+    ModelFileError,
+    OptionError,
+    RunFileError,
+    SelectionError,
+)
 from .format import STATISTICS
 
 if TYPE_CHECKING:
@@ -25,7 +34,9 @@ __all__ = [
     "STATISTICS",
     "ActprobeError",
     "ActprobeWarning",
+    "DataError",
     "FormatError",
+    "ModelFileError",
     "OptionError",
     "Probe",
     "Run",

@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import time
 from pathlib import Path
 
 from .errors import RunFileError
@@ -19,13 +20,16 @@ class WriterLock:
     def __init__(self, path: Path) -> None:
         self.path = path.with_name(path.name + ".lock")
         self._fd: int | None = None
-        for _ in range(8):
+        for attempt in range(8):
             fd = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
                 os.close(fd)
                 if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    if attempt < 7:  # perhaps `writer_active` of a reader, which holds it for microseconds
+                        time.sleep(0.02)
+                        continue
                     raise RunFileError(
                         f"{path} is being written by another probe (lock {self.path} is held); "
                         "choose another path or wait until that run ends") from None
@@ -57,3 +61,21 @@ class WriterLock:
             pass
         os.close(self._fd)
         self._fd = None
+
+
+def writer_active(path: Path) -> bool:
+    """Whether a live writer holds the lock of run file ``path`` (without creating the lock file)."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)

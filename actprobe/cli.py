@@ -4,14 +4,50 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
+
+try:  # newer typer vendors click under this name, older typer depends on click itself
+    from typer import _click as click
+except ImportError:  # pragma: no cover
+    import click
 
 from ._version import __version__
 from .errors import ActprobeError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors as one ``error: …`` line on stderr with exit code 2, instead of a boxed panel."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = result if isinstance(result, int) else 0
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.format_message())
+            code = 0
+        except click.ClickException as exc:
+            hint = f" (see: {exc.ctx.command_path} --help)" if getattr(exc, "ctx", None) else ""
+            click.echo(f"error: {exc.format_message()}{hint}", err=True)
+            code = exc.exit_code
+        except typer.Abort:
+            click.echo("error: aborted", err=True)
+            code = 130
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True,
                   help="actprobe: per-layer activation statistics of PyTorch models.")
+
+
+def _fail(exc: ActprobeError | str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(code)
 
 
 def _version(value: bool) -> None:
@@ -34,8 +70,7 @@ def info(path: Path = typer.Argument(..., help="A run file written by actprobe."
     try:
         run = read(path)
     except ActprobeError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise _fail(exc) from None
     typer.echo(f"{run.path}: format_version {run.format_version}, {run.rows} rows, {len(run.sites)} sites")
     if run.rows:
         typer.echo(f"steps {int(run.step[0])}..{int(run.step[-1])}, {run.time[-1]:.1f} s")
@@ -45,6 +80,56 @@ def info(path: Path = typer.Argument(..., help="A run file written by actprobe."
         typer.echo(f"  site {name} ({kind})")
     if run.scalars:
         typer.echo(f"  scalars: {', '.join(run.scalars)}")
+
+
+@app.command()
+def show(path: Path = typer.Argument(..., help="A run file written by actprobe, finished or still growing.")) -> None:
+    """Summarise a run file: per-site statistics at the first and last recorded step, and flags."""
+    from rich.console import Console
+
+    from ._lock import writer_active
+    from .reader import read
+    from .summary import summarize
+    from .terminal import render_summary
+
+    try:
+        run = read(path)
+    except ActprobeError as exc:
+        raise _fail(exc) from None
+    render_summary(summarize(run, live=writer_active(path)), Console())
+
+
+@app.command()
+def run(
+    model_file: Path = typer.Argument(..., help="A Python file defining model() (and optionally data(), "
+                                      "loss_fn, optimizer(params), input_shape or example_input())."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run file to write [default: FILE's name .h5, "
+                                    "numbered if it exists]."),
+    steps: int | None = typer.Option(None, "--steps", help="Training steps (or init-check passes, default 10)."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Epochs over data() [default: 1 when no --steps]."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (cuda:N)."),
+    every: int = typer.Option(1, "--every", help="Record every k-th step."),
+    select: list[str] = typer.Option([], "--select", help="Module name glob to record; repeatable "
+                                     "[default: every leaf module]."),
+    seed: int = typer.Option(0, "--seed", help="Seed of torch's generator, set before model() and data()."),
+    data_root: Path | None = typer.Option(None, "--data-root", help="Folder with data sets "
+                                          "(also $ACTPROBE_DATA)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Init check: samples per forward pass."),
+    init_check: bool = typer.Option(False, "--init-check", help="Run the init check even if FILE defines data()."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --out file if it exists."),
+) -> None:
+    """Run a model file with actprobe attached: train on its data(), or check its initialisation."""
+    from .run_command import RunRequest, execute
+
+    request = RunRequest(model_file=model_file, out=out, steps=steps, epochs=epochs, device=device, every=every,
+                         select=tuple(select), seed=seed, data_root=data_root, batch_size=batch_size,
+                         init_check=init_check, overwrite=overwrite)
+    try:
+        code = execute(request)
+    except ActprobeError as exc:
+        raise _fail(exc) from None
+    if code:
+        raise typer.Exit(code)
 
 
 def main() -> None:

@@ -28,3 +28,11 @@ class FormatError(ActprobeError):
 
 class ActprobeWarning(UserWarning):
     """A problem while recording: reported once, training goes on."""
+
+
+class ModelFileError(ActprobeError):
+    """A model file given to ``actprobe run`` cannot be loaded or breaks its contract."""
+
+
+class DataError(ActprobeError):
+    """A data set cannot be found or read, or ``data()`` yields batches of the wrong form."""
