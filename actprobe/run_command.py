@@ -66,7 +66,7 @@ def execute(request: RunRequest, console: Console | None = None) -> int:
                          batch_size=request.batch_size, init_check=request.init_check,
                          overwrite=request.overwrite)
     with warnings.catch_warnings(record=True) as caught, use_data_root(request.data_root):
-        warnings.simplefilter("always")
+        warnings.simplefilter("default")
         spec = load_model_file(request.model_file)
         outcome = run_model_file(spec, options, RunProgress(console))
     for warning in _unique(caught):

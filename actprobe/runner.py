@@ -296,7 +296,7 @@ def _init_input(spec: ModelFile, options: RunOptions, generator: torch.Generator
         moved = tuple(t.to(device) for t in tensors)
         return moved if isinstance(value, (tuple, list)) else moved[0]
     x = torch.randn(options.batch_size, *spec.input_shape, generator=generator, dtype=torch.float64)
-    x = (x - x.mean()) / x.std()  # exactly mean 0, std 1, as the paper's inputs
+    x = (x - x.mean()) / x.std(correction=0)  # exactly mean 0, std 1, as the paper's inputs
     return x.to(device=device, dtype=torch.float32)
 
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from actprobe.models import paper_cnn  # noqa: F401  (the tests import it from here)
+
+# The README's test command names the data folder relative to the checkout; tests that run in other
+# folders need it absolute.
+if os.environ.get("ACTPROBE_DATA"):
+    os.environ["ACTPROBE_DATA"] = str(Path(os.environ["ACTPROBE_DATA"]).resolve())
 
 STATS = ("count", "mean", "std", "min", "max", "near_zero", "dead", "nonfinite")
 

@@ -113,8 +113,10 @@ def test_python_dash_m_and_console_script(run_file):
 
 
 def test_import_and_cli_do_not_load_torch(run_file):
-    """`import actprobe`, the CLI and reading a file stay light: torch loads with the Probe only."""
+    """`import actprobe`, the CLI, `actprobe show` and reading a file stay light: torch loads with the Probe only."""
     code = ("import sys, actprobe, actprobe.cli; run = actprobe.read(sys.argv[1]); "
+            "from actprobe.cli import app; from typer.testing import CliRunner; "
+            "assert CliRunner().invoke(app, ['show', sys.argv[1]]).exit_code == 0; "
             "assert 'torch' not in sys.modules, 'torch was imported'; "
             "actprobe.Probe; assert 'torch' in sys.modules")
     result = subprocess.run([sys.executable, "-c", code, str(run_file)], capture_output=True, text=True)

@@ -5,8 +5,10 @@ Read directly from a ``.tar.gz`` without extracting it, so a read-only data fold
 
 from __future__ import annotations
 
+import io
 import pickle
 import tarfile
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
@@ -42,19 +44,40 @@ def _batches_folder(root: Path) -> Path | None:
 
 
 def _decode(blobs: list[bytes], where: str) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
-
-    tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+    """Encoded images → (N, 3, 32, 32) uint8: torchvision's batched JPEG decoder, else PIL."""
     try:
-        if all(b[:2] == _JPEG_MAGIC for b in blobs):
-            images = decode_jpeg(tensors, mode=ImageReadMode.RGB)  # batched: ~50 µs an image
-        else:
-            images = [decode_image(t, mode=ImageReadMode.RGB) for t in tensors]
+        images = _decode_torchvision(blobs)
+    except (ImportError, AttributeError):  # torchvision without its (deprecated) image decoders
+        images = None
     except RuntimeError as exc:
         raise DataError(f"cannot decode an image of CIFAR-10 in {where}: {one_line(exc)}") from None
+    if images is None:
+        images = [_decode_pil(blob, where) for blob in blobs]
     if any(tuple(im.shape) != (3, 32, 32) for im in images):
         raise DataError(f"CIFAR-10 images in {where} must be 32x32 RGB")
     return torch.stack(images) if images else torch.empty(0, 3, 32, 32, dtype=torch.uint8)
+
+
+def _decode_torchvision(blobs: list[bytes]) -> list[torch.Tensor] | None:
+    if not blobs or not all(b[:2] == _JPEG_MAGIC for b in blobs):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # deprecated since torchvision 0.29; PIL is the fallback
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+        return decode_jpeg(tensors, mode=ImageReadMode.RGB)  # batched: about 3 times faster than PIL
+
+
+def _decode_pil(blob: bytes, where: str) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(blob)) as image:
+            array = np.asarray(image.convert("RGB"))  # (H, W, 3)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"cannot decode an image of CIFAR-10 in {where}: {one_line(exc)}") from None
+    return torch.from_numpy(array.transpose(2, 0, 1).copy())
 
 
 def _from_named_images(items: Iterable[tuple[str, str, bytes]], where: str) -> dict[str, ImageSplit]:
