@@ -37,3 +37,18 @@ def test_c_kernel_is_built_where_required():
     if os.environ.get("ACTPROBE_REQUIRE_C") != "1":
         pytest.skip("ACTPROBE_REQUIRE_C is not set")
     assert kernels._cstats is not None, "the C extension actprobe._cstats was not built"
+
+
+def test_the_wheel_carries_the_fashion_mnist_sample(tmp_path):
+    """A non-editable install must find the offline sample: it is package data of the wheel."""
+    import zipfile
+
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation",
+                             "-q", "-w", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    (wheel,) = tmp_path.glob("actprobe-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    sample = {f"actprobe/datasets/fashion_mnist_sample/{n}" for n in (
+        "README.md", "LICENSE", "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+    assert sample <= names
