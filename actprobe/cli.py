@@ -62,15 +62,19 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     pass
 
 
-@app.command()
-def info(path: Path = typer.Argument(..., help="A run file written by actprobe.")) -> None:
-    """Print a run file's attributes, sites and row count."""
+def _read(path: Path) -> Any:
     from .reader import read
 
     try:
-        run = read(path)
+        return read(path)
     except ActprobeError as exc:
         raise _fail(exc) from None
+
+
+@app.command()
+def info(path: Path = typer.Argument(..., help="A run file written by actprobe.")) -> None:
+    """Print a run file's attributes, sites and row count."""
+    run = _read(path)
     typer.echo(f"{run.path}: format_version {run.format_version}, {run.rows} rows, {len(run.sites)} sites")
     if run.rows:
         typer.echo(f"steps {int(run.step[0])}..{int(run.step[-1])}, {run.time[-1]:.1f} s")
@@ -88,15 +92,10 @@ def show(path: Path = typer.Argument(..., help="A run file written by actprobe, 
     from rich.console import Console
 
     from ._lock import writer_active
-    from .reader import read
     from .summary import summarize
     from .terminal import render_summary
 
-    try:
-        run = read(path)
-    except ActprobeError as exc:
-        raise _fail(exc) from None
-    render_summary(summarize(run, live=writer_active(path)), Console())
+    render_summary(summarize(_read(path), live=writer_active(path)), Console())
 
 
 @app.command()
@@ -119,13 +118,14 @@ def run(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --out file if it exists."),
 ) -> None:
     """Run a model file with actprobe attached: train on its data(), or check its initialisation."""
-    from .run_command import RunRequest, execute
+    from .run_command import execute
+    from .runner import RunOptions
 
-    request = RunRequest(model_file=model_file, out=out, steps=steps, epochs=epochs, device=device, every=every,
-                         select=tuple(select), seed=seed, data_root=data_root, batch_size=batch_size,
-                         init_check=init_check, overwrite=overwrite)
     try:
-        code = execute(request)
+        options = RunOptions(model_file=model_file, out=out, steps=steps, epochs=epochs, device=device, every=every,
+                             select=tuple(select), seed=seed, batch_size=batch_size, init_check=init_check,
+                             overwrite=overwrite)
+        code = execute(options, data_root)
     except ActprobeError as exc:
         raise _fail(exc) from None
     if code:

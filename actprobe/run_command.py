@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -16,24 +16,6 @@ from .runner import RunOptions, RunOutcome, run_model_file
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
-
-
-@dataclass(frozen=True, kw_only=True)
-class RunRequest:
-    """The arguments of ``actprobe run``, as typed."""
-
-    model_file: Path
-    out: Path | None = None
-    steps: int | None = None
-    epochs: int | None = None
-    device: str = "auto"
-    every: int = 1
-    select: tuple[str, ...] = ()
-    seed: int = 0
-    data_root: Path | None = None
-    batch_size: int = 64
-    init_check: bool = False
-    overwrite: bool = False
 
 
 def output_path(model_file: Path, out: Path | None, overwrite: bool) -> Path:
@@ -51,8 +33,8 @@ def output_path(model_file: Path, out: Path | None, overwrite: bool) -> Path:
     raise RunFileError(f"no free file name {model_file.stem}-N.h5 here; pass --out")
 
 
-def execute(request: RunRequest, console: Console | None = None) -> int:
-    """Run the request and print its summary; return the exit code (0, 2 on a failure, 130 on Ctrl-C).
+def execute(options: RunOptions, data_root: Path | None = None, console: Console | None = None) -> int:
+    """Run ``options.model_file`` and print the summary; return the exit code (0, 2 on a failure, 130 on Ctrl-C).
 
     Raises:
         ActprobeError: bad input found before anything was recorded.
@@ -60,14 +42,10 @@ def execute(request: RunRequest, console: Console | None = None) -> int:
     from .terminal import RunProgress
 
     console = console or Console()
-    out = output_path(request.model_file, request.out, request.overwrite)
-    options = RunOptions(out=out, steps=request.steps, epochs=request.epochs, device=request.device,
-                         every=request.every, select=request.select, seed=request.seed,
-                         batch_size=request.batch_size, init_check=request.init_check,
-                         overwrite=request.overwrite)
-    with warnings.catch_warnings(record=True) as caught, use_data_root(request.data_root):
+    options = replace(options, out=output_path(options.model_file, options.out, options.overwrite))
+    with warnings.catch_warnings(record=True) as caught, use_data_root(data_root):
         warnings.simplefilter("default")
-        spec = load_model_file(request.model_file)
+        spec = load_model_file(options.model_file)
         outcome = run_model_file(spec, options, RunProgress(console))
     for warning in _unique(caught):
         console.print(f"warning: {warning}", style="yellow", highlight=False, markup=False)
@@ -111,4 +89,4 @@ def report(outcome: RunOutcome, console: Console) -> int:
     return 0
 
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "RunRequest", "execute", "output_path", "report"]
+__all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "execute", "output_path", "report"]

@@ -6,6 +6,7 @@ tensor, and the display decides when (rarely) to look at it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Iterable, Iterator
@@ -27,9 +28,11 @@ DEFAULT_LR = 1e-3
 
 @dataclass(frozen=True, kw_only=True)
 class RunOptions:
-    """What ``actprobe run`` was asked for. ``steps`` and ``epochs`` exclude each other."""
+    """What ``actprobe run`` was asked for. ``steps`` and ``epochs`` exclude each other; ``out`` is
+    chosen by ``run_command.output_path`` when not given."""
 
-    out: Path
+    model_file: Path
+    out: Path | None = None
     steps: int | None = None
     epochs: int | None = None
     device: str = "auto"
@@ -103,6 +106,8 @@ def run_model_file(spec: ModelFile, options: RunOptions, progress: ProgressSink 
         OptionError, ModelFileError, DataError, RunFileError: before anything was recorded.
         Failures after recording started come back as ``RunOutcome.error``, the file kept.
     """
+    if options.out is None:
+        raise OptionError("RunOptions.out must name the run file")
     device = resolve_device(options.device)
     torch.manual_seed(options.seed)
     model = spec.call("model()", spec.model)
@@ -144,27 +149,10 @@ class _Training:
             return None
 
     def run(self, progress: ProgressSink) -> RunOutcome:
-        meta = _meta(self.spec, self.options, "train", self.source, self.device)
         self.model.train()
-        steps, interrupted, error = 0, False, None
-        start = time.perf_counter()
-        with Probe(self.model, self.options.out, select=list(self.options.select) or None,
-                   every=self.options.every, meta=meta, overwrite=self.options.overwrite) as probe:
-            progress.start(self.total_steps(), "train", self.source, tuple(getattr(self.data, "notes", ())))
-            try:
-                for inputs, targets in self._batches():
-                    loss = self._step(steps, inputs, targets)
-                    probe.step(loss=loss)
-                    steps += 1
-                    progress.update(steps, loss)
-            except KeyboardInterrupt:
-                interrupted = True
-            except ActprobeError as exc:
-                error = exc
-            finally:
-                progress.stop()
-        return RunOutcome(self.options.out, "train", steps, time.perf_counter() - start, self.source,
-                          str(self.device), interrupted, error)
+        losses = (self._step(step, inputs, targets) for step, (inputs, targets) in enumerate(self._batches()))
+        return _record(self.options, self.model, self.device, "train", self.source, losses, progress,
+                       total=self.total_steps(), notes=tuple(getattr(self.data, "notes", ())))
 
     def _batches(self) -> Iterator[tuple[Any, torch.Tensor]]:
         limit = self.options.steps
@@ -253,29 +241,43 @@ def _init_check(spec: ModelFile, options: RunOptions, model: nn.Module, device: 
         raise ModelFileError(f"{spec.path} defines neither data() nor input_shape or example_input(); "
                              "the init check needs one of them")
     steps = options.steps or INIT_CHECK_STEPS
-    source = _init_source(spec, options, steps)
     generator = torch.Generator().manual_seed(options.seed)
-    meta = _meta(spec, options, "init-check", source, device)
+
+    def passes() -> Iterator[None]:
+        for step in range(steps):
+            _forward(spec, model, _init_input(spec, options, generator, device), f"at init-check pass {step}")
+            yield None
+
+    model.train()  # as at the first training step (dropout on, batch statistics in norm layers)
+    return _record(options, model, device, "init-check", _init_source(spec, options, steps), passes(), progress,
+                   total=steps, train_only=False, context=torch.no_grad())
+
+
+def _record(options: RunOptions, model: nn.Module, device: torch.device, mode: str, source: str,
+            steps: Iterator[torch.Tensor | None], progress: ProgressSink, *, total: int | None,
+            notes: tuple[str, ...] = (), train_only: bool = True,
+            context: contextlib.AbstractContextManager[Any] | None = None) -> RunOutcome:
+    """Drive ``steps`` (each item: one step done, its loss or None) with a probe attached to ``model``."""
+    meta = {"command": "actprobe run", "model_file": str(options.model_file), "mode": mode,
+            "data_source": source, "seed": options.seed, "device": str(device)}
     done, interrupted, error = 0, False, None
     start = time.perf_counter()
-    model.train()  # as at the first training step (dropout on, batch statistics in norm layers)
-    with torch.no_grad(), Probe(model, options.out, select=list(options.select) or None, every=options.every,
-                                meta=meta, overwrite=options.overwrite, train_only=False) as probe:
-        progress.start(steps, "init-check", source, ())
+    with context or contextlib.nullcontext(), Probe(
+            model, options.out, select=list(options.select) or None, every=options.every, meta=meta,
+            overwrite=options.overwrite, train_only=train_only) as probe:
+        progress.start(total, mode, source, notes)
         try:
-            for step in range(steps):
-                _forward(spec, model, _init_input(spec, options, generator, device), f"at init-check pass {step}")
-                probe.step()
+            for loss in steps:
+                probe.step() if loss is None else probe.step(loss=loss)
                 done += 1
-                progress.update(done, None)
+                progress.update(done, loss)
         except KeyboardInterrupt:
             interrupted = True
         except ActprobeError as exc:
             error = exc
         finally:
             progress.stop()
-    return RunOutcome(options.out, "init-check", done, time.perf_counter() - start, source, str(device),
-                      interrupted, error)
+    return RunOutcome(options.out, mode, done, time.perf_counter() - start, source, str(device), interrupted, error)
 
 
 def _init_source(spec: ModelFile, options: RunOptions, steps: int) -> str:
@@ -298,11 +300,6 @@ def _init_input(spec: ModelFile, options: RunOptions, generator: torch.Generator
     x = torch.randn(options.batch_size, *spec.input_shape, generator=generator, dtype=torch.float64)
     x = (x - x.mean()) / x.std(correction=0)  # exactly mean 0, std 1, as the paper's inputs
     return x.to(device=device, dtype=torch.float32)
-
-
-def _meta(spec: ModelFile, options: RunOptions, mode: str, source: str, device: torch.device) -> dict[str, Any]:
-    return {"command": "actprobe run", "model_file": str(spec.path), "mode": mode, "data_source": source,
-            "seed": options.seed, "device": str(device)}
 
 
 def _describe(value: Any) -> str:

@@ -261,6 +261,12 @@ def test_data_yields_the_wrong_shape(tmp_path):
     assert not (tmp_path / "r.h5").exists() and not (tmp_path / "r.h5.lock").exists()
 
 
+def test_targets_the_default_loss_cannot_take(tmp_path):
+    path = write(tmp_path, TINY.replace("torch.randint(0, 3, (16,), generator=g)", "torch.randn(16, 5, generator=g)"))
+    assert_bad_input(invoke("run", path), "the default loss (cross-entropy) failed at step 0",
+                     "targets a (16, 5) float32 tensor", "define loss_fn(outputs, targets)")
+
+
 def test_data_with_mismatched_batch_sizes(tmp_path):
     path = write(tmp_path, TINY.replace("(16,), generator=g)", "(15,), generator=g)"))
     assert_bad_input(invoke("run", path), "must have the same (non-zero) batch dimension")
