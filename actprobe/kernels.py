@@ -36,23 +36,43 @@ try:
 except ImportError:  # built without a C compiler: the torch kernel serves the CPU too
     _cstats = None
 
-# ACTPROBE_KERNEL=torch forces the torch kernel on the CPU (for comparisons and benchmarks).
-_C_WANTED = os.environ.get("ACTPROBE_KERNEL", "auto") != "torch"
+# ACTPROBE_KERNEL=torch forces the torch kernel everywhere (for comparisons and benchmarks);
+# ACTPROBE_KERNEL=triton the Triton kernel everywhere (on the CPU with TRITON_INTERPRET=1: for tests).
+_KERNEL_CHOICE = os.environ.get("ACTPROBE_KERNEL", "auto")
+_C_WANTED = _KERNEL_CHOICE not in ("torch", "triton")
+_TRITON_WANTED = _KERNEL_CHOICE != "torch"
+_TRITON_EVERYWHERE = _KERNEL_CHOICE == "triton"
+_triton_module: object | None = None
+_triton_failed = False
+
+
+def triton_kernel_module() -> object | None:
+    """``actprobe.triton_kernel``, imported on first need; None when Triton is not installed."""
+    global _triton_module, _triton_failed
+    if _triton_module is None and not _triton_failed:
+        try:
+            from . import triton_kernel
+        except ImportError:
+            _triton_failed = True
+        else:
+            _triton_module = triton_kernel
+    return _triton_module
 
 
 @dataclass(slots=True)
 class Partial:
     """Moments of one tensor, packed as float64 in the step's ``Arena`` from ``offset`` on:
-    count[E] shift[E] sum[E] sumsq[E] min max far nonfinite."""
+    count[E] shift[E] sum[E] sumsq[E], then ``scalar_rows`` times (min max far nonfinite)."""
 
     offset: int
     entries: int  # E: the units, or 1 pseudo-unit
     units: int  # number of real units (E), 0 when the output has none
     numel: int
+    scalar_rows: int = 1  # the Triton kernel leaves one row of scalars per program
 
     @property
     def width(self) -> int:
-        return 4 * self.entries + 4
+        return 4 * self.entries + 4 * self.scalar_rows
 
 
 class Arena:
@@ -64,14 +84,18 @@ class Arena:
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.buffer = torch.empty(4096, dtype=torch.float64, device=device)
+        self.buffer = torch.zeros(4096, dtype=torch.float64, device=device)
         self.used = 0
+        self.zero_on_clear = False  # set by kernels that add into the arena (atomics need zeros)
 
     def reserve(self, width: int) -> int:
-        """Room for ``width`` values; returns its offset. May move the buffer: take pointers after."""
+        """Room for ``width`` values; returns its offset. May move the buffer: take pointers after.
+
+        Memory past ``used`` is zero whenever ``zero_on_clear`` is set.
+        """
         offset = self.used
         if offset + width > self.buffer.numel():
-            grown = torch.empty(max(2 * self.buffer.numel(), offset + width), dtype=torch.float64,
+            grown = torch.zeros(max(2 * self.buffer.numel(), offset + width), dtype=torch.float64,
                                 device=self.device)
             grown[:offset].copy_(self.buffer[:offset])
             self.buffer = grown
@@ -83,6 +107,8 @@ class Arena:
         return self.buffer[:self.used]
 
     def clear(self) -> None:
+        if self.zero_on_clear:
+            self.buffer[:self.used].zero_()  # one memset per step, ordered after the row's last reader
         self.used = 0
 
 
@@ -97,6 +123,7 @@ class _Plan:
     dtype: torch.dtype  # the dtype the values are summed in
     near_bound: float  # the largest value of dtype that is ≤ near_zero_eps
     use_c: bool
+    triton: object | None = None  # a triton_kernel.TritonPlan when the Triton kernel serves this tensor
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -120,14 +147,19 @@ class MomentKernel:
         near_zero_eps: the near-zero threshold.
         use_c: use the C extension for CPU tensors when it is available; the default is on
             unless the environment variable ACTPROBE_KERNEL is ``torch``.
+        use_triton: None (default): the Triton kernel for CUDA tensors when Triton is installed,
+            unless ACTPROBE_KERNEL is ``torch``; True: for every tensor (CPU tensors need Triton's
+            interpreter, ``TRITON_INTERPRET=1``: for tests); False: never.
         cpu_shortcut: without the C extension, try an unmasked torch pass first on the CPU (tests
             turn it off to run the masked kernel that other devices use).
     """
 
-    def __init__(self, near_zero_eps: float, *, use_c: bool = _C_WANTED, cpu_shortcut: bool = True) -> None:
+    def __init__(self, near_zero_eps: float, *, use_c: bool = _C_WANTED, cpu_shortcut: bool = True,
+                 use_triton: bool | None = True if _TRITON_EVERYWHERE else None) -> None:
         self.near_zero_eps = near_zero_eps
         self.use_c = use_c and _cstats is not None
         self.cpu_shortcut = cpu_shortcut
+        self.use_triton = use_triton
         self._plans: dict[tuple, _Plan] = {}
         self._scratch: dict[torch.dtype, torch.Tensor] = {}
 
@@ -138,6 +170,8 @@ class MomentKernel:
         if plan is None:
             plan = self._plans[key] = self._plan(x, unit_dim)
         entries = plan.view_shape[1]
+        if plan.triton is not None:
+            return self._triton(x, plan, arena)
         width = 4 * entries + 4
         offset = arena.reserve(width)
         if plan.use_c and arena.device.type == "cpu":
@@ -164,9 +198,29 @@ class MomentKernel:
         units = 0 if unit_dim is None or x.ndim <= 1 else entries
         dtype = compute_dtype(x.dtype)
         contiguous = x.is_contiguous() or (channels_last and x.is_contiguous(memory_format=torch.channels_last))
-        return _Plan(view_shape=shape, channels_last=channels_last, contiguous=contiguous,
+        plan = _Plan(view_shape=shape, channels_last=channels_last, contiguous=contiguous,
                      units=units, dtype=dtype, near_bound=near_zero_bound(self.near_zero_eps, dtype),
                      use_c=self.use_c and x.device.type == "cpu")
+        wanted = self.use_triton if self.use_triton is not None else (_TRITON_WANTED and x.device.type == "cuda")
+        module = triton_kernel_module() if wanted else None
+        if module is not None:
+            view = self._view(x, plan)
+            if view.data_ptr() == x.data_ptr():  # a view of x's memory: read in place, no copy
+                view_shape, strides = _triton_geometry(view)
+                plan.triton = module.TritonPlan(view_shape, strides, x.device, x.dtype)
+        return plan
+
+    def _triton(self, x: torch.Tensor, plan: _Plan, arena: Arena) -> Partial:
+        """The one-pass Triton kernel: adds into zeroed arena memory, so the arena zeroes on clear."""
+        triton_plan = plan.triton
+        entries = plan.view_shape[1]
+        offset = arena.reserve(4 * entries + 4 * triton_plan.programs)
+        arena.zero_on_clear = True
+        buffer = arena.buffer
+        triton_plan.launch(x, buffer[offset:offset + 4 * entries],
+                           buffer[offset + 4 * entries:offset + 4 * entries + 4 * triton_plan.programs],
+                           plan.near_bound)
+        return Partial(offset, entries, plan.units, x.numel(), triton_plan.programs)
 
     def _c(self, x: torch.Tensor, plan: _Plan, out_pointer: int) -> None:
         """The C kernel: reads the memory of ``x`` in place when it is laid out as (A, E, B)."""
@@ -232,6 +286,15 @@ class MomentKernel:
         scalars = torch.stack((torch.where(any_finite, minimum, nan), torch.where(any_finite, maximum, nan),
                                far, nonfinite))
         return torch.cat((count, shift, total, squares, scalars)).double()
+
+
+def _triton_geometry(view: torch.Tensor) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """(A, E, B) and strides for the Triton kernel. One contiguous entry is read as (numel, 1, 1), so
+    that programs can split it along A."""
+    a, e, b = view.shape
+    if e == 1 and view.is_contiguous():
+        return (view.numel(), 1, 1), (1, 1, 1)
+    return (a, e, b), tuple(view.stride())
 
 
 def _entries_shape(x: torch.Tensor, unit_dim: int | None) -> tuple[tuple[int, int, int], bool]:

@@ -28,7 +28,7 @@ Partials = Sequence[tuple[int, Partial]]
 
 def arrangement(partials: Partials) -> tuple:
     """A key that is equal for two steps exactly when their partials can share a layout."""
-    return tuple((site, p.offset, p.entries, p.units, p.numel) for site, p in partials)
+    return tuple((site, p.offset, p.entries, p.units, p.numel, p.scalar_rows) for site, p in partials)
 
 
 @dataclass
@@ -39,7 +39,7 @@ class Layout:
     width: int  # length of one row of packed partials
     parts: int
     moments: torch.Tensor  # (4, E) indices of count, shift, sum, sumsq in a row
-    scalars: torch.Tensor  # (P, 4) indices of min, max, far, nonfinite in a row
+    scalars: torch.Tensor  # (P, 4) indices of min, max, far, nonfinite in a row (P: rows of scalars)
     entry_group: torch.Tensor  # (E,) group of each entry
     group_site: torch.Tensor  # (G,) site of each group
     group_is_unit: torch.Tensor  # (G,) 1.0 for real units, 0.0 for pseudo-units
@@ -65,17 +65,18 @@ class Layout:
         # indices into the row: (4, E) for count/shift/sum/sumsq, (P, 4) for the scalars
         moments = torch.cat([torch.arange(p.offset, p.offset + 4 * p.entries).view(4, p.entries)
                              for _, p in partials], dim=1)
-        scalars = torch.stack([torch.arange(p.offset + 4 * p.entries, p.offset + p.width) for _, p in partials])
+        scalars = torch.cat([torch.arange(p.offset + 4 * p.entries, p.offset + p.width).view(p.scalar_rows, 4)
+                             for _, p in partials])
         width = partials[-1][1].offset + partials[-1][1].width
         return cls(
-            sites=sites, width=width, parts=len(partials),
+            sites=sites, width=width, parts=scalars.shape[0],
             moments=moments.to(device, non_blocking=True),
             scalars=scalars.to(device, non_blocking=True),
             entry_group=torch.cat([torch.arange(p.entries) + start[s] for s, p in partials]).to(
                 device, non_blocking=True),
             group_site=group_site.to(device, non_blocking=True),
             group_is_unit=group_is_unit.to(device, non_blocking=True),
-            part_site=_to_device([s for s, _ in partials], torch.int64, device),
+            part_site=_to_device([s for s, p in partials for _ in range(p.scalar_rows)], torch.int64, device),
             site_numel=_to_device(numel, torch.float64, device),
         )
 
@@ -127,7 +128,7 @@ def merge_now(layout: Layout, row: torch.Tensor, dead_eps: float) -> torch.Tenso
     return merge_rows(layout, row[None], dead_eps)
 
 
-IMPLEMENTATIONS = ("auto", "c", "torch", "torch-masked")
+IMPLEMENTATIONS = ("auto", "c", "torch", "torch-masked", "triton")
 
 
 def tensor_statistics(x: torch.Tensor, *, unit_dim: int | None, near_zero_eps: float = 0.05,
@@ -137,14 +138,16 @@ def tensor_statistics(x: torch.Tensor, *, unit_dim: int | None, near_zero_eps: f
     ``unit_dim`` is the dimension holding the units for ``dead`` (None: no units, ``dead`` is NaN).
     ``implementation`` picks the kernel: ``auto`` (what a probe uses), ``c`` (the C kernel, CPU),
     ``torch`` (torch operations, with the CPU's unmasked first try) or ``torch-masked`` (the torch
-    kernel that runs on GPUs). Reads the result on the host: for tests and interactive use.
+    kernel that runs on GPUs without Triton) or ``triton`` (the Triton kernel; on CPU tensors it needs
+    ``TRITON_INTERPRET=1``). Reads the result on the host: for tests and interactive use.
     """
     from .kernels import MomentKernel
 
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"unknown implementation {implementation!r}; available: {', '.join(IMPLEMENTATIONS)}")
-    options = {"c": {"use_c": True}, "torch": {"use_c": False},
-               "torch-masked": {"use_c": False, "cpu_shortcut": False}}.get(implementation, {})
+    options = {"c": {"use_c": True, "use_triton": False}, "torch": {"use_c": False, "use_triton": False},
+               "torch-masked": {"use_c": False, "cpu_shortcut": False, "use_triton": False},
+               "triton": {"use_c": False, "use_triton": True}}.get(implementation, {})
     arena = Arena(x.device)
     partial = MomentKernel(near_zero_eps, **options)(x.detach(), unit_dim, arena)
     layout = Layout.build([(0, partial)], 1, x.device)
