@@ -33,17 +33,25 @@ class HookEngine:
         self._on_call = on_call
         self._train_only = train_only
         self._calls: dict[str, int] = {}
+        self._capturing = False
         self.active = True
-        self._handles: list[RemovableHandle] = [model.register_forward_pre_hook(self._new_forward)]
+        self._handles: list[RemovableHandle] = [
+            model.register_forward_pre_hook(torch.compiler.disable(self._new_forward))]
         for name, module in modules:
             self._handles.append(module.register_forward_hook(self._hook_for(name)))
 
     def _new_forward(self, module: nn.Module, args: object) -> None:
         self._calls.clear()
+        # A forward captured into a CUDA graph is not recorded: its replays would not call the hooks,
+        # and kernels captured into the graph would write into buffers nobody reads any more.
+        self._capturing = torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
 
     def _hook_for(self, name: str) -> Callable[[nn.Module, object, object], None]:
+        # torch.compile must not trace the hooks (their bookkeeping would make it recompile at
+        # every call): each runs eagerly, at a graph break, on the output the compiled code made.
+        @torch.compiler.disable
         def hook(module: nn.Module, args: object, output: object) -> None:
-            if self.active:
+            if self.active and not self._capturing:
                 self._called(name, module, output)
         return hook
 

@@ -7,24 +7,27 @@ import time
 from collections.abc import Callable
 
 
-
 def interleaved(modes: dict[str, Callable[[], None]], *, rounds: int, steps: int,
-                warmup: int) -> dict[str, list[float]]:
+                warmup: int, sync: Callable[[], None] = lambda: None) -> dict[str, list[float]]:
     """Seconds per step of each mode in each round. Every round runs every mode for ``steps``
     steps, in an order that rotates from round to round, so that drifts of the machine's speed
-    fall on all modes alike."""
+    fall on all modes alike. ``sync`` (a device synchronisation) runs before the clock starts and
+    after the ``steps`` steps, not between them: queued device work is timed, not serialised."""
     for run in modes.values():
         for _ in range(warmup):
             run()
+    sync()
     names = list(modes)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
             run = modes[name]
+            sync()
             start = time.perf_counter()
             for _ in range(steps):
                 run()
+            sync()
             samples[name].append((time.perf_counter() - start) / steps)
     return samples
 

@@ -1,14 +1,16 @@
 """One prepared GPU check for a session that has a CUDA device (CI never has one).
 
-1. Correctness: the torch kernel on the GPU against the float64 reference (several shapes, dtypes,
-   the large-mean case, non-finite values).
-2. No host–device synchronisation: 150 probed training steps of the paper's CNN, flushes included,
-   under torch.cuda.set_sync_debug_mode("error").
-3. Timing: bench/overhead.py on the GPU.
+1. Correctness: the Triton kernel (what CUDA tensors use) and the torch kernel on the GPU against
+   the float64 reference: shapes of every layout, float32/bfloat16/float16/float64, channels-last,
+   a mean 10,000 times the std, NaN and ±Inf, a dead unit.
+2. No host–device synchronisation: probed training steps of each workload (150 of the paper's CNN,
+   30 of ResNet-50 and of the transformer) under torch.cuda.set_sync_debug_mode("error").
+3. Timing: bench/overhead.py on the GPU for the three workloads (the reference harness's
+   selection, and actprobe's default selection for the paper's CNN).
 
-    python bench/gpu_check.py          # prints PASS lines (or fails loudly) and the overhead table
-    python bench/gpu_check.py --cpu    # the same checks on the CPU with the GPU's torch kernel,
-                                       # without the sync check and the timing: proves the script runs
+    python bench/gpu_check.py          # prints PASS lines (or fails loudly) and the overhead tables
+    python bench/gpu_check.py --cpu    # checks 1–2 on the CPU with the torch kernel: the script runs
+    python bench/gpu_check.py --quick  # fewer timing rounds
 """
 
 from __future__ import annotations
@@ -26,43 +28,66 @@ sys.path.insert(0, str(HERE))
 import actprobe  # noqa: E402
 from actprobe.reduce import tensor_statistics  # noqa: E402
 from conftest import assert_statistics_close, reference_statistics  # noqa: E402
-from overhead import make_trainer  # noqa: E402
+from workloads import has_parameters_leaf, make  # noqa: E402
+
+
+def cases(gen: torch.Generator):
+    for shape, unit_dim in [((256, 8, 14, 14), 1), ((128, 64), -1), ((4, 9, 32), -1), ((4, 9, 32), 1),
+                            ((5000,), None), ((16, 512, 1024), -1), ((8, 2048, 7, 7), 1)]:
+        for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+            yield f"{tuple(shape)} {dtype}", (torch.randn(shape, generator=gen) * 1.7 + 0.3).to(dtype), unit_dim
+    yield "channels-last bf16", torch.randn(32, 64, 28, 28, generator=gen).to(
+        torch.bfloat16).contiguous(memory_format=torch.channels_last), 1
+    large = torch.randn(256, 16, 8, 8, generator=gen) + 1e4
+    yield "mean 1e4 x std", large, 1
+    broken = large.clone()
+    broken[0, 0, 0, 0], broken[3, 2, 1, 1], broken[:, 5] = float("nan"), float("inf"), float("nan")
+    yield "NaN/Inf", broken, 1
+    dead = torch.randn(64, 6, 5, 5, generator=gen)
+    dead[:, 2] = 3.0
+    yield "dead unit", dead, 1
 
 
 def check_statistics(device: torch.device) -> None:
-    implementation = "auto" if device.type == "cuda" else "torch-masked"
-    gen = torch.Generator().manual_seed(0)
-    cases = [((256, 8, 14, 14), 1), ((128, 64), -1), ((4, 9, 32), -1), ((5000,), None)]
-    for shape, unit_dim in cases:
-        for dtype in (torch.float32, torch.bfloat16, torch.float16):
-            x = (torch.randn(shape, generator=gen) * 1.7 + 0.3).to(dtype)
-            assert_statistics_close(tensor_statistics(x.to(device), unit_dim=unit_dim, implementation=implementation), reference_statistics(x, unit_dim))
-    x = torch.randn(256, 16, 8, 8, generator=gen) + 1e4
-    assert_statistics_close(tensor_statistics(x.to(device), unit_dim=1, implementation=implementation), reference_statistics(x, 1))
-    x[0, 0, 0, 0] = float("nan")
-    x[3, 2, 1, 1] = float("inf")
-    assert_statistics_close(tensor_statistics(x.to(device), unit_dim=1, implementation=implementation), reference_statistics(x, 1))
-    print("PASS statistics on", torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
+    implementations = ("auto", "torch-masked") if device.type == "cuda" else ("torch-masked",)
+    count = 0
+    for label, x, unit_dim in cases(torch.Generator().manual_seed(0)):
+        want = reference_statistics(x, unit_dim)
+        for implementation in implementations:
+            got = tensor_statistics(x.to(device), unit_dim=unit_dim, implementation=implementation)
+            try:
+                assert_statistics_close(got, want)
+            except AssertionError as exc:
+                raise AssertionError(f"{label}, {implementation}: {exc}") from None
+            count += 1
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"PASS statistics: {count} tensors x implementations {implementations} on {name}")
 
 
 def check_no_sync(device: torch.device) -> None:
-    model, train = make_trainer(device, 256)
-    path = Path(tempfile.mkdtemp()) / "gpu.h5"
-    with actprobe.Probe(model, path, flush_every=25) as probe:
-        if device.type == "cuda":
-            torch.cuda.set_sync_debug_mode("error")
-        try:
-            for _ in range(150):
-                probe.step(loss=train())
-        finally:
+    for name, steps, select in (("paper-cnn", 150, None), ("resnet50", 30, has_parameters_leaf),
+                                ("transformer", 30, has_parameters_leaf)):
+        if device.type != "cuda" and name != "paper-cnn":
+            continue
+        workload = make(name, device, None if device.type == "cuda" else 32)
+        path = Path(tempfile.mkdtemp()) / f"{name}.h5"
+        with actprobe.Probe(workload.model, path, select=select, flush_every=25) as probe:
+            for _ in range(3):  # warm up: Triton compiles, cuDNN picks algorithms
+                probe.step(loss=workload.step())
             if device.type == "cuda":
-                torch.cuda.set_sync_debug_mode("default")
-    run = actprobe.read(path)
-    assert run.rows == 150 and probe.error is None, probe.error
-    if device.type == "cuda":
-        print("PASS 150 probed steps under set_sync_debug_mode('error'): no host-device synchronisation")
-    else:
-        print("PASS 150 probed steps on the CPU (the synchronisation check needs CUDA)")
+                torch.cuda.synchronize()
+                torch.cuda.set_sync_debug_mode("error")
+            try:
+                for _ in range(steps):
+                    probe.step(loss=workload.step())
+            finally:
+                if device.type == "cuda":
+                    torch.cuda.set_sync_debug_mode("default")
+        run = actprobe.read(path)
+        assert run.rows == steps + 3 and probe.error is None, probe.error
+        where = "under set_sync_debug_mode('error'): no host-device synchronisation" if device.type == "cuda" \
+            else "on the CPU (the synchronisation check needs CUDA)"
+        print(f"PASS {name}: {steps} probed steps, {len(run.sites)} sites, {where}")
 
 
 def main() -> None:
@@ -73,9 +98,13 @@ def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("error: no CUDA device")
     device = torch.device("cuda")
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device)}")
     check_statistics(device)
     check_no_sync(device)
-    subprocess.run([sys.executable, str(HERE / "overhead.py"), "--device", "cuda", "--rounds", "10"], check=True)
+    rounds = "8" if "--quick" in sys.argv[1:] else "20"
+    overhead = [sys.executable, str(HERE / "overhead.py"), "--device", "cuda", "--rounds", rounds]
+    subprocess.run(overhead + ["--model", "all", "--select", "params", "--torch-kernel"], check=True)
+    subprocess.run(overhead + ["--model", "paper-cnn", "--select", "leaves"], check=True)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,22 @@
-"""Training-step overhead of actprobe on the paper's reference CNN (batch 256, 1×28×28 inputs).
+"""Training-step overhead of actprobe and of other ways to watch activations, interleaved in one run.
 
-Modes, interleaved in one run: no probe; a second copy of that baseline (it shows the noise of the
-method); actprobe recording every step (default selection, the file written by the background
-thread); with --torch-kernel, the same with the torch kernel that runs where the C kernel was not
-built; actprobe recording every 10th step; a fastai-style hook calling ``.item()`` on each
-statistic of each layer every step; one plain ``sum()`` per hooked activation (a floor for any hook
-that reads every value). Inputs are standardised random tensors: step time does not depend on the
-values. The overhead of a mode is the median over rounds of its step time divided by the
-baseline's in the same round, minus one; the quartiles of that ratio show the spread.
+Workloads (bench/workloads.py): the paper's CNN (default), torchvision's ResNet-50 (bf16,
+channels-last, batch 128) and a 12-layer transformer encoder (d=1024, bf16, 16×512 tokens).
 
-    python bench/overhead.py [--rounds 60] [--steps 5] [--device cpu|cuda] [--torch-kernel]
+Modes, each on its own copy of the model: no probe; a second copy of that baseline (the noise of
+the method); actprobe recording every step; every 10th step; with --torch-kernel, actprobe with its
+torch kernel (what runs without the C kernel on a CPU, or without Triton on a GPU); a fastai-style
+hook calling ``.item()`` on each statistic; a naive on-device hook (``var_mean``, ``aminmax`` and a
+near-zero count, no sync); one plain ``sum()`` per hooked activation (a measured floor). The
+memory floor — one read of every hooked activation at the device's copy bandwidth — is computed.
+
+The overhead of a mode is the median over rounds of its step time divided by the baseline's in
+the same round, minus one, with quartiles. ``--select params`` hooks every leaf module that owns
+parameters (the reference harness of the GPU targets); ``leaves`` (default) every leaf module,
+actprobe's default.
+
+    python bench/overhead.py [--model paper-cnn|resnet50|transformer|all] [--device cpu|cuda]
+                             [--select leaves|params] [--rounds 60] [--steps 5] [--torch-kernel]
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import os
 import platform
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -26,34 +34,30 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import actprobe  # noqa: E402
-from actprobe.models import paper_cnn  # noqa: E402
 from common import interleaved, median_ms, paired_overhead  # noqa: E402
+from workloads import WORKLOADS, has_parameters_leaf, hooked_bytes, make  # noqa: E402
+
+SELECTIONS = {
+    "leaves": lambda name, module: bool(name) and next(module.children(), None) is None,
+    "params": has_parameters_leaf,
+}
 
 
 def make_trainer(device: torch.device, batch: int) -> tuple[nn.Module, object]:
-    torch.manual_seed(0)
-    model = paper_cnn().to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x = torch.randn(batch, 1, 28, 28, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
-
-    def step() -> torch.Tensor:
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
-    return model, step
-
-
-def leaves(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if next(m.children(), None) is None]
+    """The paper's CNN and its training step (used by breakdown.py and gpu_check.py)."""
+    workload = make("paper-cnn", device, batch)
+    return workload.model, workload.step
 
 
 def fastai_style(output: torch.Tensor, store: list) -> None:
     o = output.detach().float()
     store.append((o.mean().item(), o.std().item(), o.min().item(), o.max().item(),
                   (o.abs() <= 0.05).float().mean().item()))
+
+
+def naive_on_device(output: torch.Tensor, store: list) -> None:
+    o = output.detach().float()
+    store.append((*torch.var_mean(o), *torch.aminmax(o), (o.abs() <= 0.05).sum(), o.numel()))
 
 
 def machine(device: torch.device) -> str:
@@ -68,62 +72,105 @@ def machine(device: torch.device) -> str:
     return f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=60)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--torch-kernel", action="store_true",
-                        help="also time the torch kernel on the CPU (what runs where the C kernel was not built)")
-    args = parser.parse_args()
-    device = torch.device(args.device)
+def copy_bandwidth(device: torch.device, sync) -> float:
+    """Bytes per second that one read plus one write of a large buffer achieve (best of 5)."""
+    x = torch.empty(256 << 20, dtype=torch.uint8, device=device)
+    y = torch.empty_like(x)
+    best = float("inf")
+    for _ in range(5):
+        sync()
+        start = time.perf_counter()
+        y.copy_(x)
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return 2 * x.numel() / best
+
+
+def with_hook(workload, select, hook) -> None:
+    store: list = []
+    for name, module in workload.model.named_modules():
+        if select(name, module):
+            module.register_forward_hook(lambda mod, a, out: hook(out, store))
+    return store
+
+
+def build_modes(name: str, device: torch.device, args, tmp: Path) -> tuple[dict, list]:
+    select = SELECTIONS[args.select]
+    modes, probes = {}, []
+    base = make(name, device, args.batch, smoke=args.smoke)
+    modes["baseline"] = base.step
+    control = make(name, device, args.batch, smoke=args.smoke)
+    modes["baseline, second copy"] = control.step  # the noise floor of the method
+
+    def probed(label: str, torch_kernel: bool = False, **options) -> None:
+        workload = make(name, device, args.batch, smoke=args.smoke)
+        probe = actprobe.Probe(workload.model, tmp / f"{name}-{len(probes)}.h5", select=select, **options)
+        if torch_kernel:
+            probe._recorder.kernel.use_c = False
+            probe._recorder.kernel.use_triton = False
+        probes.append(probe)
+        modes[label] = lambda: probe.step(loss=workload.step())
+
+    probed("actprobe every step")
+    probed("actprobe every 10th step", every=10)
+    if args.torch_kernel:
+        probed("actprobe, torch kernel", torch_kernel=True)
+    for label, hook in (("fastai-style .item()", fastai_style), ("naive on-device", naive_on_device),
+                        ("one sum per activation", lambda out, store: store.append(out.detach().sum()))):
+        workload = make(name, device, args.batch, smoke=args.smoke)
+        store = with_hook(workload, select, hook)
+        modes[label] = lambda w=workload, s=store: (w.step(), s.clear())
+    return modes, probes
+
+
+def bench(name: str, device: torch.device, args) -> None:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     tmp = Path(tempfile.mkdtemp(prefix="actprobe-bench-"))
-    modes = {}
-
-    _, base = make_trainer(device, args.batch)
-    modes["baseline"] = lambda: (base(), sync())
-    _, control = make_trainer(device, args.batch)
-    modes["baseline, second copy"] = lambda: (control(), sync())  # the noise floor of the method
-
-    model, probed = make_trainer(device, args.batch)
-    probe = actprobe.Probe(model, tmp / "bench.h5")
-    modes["actprobe every step"] = lambda: (probe.step(loss=probed()), sync())
-
-    if device.type == "cpu" and args.torch_kernel:
-        model_t, probed_t = make_trainer(device, args.batch)
-        probe_t = actprobe.Probe(model_t, tmp / "bench-torch.h5")
-        probe_t._recorder.kernel.use_c = False  # the torch kernel, as used where no C compiler was found
-        modes["actprobe, torch kernel"] = lambda: (probe_t.step(loss=probed_t()), sync())
-
-    model_10, probed_10 = make_trainer(device, args.batch)
-    probe_10 = actprobe.Probe(model_10, tmp / "bench-every10.h5", every=10)
-    modes["actprobe every 10th step"] = lambda: (probe_10.step(loss=probed_10()), sync())
-
-    model_f, fastai_step = make_trainer(device, args.batch)
-    store: list = []
-    for m in leaves(model_f):
-        m.register_forward_hook(lambda mod, a, out: fastai_style(out, store))
-    modes["fastai-style .item()"] = lambda: (fastai_step(), store.clear(), sync())
-
-    model_s, sum_step = make_trainer(device, args.batch)
-    sums: list = []
-    for m in leaves(model_s):
-        m.register_forward_hook(lambda mod, a, out: sums.append(out.detach().sum()))
-    modes["one sum per activation"] = lambda: (sum_step(), sums.clear(), sync())
-
-    samples = interleaved(modes, rounds=args.rounds, steps=args.steps, warmup=10)
-    for p in (probe, probe_10) + ((probe_t,) if "actprobe, torch kernel" in modes else ()):
-        p.close()
-    print(f"paper CNN, batch {args.batch}, {machine(device)}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {args.rounds} rounds x {args.steps} steps per mode")
+    modes, probes = build_modes(name, device, args, tmp)
+    samples = interleaved(modes, rounds=args.rounds, steps=args.steps, warmup=args.warmup, sync=sync)
+    kernel = kernel_name(probes[0])  # before close(), which drops the kernel's plans
+    for probe in probes:
+        probe.close()
+    base_ms = median_ms(samples["baseline"])
+    floor_bytes = hooked_bytes(make(name, device, args.batch, smoke=args.smoke), SELECTIONS[args.select])
+    floor_ms = 1e3 * floor_bytes / copy_bandwidth(device, sync)
+    run = actprobe.read(probes[0].path)
+    print(f"\n{name}{' (SMOKE: tiny inputs, times mean nothing)' if args.smoke else ''}, {machine(device)}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"select={args.select} ({len(run.sites)} sites), {args.rounds} rounds x {args.steps} steps per mode")
     print(f"{'mode':28s} {'ms/step':>9s} {'overhead':>9s} {'(quartiles)':>16s}")
     for mode, values in samples.items():
         median, q1, q3 = paired_overhead(values, samples["baseline"])
         print(f"{mode:28s} {median_ms(values):9.2f} {100 * median:+8.1f}%  ({100 * q1:+5.1f}% .. {100 * q3:+5.1f}%)")
-    run = actprobe.read(tmp / "bench.h5")
-    print(f"actprobe wrote {run.rows} rows x {len(run.sites)} sites to {tmp / 'bench.h5'}")
+    print(f"{'memory floor (computed)':28s} {floor_ms:9.2f} {100 * floor_ms / base_ms:+8.1f}%  "
+          f"({floor_bytes / 2**20:.1f} MiB of hooked activations per step at the copy bandwidth)")
+    print(f"actprobe wrote {run.rows} rows x {len(run.sites)} sites with the {kernel} kernel")
+
+
+def kernel_name(probe: actprobe.Probe) -> str:
+    plans = probe._recorder.kernel._plans.values()
+    if any(plan.triton is not None for plan in plans):
+        return "Triton"
+    return "C" if any(plan.use_c for plan in plans) else "torch"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="paper-cnn", choices=[*WORKLOADS, "all"])
+    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps per mode first")
+    parser.add_argument("--batch", type=int, default=None, help="override the workload's batch size")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--select", default="leaves", choices=sorted(SELECTIONS))
+    parser.add_argument("--torch-kernel", action="store_true", help="also time actprobe's torch kernel")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny inputs: checks that the benchmark runs (on a CPU in seconds); times mean nothing")
+    args = parser.parse_args()
+    if args.rounds < 2:
+        parser.error("--rounds must be at least 2 (the quartiles need two rounds)")
+    device = torch.device(args.device)
+    for name in WORKLOADS if args.model == "all" else (args.model,):
+        bench(name, device, args)
 
 
 if __name__ == "__main__":
