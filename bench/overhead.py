@@ -148,7 +148,7 @@ def bench(name: str, device: torch.device, args) -> None:
 
 def kernel_name(probe: actprobe.Probe) -> str:
     plans = probe._recorder.kernel._plans.values()
-    if any(plan.triton is not None for plan in plans):
+    if any(getattr(plan, "triton", None) is not None for plan in plans):
         return "Triton"
     return "C" if any(plan.use_c for plan in plans) else "torch"
 
