@@ -69,7 +69,8 @@ def report(outcome: RunOutcome, console: Console) -> int:
         console.print(f"warning: cannot read back {outcome.path}: {one_line(exc)}", style="yellow", markup=False)
         run = None
     if run is not None and run.rows:
-        render_summary(summarize(run, live=writer_active(outcome.path)), console)
+        # the progress display already said what the data was
+        render_summary(summarize(run, live=writer_active(outcome.path)), console, data_line=False)
         kept = f"{run.rows} recorded steps are in {outcome.path}"
     else:
         kept = "nothing was recorded"

@@ -59,7 +59,7 @@ def summary_table(summary: RunSummary) -> Table:
     return table
 
 
-def _header(summary: RunSummary) -> list[str]:
+def _header(summary: RunSummary, data_line: bool) -> list[str]:
     attrs = summary.attrs
     lines = [f"{summary.path}: {summary.rows} recorded steps ({summary.first_step}..{summary.last_step}), "
              f"{len(summary.sites)} sites, {summary.seconds:.1f} s"
@@ -67,7 +67,7 @@ def _header(summary: RunSummary) -> list[str]:
     context = [f"{key} {attrs[key]}" for key in ("model_file", "mode", "device", "seed") if key in attrs]
     if context:
         lines.append(", ".join(context))
-    if "data_source" in attrs:
+    if data_line and "data_source" in attrs:
         lines.append(f"data: {attrs['data_source']}")
     for name in summary.scalars_first:
         lines.append(f"{name}: {_number(summary.scalars_first[name])} at step {summary.first_step} → "
@@ -82,9 +82,10 @@ def legend(thresholds: Thresholds) -> str:
             "(first)/(last): only at that step.")
 
 
-def render_summary(summary: RunSummary, console: Console, thresholds: Thresholds | None = None) -> None:
-    """Print the header lines, the site table and the flag count."""
-    for line in _header(summary):
+def render_summary(summary: RunSummary, console: Console, thresholds: Thresholds | None = None, *,
+                   data_line: bool = True) -> None:
+    """Print the header lines, the site table and the flag count (``data_line``: say what the data was)."""
+    for line in _header(summary, data_line):
         console.print(line, highlight=False, markup=False)
     console.print(summary_table(summary))
     flagged = sum(1 for site in summary.sites if site.flags)

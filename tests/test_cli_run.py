@@ -72,6 +72,7 @@ def test_train_records_every_step_and_prints_the_summary(tmp_path):
     assert run.attrs["data_source"] == "data() of m.py (list)" and run.attrs["device"] == "cpu"
     assert np.all(np.isfinite(run.scalars["loss"]))
     assert "training" in result.stdout and "5/5" in result.stdout
+    assert result.stdout.count("data: data() of m.py (list)") == 1
     assert f"5 training steps on cpu" in result.stdout and f"5 recorded steps are in {out}" in result.stdout
     assert "│ 1    │ ReLU   │" in result.stdout
 
