@@ -10,7 +10,7 @@ from rich.console import Console
 
 from ._text import one_line
 from .datasets import use_data_root
-from .errors import ActprobeError, FormatError, RunFileError
+from .errors import FormatError, RunFileError
 from .modelfile import load_model_file
 from .runner import RunOptions, RunOutcome, run_model_file
 

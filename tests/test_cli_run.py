@@ -73,7 +73,7 @@ def test_train_records_every_step_and_prints_the_summary(tmp_path):
     assert np.all(np.isfinite(run.scalars["loss"]))
     assert "training" in result.stdout and "5/5" in result.stdout
     assert result.stdout.count("data: data() of m.py (list)") == 1
-    assert f"5 training steps on cpu" in result.stdout and f"5 recorded steps are in {out}" in result.stdout
+    assert "5 training steps on cpu" in result.stdout and f"5 recorded steps are in {out}" in result.stdout
     assert "│ 1    │ ReLU   │" in result.stdout
 
 
@@ -322,18 +322,23 @@ def test_epochs_without_data(tmp_path):
     assert_bad_input(invoke("run", path, "--epochs", "2"), "--epochs needs data()")
 
 
-def test_failure_after_recording_started_keeps_what_was_recorded(tmp_path):
-    path = write(tmp_path, """
+def _data_raising(tmp_path: Path, at: int, raise_statement: str) -> Path:
+    """A model file whose data() yields ``at`` batches, then runs ``raise_statement`` (on line 9)."""
+    return write(tmp_path, f"""
         import torch
         from torch import nn
         def model():
             return nn.Sequential(nn.Linear(2, 2))
         def data():
             for i in range(10):
-                if i == 3:
-                    raise OSError('disk went away')
+                if i == {at}:
+                    {raise_statement}
                 yield torch.randn(4, 2), torch.randint(0, 2, (4,))
     """)
+
+
+def test_failure_after_recording_started_keeps_what_was_recorded(tmp_path):
+    path = _data_raising(tmp_path, 3, "raise OSError('disk went away')")
     out = tmp_path / "r.h5"
     result = invoke("run", path, "--out", out)
     assert_bad_input(result, f"{path}:9: data() failed at batch 3: OSError: disk went away")
@@ -342,17 +347,7 @@ def test_failure_after_recording_started_keeps_what_was_recorded(tmp_path):
 
 
 def test_ctrl_c_keeps_what_was_recorded(tmp_path):
-    path = write(tmp_path, """
-        import torch
-        from torch import nn
-        def model():
-            return nn.Sequential(nn.Linear(2, 2))
-        def data():
-            for i in range(10):
-                if i == 4:
-                    raise KeyboardInterrupt
-                yield torch.randn(4, 2), torch.randint(0, 2, (4,))
-    """)
+    path = _data_raising(tmp_path, 4, "raise KeyboardInterrupt")
     out = tmp_path / "r.h5"
     result = invoke("run", path, "--out", out)
     assert result.exit_code == 130, result.output

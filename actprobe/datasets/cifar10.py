@@ -18,7 +18,7 @@ import torch
 from .._text import one_line
 from ..errors import DataError
 from .imagedata import ImageDataset, ImageSplit
-from .locate import cache_dir, download_timeout, downloads_allowed, search_places
+from .locate import Place, find
 
 NAME = "cifar10"
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -182,8 +182,21 @@ def _find_in(root: Path) -> tuple[dict[str, ImageSplit], str] | None:
     return None
 
 
+def _look_in(place: Place) -> ImageDataset | None:
+    found = _find_in(place.path) if place.path.is_dir() else None
+    return None if found is None else _dataset(*found, place.origin)
+
+
+def _download(cache: Path) -> ImageDataset:
+    from torchvision.datasets import CIFAR10
+
+    CIFAR10(str(cache), train=True, download=True)
+    return _dataset(_read_batches(cache / BATCHES_FOLDER), f"torchvision's binary batches downloaded to {cache}",
+                    "download")
+
+
 def load_cifar10(root: str | Path | None = None, *, download: bool | None = None) -> ImageDataset:
-    """Find CIFAR-10 and read it whole (about 6 s from the JPEG tarball on one core).
+    """Find CIFAR-10 and read it whole (about 8 s from the JPEG tarball on one core).
 
     Looks in each folder of ``locate.search_places(root)`` for torchvision's ``cifar-10-batches-py``,
     then ``train/`` and ``test/`` image folders (also under ``cifar10/``), then a ``cifar*10*.tar.gz``
@@ -192,26 +205,9 @@ def load_cifar10(root: str | Path | None = None, *, download: bool | None = None
     Raises:
         DataError: nothing found; the message lists every place looked in.
     """
-    looked: list[str] = []
-    for place in search_places(root):
-        if place.path.is_dir():
-            found = _find_in(place.path)
-            if found is not None:
-                return _dataset(*found, place.origin)
-        looked.append(str(place))
-    if downloads_allowed(download):
-        cache = cache_dir()
-        try:
-            from torchvision.datasets import CIFAR10
-
-            with download_timeout():
-                CIFAR10(str(cache), train=True, download=True)
-            return _dataset(_read_batches(cache / BATCHES_FOLDER),
-                            f"torchvision's binary batches downloaded to {cache}", "download")
-        except Exception as exc:
-            looked.append(f"download into {cache} failed: {one_line(exc)}")
-    else:
-        looked.append("download: turned off")
+    found, looked = find(root, _look_in, _download, download)
+    if found is not None:
+        return found
     raise DataError("CIFAR-10 not found; looked in: " + "; ".join(looked) + ". Pass --data-root or set "
                     "ACTPROBE_DATA to a folder holding cifar-10-batches-py, train/ and test/ image folders, "
                     "or a cifar10*.tar.gz of either.")

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import torch
 
-from .._text import one_line
 from ..errors import DataError
 from ._idx import read_idx
 from .imagedata import ImageDataset, ImageSplit
-from .locate import cache_dir, download_timeout, downloads_allowed, search_places
+from .locate import Place, find
 
 NAME = "fashion-mnist"
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -63,16 +62,20 @@ def _describe(dataset_folder: Path, how: str) -> str:
     return f"Fashion-MNIST, full set (60,000 train + 10,000 test images), {how} {dataset_folder}"
 
 
-def _download(cache: Path) -> Path:
+def _look_in(place: Place) -> ImageDataset | None:
+    folder = find_idx_folder(place.path)
+    return None if folder is None else read_idx_folder(folder, _describe(folder, f"IDX files from {place.origin}:"))
+
+
+def _download(cache: Path) -> ImageDataset:
     from torchvision.datasets import FashionMNIST
 
-    with download_timeout():
-        for train in (True, False):
-            FashionMNIST(str(cache), train=train, download=True)
+    for train in (True, False):
+        FashionMNIST(str(cache), train=train, download=True)
     folder = find_idx_folder(cache)
     if folder is None:
         raise DataError(f"the download to {cache} did not leave the IDX files")
-    return folder
+    return read_idx_folder(folder, _describe(folder, "downloaded by torchvision to"))
 
 
 def load_fashion_mnist(root: str | Path | None = None, *, download: bool | None = None,
@@ -89,21 +92,9 @@ def load_fashion_mnist(root: str | Path | None = None, *, download: bool | None 
     Raises:
         DataError: nothing found; the message lists every place looked in.
     """
-    looked: list[str] = []
-    for place in search_places(root):
-        folder = find_idx_folder(place.path)
-        if folder is not None:
-            return read_idx_folder(folder, _describe(folder, f"IDX files from {place.origin}:"))
-        looked.append(str(place))
-    if downloads_allowed(download):
-        cache = cache_dir()
-        try:
-            folder = _download(cache)
-            return read_idx_folder(folder, _describe(folder, "downloaded by torchvision to"))
-        except Exception as exc:  # no network, a proxy, a full disk: all mean "not downloadable here"
-            looked.append(f"download into {cache} failed: {one_line(exc)}")
-    else:
-        looked.append("download: turned off")
+    found, looked = find(root, _look_in, _download, download)
+    if found is not None:
+        return found
     if sample:
         return load_sample(tuple(looked))
     raise DataError("Fashion-MNIST not found; looked in: " + "; ".join(looked)

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+from .._text import one_line
+
+T = TypeVar("T")
 
 ENV_DATA = "ACTPROBE_DATA"
 ENV_CACHE = "ACTPROBE_CACHE"
@@ -85,3 +90,27 @@ def download_timeout(seconds: float = DOWNLOAD_TIMEOUT_S) -> Iterator[None]:
         yield
     finally:
         socket.setdefaulttimeout(previous)
+
+
+def find(root: str | Path | None, look_in: Callable[[Place], T | None], fetch: Callable[[Path], T],
+         download: bool | None) -> tuple[T | None, list[str]]:
+    """Look in each of ``search_places(root)``, then (if allowed) ``fetch`` into the cache folder.
+
+    Returns what was found (None if nothing) and, for messages, every place looked in and how the
+    download went. Errors reading a local copy propagate; any error of the download counts as "not
+    downloadable here" (no network, a proxy, a full disk).
+    """
+    looked: list[str] = []
+    for place in search_places(root):
+        found = look_in(place)
+        if found is not None:
+            return found, looked
+        looked.append(str(place))
+    if not downloads_allowed(download):
+        return None, looked + ["download: turned off"]
+    cache = cache_dir()
+    try:
+        with download_timeout():
+            return fetch(cache), looked
+    except Exception as exc:
+        return None, looked + [f"download into {cache} failed: {one_line(exc)}"]
