@@ -132,6 +132,54 @@ def run(
         raise typer.Exit(code)
 
 
+@app.command()
+def recipe(
+    name: str = typer.Argument(..., help="A recipe (toy, init, wib, paper), or 'list'."),
+    data: str = typer.Option("both", "--data", help="fashion-mnist, cifar10 or both."),
+    epochs: int = typer.Option(20, "--epochs", help="wib: training epochs."),
+    seeds: int = typer.Option(2, "--seeds", help="wib: seeds per configuration (0 … K-1)."),
+    iterations: int = typer.Option(300, "--iterations", help="init: training iterations per scheme."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (cuda:N)."),
+    out_dir: Path = typer.Option(Path("actprobe-recipes"), "--out-dir", help="Where run files, figures and "
+                                 "tables go."),
+    data_root: Path | None = typer.Option(None, "--data-root", help="Folder with data sets (also $ACTPROBE_DATA)."),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam's learning rate."),
+    paper_settings: bool = typer.Option(False, "--paper-settings", help="Use the paper's stated lr 0.4 "
+                                        "(it does not train; see docs/RESULTS.md)."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Training batch size."),
+    per_class: int | None = typer.Option(None, "--per-class", help="Reduced run: only the first N images of "
+                                         "each class in each split."),
+    every: int | None = typer.Option(None, "--every", help="Record every k-th step [default: init 1, wib 5]."),
+    experiments: int = typer.Option(50, "--experiments", help="toy: experiments per case."),
+    width: int = typer.Option(784, "--width", help="toy: inputs and units per layer (n)."),
+    depth: int = typer.Option(10, "--depth", help="toy: layers of the deep stack (Eq. 4)."),
+    fresh: bool = typer.Option(False, "--fresh", help="Rerun configurations whose finished run files exist."),
+) -> None:
+    """Reproduce the WIB-ReLU paper: run a built-in recipe, or list them."""
+    from rich.console import Console
+
+    if name == "list":
+        from .recipes import RECIPES
+
+        for item in RECIPES.values():
+            typer.echo(f"{item.name:<6} {item.figures:<16} {item.summary}")
+        return
+    from .recipe_command import execute
+    from .recipes import RecipeOptions
+    from .recipes.options import PAPER_LR, parse_data
+
+    try:
+        options = RecipeOptions(data=parse_data(data), epochs=epochs, seeds=seeds, iterations=iterations,
+                                device=device, out_dir=out_dir, lr=PAPER_LR if paper_settings else lr,
+                                batch_size=batch_size, per_class=per_class, every=every, experiments=experiments,
+                                width=width, depth=depth, fresh=fresh)
+        code = execute(name, options, data_root, Console())
+    except ActprobeError as exc:
+        raise _fail(exc) from None
+    if code:
+        raise typer.Exit(code)
+
+
 def main() -> None:
     app(prog_name="actprobe")
 

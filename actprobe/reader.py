@@ -26,6 +26,7 @@ class Run:
     time: np.ndarray  # (T,) float64, seconds since the probe started
     stats: dict[str, np.ndarray] = field(repr=False)  # name -> (T, S) float32
     scalars: dict[str, np.ndarray] = field(repr=False)  # name -> (T,) float64
+    epochs: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # recipe files: name -> (E,)
 
     @property
     def rows(self) -> int:
@@ -115,6 +116,7 @@ def _load(f: Any, path: Path) -> Run:
         scalars[name] = dataset[:rows]
     time_ds = f["time"]
     time_ds.refresh()
+    epochs = {name: dataset[()] for name, dataset in f["epochs"].items()} if "epochs" in f else {}
     return Run(
         path=path,
         attrs=attrs,
@@ -125,6 +127,7 @@ def _load(f: Any, path: Path) -> Run:
         time=time_ds[:rows],
         stats=stats,
         scalars=scalars,
+        epochs=epochs,
     )
 
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from .reader import Run
 
-RELU_LIKE = frozenset({"ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "CELU", "SELU", "GELU", "SiLU",
+RELU_LIKE = frozenset({"ReLU", "WIBReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "CELU", "SELU", "GELU", "SiLU",
                        "Mish", "Softplus", "Hardswish"})
 SUMMARY_STATS = ("mean", "std", "near_zero", "dead", "nonfinite")
 

@@ -48,6 +48,10 @@ class ImageDataset:
     is_sample: bool = False
     notes: tuple[str, ...] = field(default=())
 
+    @property
+    def channels(self) -> int:
+        return int(self.train.images.shape[1])
+
     def split(self, name: str) -> ImageSplit:
         if name not in SPLITS:
             raise OptionError(f"unknown split {name!r}; available: {', '.join(SPLITS)}")
