@@ -132,6 +132,108 @@ def run(
         raise typer.Exit(code)
 
 
+@app.command(name="compare")
+def compare_command(
+    files: list[Path] = typer.Argument(..., help="Two or more run files, finished or still growing."),
+    step: str = typer.Option("last", "--step", help="first, last, or a step number N (each run's row at N, "
+                             "else its last row before N)."),
+    stats: str = typer.Option("mean,std,near_zero,dead", "--stats", help="Comma-separated statistics: mean, std, "
+                              "near_zero, dead, nonfinite, min, max, count."),
+    figure: Path | None = typer.Option(None, "--figure", help="Also write an overlay figure (PNG) here."),
+) -> None:
+    """Compare runs site by site: matched by name, else by position among sites of the same role."""
+    from rich.console import Console
+
+    from ._lock import writer_active
+    from .compare import compare, parse_stats
+    from .compare_view import render_comparison
+
+    runs = [_read(path) for path in files]
+    try:
+        comparison = compare(runs, step=step, stats=parse_stats(stats))
+    except ActprobeError as exc:
+        raise _fail(exc) from None
+    console = Console()
+    render_comparison(comparison, console, live=tuple(writer_active(path) for path in files))
+    if figure is not None:
+        from .plots import plot_compare
+
+        written = _write_figure(lambda: plot_compare(runs, comparison.matching, comparison.choice.rows, figure))
+        console.print(f"figure: {written}", highlight=False, markup=False)
+
+
+@app.command(name="diagnose")
+def diagnose_command(
+    path: Path = typer.Argument(..., help="A run file, finished or still growing."),
+    json_output: bool = typer.Option(False, "--json", help="Print the findings as a JSON list."),
+    fail_on: str = typer.Option("error", "--fail-on", help="Exit 1 when a finding is this severe or more: "
+                                "info, warning, error, or never."),
+    threshold: list[str] = typer.Option([], "--threshold", help="NAME=VALUE to change a rule's threshold; "
+                                        "repeatable (docs/DIAGNOSE.md lists them)."),
+) -> None:
+    """Turn a run's statistics into findings with advice; the exit code can gate CI."""
+    from .diagnose import SEVERITIES, Rules, diagnose, rank
+
+    if fail_on not in (*SEVERITIES, "never"):
+        raise _fail(f"--fail-on must be one of {', '.join(SEVERITIES)}, never; got {fail_on!r}")
+    try:
+        rules = Rules.parse(threshold)
+    except ActprobeError as exc:
+        raise _fail(exc) from None
+    run = _read(path)
+    findings = diagnose(run, rules)
+    if json_output:
+        from .diagnose_view import findings_json
+
+        typer.echo(findings_json(findings))
+    else:
+        from rich.console import Console
+
+        from ._lock import writer_active
+        from .diagnose_view import render_findings
+
+        render_findings(run, findings, Console(), live=writer_active(path))
+    if fail_on != "never" and any(rank(f.severity) >= rank(fail_on) for f in findings):
+        raise typer.Exit(1)
+
+
+@app.command(name="plot")
+def plot_command(
+    path: Path = typer.Argument(..., help="A run file, finished or still growing."),
+    out: Path = typer.Option(Path("."), "--out", help="Folder for the PNG figures."),
+    select: list[str] = typer.Option([], "--select", help="Site name glob to draw; repeatable [default: the "
+                                     "activations, else the Conv/Linear layers]."),
+) -> None:
+    """Draw the standard figures of a run: per-layer mean and std against step, near-zero % per layer."""
+    import fnmatch
+
+    from .roles import layer_chain
+
+    run = _read(path)
+    if run.rows == 0:
+        raise _fail(f"{path} has no recorded steps yet")
+    if out.exists() and not out.is_dir():
+        raise _fail(f"--out {out} is a file; name a folder")
+    if select:
+        columns = [i for i, name in enumerate(run.sites) if any(fnmatch.fnmatchcase(name, g) for g in select)]
+        if not columns:
+            raise _fail(f"--select {' '.join(select)} matches no site; the sites are: {', '.join(run.sites)}")
+    else:
+        columns = layer_chain(run)
+    from .plots import plot_run
+
+    written = _write_figure(lambda: plot_run(run, columns, out, path.stem))
+    for item in written:
+        typer.echo(f"wrote {item}")
+
+
+def _write_figure(draw: Any) -> Any:
+    try:
+        return draw()
+    except OSError as exc:
+        raise _fail(f"cannot write the figure: {exc.strerror or exc}") from None
+
+
 @app.command()
 def recipe(
     name: str = typer.Argument(..., help="A recipe (toy, init, wib, paper), or 'list'."),

@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .reader import Run
+from .roles import RELU_LIKE
 
-RELU_LIKE = frozenset({"ReLU", "WIBReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "CELU", "SELU", "GELU", "SiLU",
-                       "Mish", "Softplus", "Hardswish"})
 SUMMARY_STATS = ("mean", "std", "near_zero", "dead", "nonfinite")
 
 
@@ -105,16 +104,16 @@ def _flags(i: int, kind: str, row: list[dict[str, float]], t: Thresholds) -> lis
             found.append(("std-explosion", "warning", f"std ×{ratio:.3g}"))
     if kind in RELU_LIKE and site["std"] > 0 and abs(site["mean"]) > t.mean_shift * site["std"]:
         found.append(("mean-shift", "warning", f"mean {site['mean'] / site['std']:+.2f}σ"))
-    if site["near_zero"] > _stored(t.near_zero):
+    if site["near_zero"] > as_stored(t.near_zero):
         found.append(("near-zero", "warning", f"near-zero {site['near_zero']:.0%}"))
-    if site["dead"] > _stored(t.dead):
+    if site["dead"] > as_stored(t.dead):
         found.append(("dead", "error", f"dead {site['dead']:.0%}"))
     if site["nonfinite"] > 0:
         found.append(("non-finite", "error", f"NaN/Inf {100 * site['nonfinite']:.2g}%"))
     return found
 
 
-def _stored(threshold: float) -> float:
+def as_stored(threshold: float) -> float:
     """A fraction as the file stores it (float32), so that exactly 10% dead is not "more than 10%"."""
     return float(np.float32(threshold))
 

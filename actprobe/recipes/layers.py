@@ -5,19 +5,17 @@ from __future__ import annotations
 import numpy as np
 
 from ..reader import Run
-
-ACTIVATION_TYPES = frozenset({"ReLU", "LeakyReLU", "PReLU", "ELU", "WIBReLU"})
-LINEAR_TYPES = frozenset({"Conv2d", "Linear"})
+from ..roles import role
 
 
 def activation_sites(run: Run) -> list[int]:
     """Column indices of the activation modules' outputs, in the model's order."""
-    return [i for i, kind in enumerate(run.site_module_types) if kind in ACTIVATION_TYPES]
+    return [i for i, kind in enumerate(run.site_module_types) if role(kind) == "activation"]
 
 
 def linear_sites(run: Run) -> list[int]:
-    """Column indices of the Conv2d and Linear outputs (the pre-activations z), in the model's order."""
-    return [i for i, kind in enumerate(run.site_module_types) if kind in LINEAR_TYPES]
+    """Column indices of the Conv and Linear outputs (the pre-activations z), in the model's order."""
+    return [i for i, kind in enumerate(run.site_module_types) if role(kind) in ("conv", "linear")]
 
 
 def mean_over_steps(run: Run, stat: str, columns: list[int]) -> np.ndarray:

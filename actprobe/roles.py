@@ -1,0 +1,42 @@
+"""The role of a site's module — what kind of layer it is — from its class name as the file stores it."""
+
+from __future__ import annotations
+
+from .reader import Run
+
+ACTIVATIONS = frozenset({
+    "ReLU", "WIBReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "CELU", "SELU", "GELU", "SiLU", "Mish",
+    "Softplus", "Hardswish", "Tanh", "Sigmoid", "Hardtanh", "Hardsigmoid", "Softsign", "Tanhshrink",
+})
+# Activations that zero or squash the negative side, so shift the mean away from 0.
+RELU_LIKE = frozenset({"ReLU", "WIBReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "CELU", "SELU", "GELU",
+                       "SiLU", "Mish", "Softplus", "Hardswish"})
+# Activations whose outputs are exactly zero for about half of centred inputs.
+ZEROING = frozenset({"ReLU", "ReLU6", "RReLU"})
+
+
+def role(module_type: str) -> str:
+    """``activation``, ``conv``, ``linear``, ``norm``, ``pool``, ``dropout``, or the class name itself."""
+    if module_type in ACTIVATIONS:
+        return "activation"
+    if module_type.startswith(("Conv", "LazyConv")):
+        return "conv"
+    if module_type in ("Linear", "LazyLinear", "Bilinear"):
+        return "linear"
+    if "Norm" in module_type:
+        return "norm"
+    if "Pool" in module_type:
+        return "pool"
+    if module_type.startswith(("Dropout", "AlphaDropout")):
+        return "dropout"
+    return module_type
+
+
+def layer_chain(run: Run) -> list[int]:
+    """The sites that follow the signal layer by layer: the activations when there are at least two,
+    else the convolutions and linear layers, else every site."""
+    acts = [i for i, t in enumerate(run.site_module_types) if role(t) == "activation"]
+    if len(acts) >= 2:
+        return acts
+    weighted = [i for i, t in enumerate(run.site_module_types) if role(t) in ("conv", "linear")]
+    return weighted if len(weighted) >= 2 else list(range(len(run.sites)))
