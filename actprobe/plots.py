@@ -19,7 +19,8 @@ DPI = 90
 LINESTYLES = ("-", "--", ":", "-.")
 
 
-def _plt() -> Any:
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend: files, never windows."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -29,16 +30,17 @@ def _plt() -> Any:
 
 
 def _colors(count: int) -> list[Any]:
-    plt = _plt()
+    plt = pyplot()
     cmap = plt.get_cmap("tab10" if count <= 10 else "viridis")
     return [cmap(i if count <= 10 else i / max(count - 1, 1)) for i in range(count)]
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path, dpi: int = DPI) -> Path:
+    """Lay out, write as PNG (creating the folder) and close ``fig``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    _plt().close(fig)
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
     return path
 
 
@@ -50,7 +52,7 @@ def _legend(ax: Any, count: int) -> None:
 def plot_run(run: Run, columns: Sequence[int], out_dir: Path, stem: str) -> list[Path]:
     """``<stem>-mean-std.png`` (per-layer mean and std against step, as in the paper's Fig. 7, 9, 11) and
     ``<stem>-near-zero.png`` (near-zero % per layer at the first and last recorded step, Fig. 8, 10)."""
-    plt = _plt()
+    plt = pyplot()
     colors = _colors(len(columns))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, stat in zip(axes, ("mean", "std")):
@@ -61,7 +63,7 @@ def plot_run(run: Run, columns: Sequence[int], out_dir: Path, stem: str) -> list
         ax.set_xlabel("step")
         _legend(ax, len(columns))
     fig.suptitle(f"{run.path.name}", fontsize=9)
-    written = [_save(fig, out_dir / f"{stem}-mean-std.png")]
+    written = [save_figure(fig, out_dir / f"{stem}-mean-std.png")]
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(columns) + 2), 4))
     x = np.arange(len(columns))
     for k, (row, label) in enumerate(((0, "first"), (run.rows - 1, "last"))):
@@ -73,14 +75,14 @@ def plot_run(run: Run, columns: Sequence[int], out_dir: Path, stem: str) -> list
     ax.set_ylabel(f"near-zero (|x| ≤ {run.attrs.get('near_zero_eps', 0.05)}) %")
     ax.set_title(f"{run.path.name}: near-zero activations per layer", fontsize=9)
     ax.legend(fontsize=7)
-    written.append(_save(fig, out_dir / f"{stem}-near-zero.png"))
+    written.append(save_figure(fig, out_dir / f"{stem}-near-zero.png"))
     return written
 
 
 def plot_compare(runs: Sequence[Run], matching: Matching, rows: Sequence[int], path: Path) -> Path:
     """Overlay of the runs: per-layer mean and std against step (colour: layer, line style: run), and
     near-zero % per layer at the compared step (bars: runs)."""
-    plt = _plt()
+    plt = pyplot()
     sites = [s for s in matching.sites if s.role == "activation"] or list(matching.sites)
     colors = _colors(len(sites))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
@@ -104,7 +106,7 @@ def plot_compare(runs: Sequence[Run], matching: Matching, rows: Sequence[int], p
     ax.set_ylim(0, 100)
     ax.set_title("near-zero % per layer", fontsize=9)
     ax.legend(fontsize=7)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _tag(r: int) -> str:

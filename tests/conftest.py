@@ -71,3 +71,13 @@ def train_steps(model: nn.Module, steps: int, *, probe=None, seed: int = 0, batc
             probe.step(loss=loss)
         losses.append(loss.detach())
     return losses
+
+
+def assert_one_line_error(result, *fragments: str) -> None:
+    """A CLI result that failed on bad input: exit 2, one ``error: …`` line on stderr, no traceback."""
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 import actprobe
 from actprobe.cli import app
+from conftest import assert_one_line_error
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = CliRunner()
@@ -51,13 +52,7 @@ def invoke(*args: str, cwd: Path | None = None):
             os.chdir(previous)
 
 
-def assert_bad_input(result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+assert_bad_input = assert_one_line_error
 
 
 # -- runs that work ---------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from actprobe.diagnose import Rules, diagnose
 from actprobe.init import init_weights
 from actprobe.models import paper_cnn
 from actprobe.nn import WIBReLU, calibrate
+from conftest import assert_one_line_error
 
 RUNNER = CliRunner()
 ENV = {"COLUMNS": "200", "ACTPROBE_OFFLINE": "1"}
@@ -29,15 +30,6 @@ ENV = {"COLUMNS": "200", "ACTPROBE_OFFLINE": "1"}
 
 def invoke(*args: object):
     return RUNNER.invoke(app, [str(a) for a in args], env=ENV)
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def record(path: Path, model: nn.Module, batches, *, lr: float = 0.0, every: int = 1, hook=None) -> Path:

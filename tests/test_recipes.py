@@ -15,6 +15,7 @@ import actprobe
 from actprobe.cli import app
 from actprobe.init import PAPER_SCHEMES
 from actprobe.nn import ACTIVATIONS
+from conftest import assert_one_line_error
 
 RUNNER = CliRunner()
 ENV = {"COLUMNS": "200", "ACTPROBE_OFFLINE": "1"}
@@ -59,10 +60,7 @@ def test_recipe_list_names_every_recipe():
     (("toy", "--epochs", "x"), "Invalid value for '--epochs'"),
 ])
 def test_bad_options_give_one_line_and_exit_2(tmp_path, args, message):
-    result = invoke(*args, "--out-dir", tmp_path / "out")
-    assert result.exit_code == 2, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], result.stderr
+    assert_one_line_error(invoke(*args, "--out-dir", tmp_path / "out"), message)
     assert not (tmp_path / "out").exists()
 
 

@@ -1,6 +1,6 @@
 """The recipes' figures, in the manner of the WIB-ReLU paper's, drawn from our own run files.
 
-The only module of the recipes that imports matplotlib (with the Agg backend: files, no windows).
+Drawn with matplotlib through ``actprobe.plots`` (Agg backend: files, no windows).
 Every function returns the PNG paths it wrote.
 """
 
@@ -12,27 +12,16 @@ from typing import Any
 
 import numpy as np
 
+from ..plots import pyplot as _plt
+from ..plots import save_figure
 from ..reader import Run
 from .layers import activation_sites, linear_sites, mean_over_steps
 
 DPI = 80
 
 
-def _plt() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    _plt().close(fig)
-    return path
+    return save_figure(fig, path, DPI)
 
 
 def toy_figures(runs: Mapping[str, Run], cases: Sequence[Any], options: Any, out: Path) -> list[Path]:
