@@ -174,3 +174,20 @@ def test_paper_reduced_writes_the_report(tmp_path):
     assert len(settings) == 2 * len(DATA)
     assert all(attrs(p)["lr"] == 0.4 and attrs(p)["recipe"] == "settings" for p in settings)
     assert "| Fig. 12: Fashion-MNIST with WIB-ReLU (wib-relu-fixed), last epoch |" in report
+
+
+def test_a_missing_data_set_is_one_line_and_nothing_written(tmp_path):
+    env = {**ENV, "ACTPROBE_DATA": None, "HOME": str(tmp_path), "ACTPROBE_CACHE": str(tmp_path / "cache"),
+           "XDG_CACHE_HOME": None}
+    result = RUNNER.invoke(app, ["recipe", "wib", "--data", "cifar10", "--out-dir", str(tmp_path / "out")], env=env)
+    assert_one_line_error(result, "CIFAR-10 not found", "download: turned off")
+    assert not (tmp_path / "out" / "wib").exists()
+
+
+def test_results_document_links_only_figures_that_are_committed():
+    root = Path(__file__).resolve().parents[1] / "docs"
+    text = (root / "RESULTS.md").read_text()
+    links = [line.split("](", 1)[1].rstrip(")") for line in text.splitlines() if line.startswith("![")]
+    assert len(links) == 14
+    for link in links:
+        assert (root / link).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", link

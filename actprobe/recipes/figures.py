@@ -69,7 +69,8 @@ def layer_lines(runs: Mapping[str, Run], title: str, path: Path) -> Path:
         columns = activation_sites(run)
         for ax, stat in zip(axes[row], ("mean", "std")):
             for layer, column in enumerate(columns, 1):
-                ax.plot(run.step, run.stats[stat][:, column], lw=0.8, label=f"layer {layer}")
+                ax.plot(run.step, run.stats[stat][:, column], lw=0.8, label=f"layer {layer}",
+                        marker="." if run.rows < 30 else None)
             ax.axhline(0.0 if stat == "mean" else 1.0, color="grey", lw=0.5, ls=":")
             ax.set_title(f"{label}: {stat}", fontsize=8)
             ax.tick_params(labelsize=7)

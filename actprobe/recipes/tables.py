@@ -20,8 +20,9 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]], not
     return Table(title, tuple(columns), tuple(tuple(r) for r in rows), tuple(notes))
 
 
-def to_markdown(t: Table) -> str:
-    lines = [f"**{t.title}**", "", "| " + " | ".join(t.columns) + " |", "|" + "---|" * len(t.columns)]
+def to_markdown(t: Table, *, title: bool = True) -> str:
+    lines = ([f"**{t.title}**", ""] if title else []) + ["| " + " | ".join(t.columns) + " |",
+                                                           "|" + "---|" * len(t.columns)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in t.rows]
     lines += [""] + [f"{note}  " for note in t.notes] if t.notes else []
     return "\n".join(lines) + "\n"
@@ -33,10 +34,15 @@ def to_rich(t: Table) -> object:
     rich_table = RichTable(title=t.title, title_justify="left", caption="\n".join(t.notes) or None,
                            caption_justify="left")
     for i, column in enumerate(t.columns):
-        rich_table.add_column(column, justify="left" if i == 0 else "right")
+        numeric = i > 0 and all(_numeric(row[i]) for row in t.rows)
+        rich_table.add_column(column, justify="right" if numeric else "left")
     for row in t.rows:
         rich_table.add_row(*row)
     return rich_table
+
+
+def _numeric(cell: str) -> bool:
+    return not cell or cell[0] in "0123456789+-−—×."
 
 
 def fmt(value: float, digits: int = 3) -> str:

@@ -71,6 +71,9 @@ def run(ctx: Context) -> RecipeResult:
             near_zero = np.mean([mean_over_steps(run, "near_zero", activation_sites(run)) for run in runs], axis=0)
             result.facts[f"{data}.{activation}"] = {field: float(v.mean()) for field, v in values.items()}
             result.facts[f"{data}.{activation}.near_zero"] = near_zero.tolist()
+            tail = [run.stats["mean"][-max(1, run.rows // 10):, activation_sites(run)].astype(np.float64).mean(0)
+                    for run in runs]
+            result.facts[f"{data}.{activation}.final_mean"] = np.mean(tail, axis=0).tolist()
             change = "—"
             if base is not None and activation != "relu":
                 loss_change = values["val_loss"].mean() / base["val_loss"] - 1
