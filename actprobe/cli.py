@@ -140,6 +140,8 @@ def compare_command(
     stats: str = typer.Option("mean,std,near_zero,dead", "--stats", help="Comma-separated statistics: mean, std, "
                               "near_zero, dead, nonfinite, min, max, count."),
     figure: Path | None = typer.Option(None, "--figure", help="Also write an overlay figure (PNG) here."),
+    top: int | None = typer.Option(None, "--top", help="Show only the K sites with the largest changes "
+                                   "[default: all up to 40 sites, else 40]; 0 shows all."),
 ) -> None:
     """Compare runs site by site: matched by name, else by position among sites of the same role."""
     from rich.console import Console
@@ -148,13 +150,15 @@ def compare_command(
     from .compare import compare, parse_stats
     from .compare_view import render_comparison
 
+    if top is not None and top < 0:
+        raise _fail(f"--top must be 0 or a positive integer, got {top}")
     runs = [_read(path) for path in files]
     try:
         comparison = compare(runs, step=step, stats=parse_stats(stats))
     except ActprobeError as exc:
         raise _fail(exc) from None
     console = Console()
-    render_comparison(comparison, console, live=tuple(writer_active(path) for path in files))
+    render_comparison(comparison, console, live=tuple(writer_active(path) for path in files), top=top)
     if figure is not None:
         from .plots import plot_compare
 

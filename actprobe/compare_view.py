@@ -40,8 +40,26 @@ def matching_lines(comparison: Comparison) -> list[str]:
     return lines
 
 
+DEFAULT_TOP = 40
+
+
+def shown_sites(comparison: Comparison, top: int | None) -> tuple[set[str], str | None]:
+    """The labels of the sites to show (all, or the ``top`` with the largest change) and a note when cut.
+    ``top`` None: all up to ``DEFAULT_TOP`` sites; 0: all."""
+    labels = [site.label for site in comparison.matching.sites]
+    limit = (DEFAULT_TOP if len(labels) > DEFAULT_TOP else 0) if top is None else top
+    if not limit or limit >= len(labels):
+        return set(labels), None
+    best: dict[str, float] = {}
+    for cell in comparison.cells:
+        if cell.score == cell.score:
+            best[cell.site.label] = max(best.get(cell.site.label, 0.0), cell.score)
+    keep = set(sorted(labels, key=lambda label: -best.get(label, 0.0))[:limit])
+    return keep, f"showing the {limit} of {len(labels)} sites with the largest changes (--top 0 shows all)"
+
+
 def render_comparison(comparison: Comparison, console: Console, *, live: tuple[bool, ...] = (),
-                      highlight: int = 5) -> None:
+                      highlight: int = 5, top: int | None = None) -> None:
     runs = comparison.runs
     for k, (run, step) in enumerate(zip(runs, comparison.choice.steps)):
         tag = chr(ord("A") + k) if k < 26 else str(k)
@@ -55,7 +73,7 @@ def render_comparison(comparison: Comparison, console: Console, *, live: tuple[b
     if not comparison.matching.sites:
         console.print("nothing to compare: no site could be matched", style="yellow", highlight=False)
         return
-    top = {id(cell): rank for rank, cell in enumerate(comparison.largest(highlight))}
+    highlighted = {id(cell) for cell in comparison.largest(highlight)}
     table = Table(header_style="bold", title="largest changes in bold red", title_justify="left")
     table.add_column("site")
     table.add_column("stat")
@@ -64,10 +82,14 @@ def render_comparison(comparison: Comparison, console: Console, *, live: tuple[b
         table.add_column(tag, justify="right")
     for tag in tags[1:]:
         table.add_column(f"{tag} − A", justify="right")
+    keep, note = shown_sites(comparison, top)
     for cell in comparison.cells:
-        table.add_row(*_row(cell, id(cell) in top))
+        if cell.site.label in keep:
+            table.add_row(*_row(cell, id(cell) in highlighted))
     console.print(table)
-    if top:
+    if note:
+        console.print(note, highlight=False, markup=False)
+    if highlighted:
         console.print("largest changes: " + "; ".join(
             f"{c.site.label} {c.stat} {_change(c.stat, max(c.changes, key=lambda v: abs(v) if v == v else -1), c.values[0])}"
             for c in comparison.largest(highlight)), highlight=False, markup=False)

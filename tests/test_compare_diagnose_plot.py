@@ -110,6 +110,12 @@ def test_compare_the_two_inits_matches_by_name_and_reports_h5py_values(cnn_runs,
     assert result.exit_code == 0, result.output
     assert "11 by name, 0 by position" in result.output and "largest changes:" in result.output
     assert (tmp_path / "overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    short = invoke("compare", a, b, "--step", "first", "--top", 2, "--stats", "std")
+    assert short.exit_code == 0, short.output
+    rows = [line.split("│")[1].strip() for line in short.output.splitlines() if line.startswith("│")]
+    assert len(rows) == 2 and top.site.label in rows
+    assert "showing the 2 of 11 sites with the largest changes (--top 0 shows all)" in short.output
+    assert_one_line_error(invoke("compare", a, b, "--top", -1), "--top")
 
 
 def test_plot_writes_the_standard_figures(cnn_runs, tmp_path):
