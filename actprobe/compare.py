@@ -79,7 +79,7 @@ def match_sites(runs: Sequence[Run]) -> Matching:
             if c not in used[r]:
                 by_role.setdefault(role(kind), []).append(c)
         leftovers.append(by_role)
-    for kind, columns0 in leftovers[0].items():
+    for kind in leftovers[0]:
         count = min(len(left.get(kind, [])) for left in leftovers)
         for k in range(count):
             columns = tuple(left[kind][k] for left in leftovers)
@@ -141,10 +141,14 @@ def parse_stats(text: str) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
     if not names:
         raise OptionError("--stats names no statistic")
+    _check_stats(names, " in --stats")
+    return names
+
+
+def _check_stats(names: Sequence[str], where: str = "") -> None:
     for name in names:
         if name not in COMPARE_STATS:
-            raise OptionError(f"unknown statistic {name!r} in --stats; available: {', '.join(COMPARE_STATS)}")
-    return names
+            raise OptionError(f"unknown statistic {name!r}{where}; available: {', '.join(COMPARE_STATS)}")
 
 
 @dataclass(frozen=True)
@@ -173,8 +177,8 @@ class Comparison:
 
 
 def score(stat: str, values: Sequence[float]) -> float:
-    """A change's size: fractions in absolute points; std, min, max and count as a log-ratio; the mean
-    relative to the first run's scale (max of |mean| and std is not known here, so |first| or 1e-12)."""
+    """A change's size: fractions in absolute points; std and count (when both are positive) as the
+    absolute log-ratio; mean, min and max relative to the larger of the two magnitudes."""
     base = values[0]
     best = 0.0
     for other in values[1:]:
@@ -198,9 +202,7 @@ def compare(runs: Sequence[Run], *, step: str = "last", stats: Sequence[str] = D
     """
     if len(runs) < 2:
         raise OptionError("compare needs at least two run files")
-    for name in stats:
-        if name not in COMPARE_STATS:
-            raise OptionError(f"unknown statistic {name!r}; available: {', '.join(COMPARE_STATS)}")
+    _check_stats(stats)
     choice = choose_rows(runs, step)
     matching = match_sites(runs)
     cells = []

@@ -142,8 +142,9 @@ def _chain(run: Run, rules: Rules) -> list[Finding]:
     return []
 
 
-def _rows(run: Run) -> dict[str, int]:
-    return {"first": 0, "last": run.rows - 1} if run.rows > 1 else {"first": 0}
+def _rows(run: Run) -> tuple[int, ...]:
+    """The first and the last recorded row (one row when there is only one)."""
+    return (0, run.rows - 1) if run.rows > 1 else (0,)
 
 
 def _mean_shift(run: Run, rules: Rules) -> list[Finding]:
@@ -152,7 +153,7 @@ def _mean_shift(run: Run, rules: Rules) -> list[Finding]:
         if kind not in RELU_LIKE:
             continue
         hit = False
-        for row in _rows(run).values():
+        for row in _rows(run):
             mean, std = _stat(run, "mean", row, c), _stat(run, "std", row, c)
             if std > 0 and abs(mean) > rules.mean_shift * std:
                 hit = True
@@ -175,7 +176,7 @@ def _saturation(run: Run, rules: Rules) -> list[Finding]:
     sites, steps, values = [], set(), {}
     for c, kind in enumerate(run.site_module_types):
         limit = rules.saturation_zeroing if kind in ZEROING else rules.saturation
-        for row in _rows(run).values():
+        for row in _rows(run):
             value = _stat(run, "near_zero", row, c)
             if value > as_stored(limit):
                 if run.sites[c] not in values:

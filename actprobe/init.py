@@ -34,26 +34,18 @@ from .errors import OptionError
 LAYERS = (nn.modules.conv._ConvNd, nn.Linear)
 
 
-def _kaiming_uniform(a: float) -> Callable[[torch.Tensor, torch.Generator | None], None]:
-    def init(weight: torch.Tensor, generator: torch.Generator | None) -> None:
-        nn.init.kaiming_uniform_(weight, a=a, generator=generator)
-    return init
-
-
-def _normal(scale: Callable[[int], float]) -> Callable[[torch.Tensor, torch.Generator | None], None]:
-    def init(weight: torch.Tensor, generator: torch.Generator | None) -> None:
-        nn.init.normal_(weight, 0.0, scale(fan_in(weight)), generator=generator)
-    return init
-
-
-SCHEMES: dict[str, Callable[[torch.Tensor, torch.Generator | None], None]] = {
-    "torch-default": _kaiming_uniform(math.sqrt(5)),
-    "sqrt3": _kaiming_uniform(math.sqrt(3)),
-    "kaiming": _normal(lambda n: math.sqrt(2.0 / n)),
-    "eq5": _normal(lambda n: 1.0 / math.sqrt(n)),
-    "eq6": _normal(lambda n: 2.0 / math.sqrt(n)),
-    "normal": _normal(lambda n: 1.0),
+# The std each scheme gives a weight of fan-in n (the table above).
+SCHEMES: dict[str, Callable[[int], float]] = {
+    "torch-default": lambda n: 1.0 / math.sqrt(3 * n),
+    "sqrt3": lambda n: 1.0 / math.sqrt(2 * n),
+    "kaiming": lambda n: math.sqrt(2.0 / n),
+    "eq5": lambda n: 1.0 / math.sqrt(n),
+    "eq6": lambda n: 2.0 / math.sqrt(n),
+    "normal": lambda n: 1.0,
 }
+# Schemes drawn from PyTorch's kaiming_uniform_ with this ``a`` (so their std follows from it); the
+# others are normal with the std above.
+UNIFORM_A = {"torch-default": math.sqrt(5), "sqrt3": math.sqrt(3)}
 PAPER_SCHEMES = ("torch-default", "sqrt3", "kaiming", "eq5", "eq6")
 
 
@@ -66,12 +58,8 @@ def fan_in(weight: torch.Tensor) -> int:
 
 def expected_std(scheme: str, n: int) -> float:
     """The standard deviation that ``scheme`` gives a weight of fan-in ``n`` (the table above)."""
-    formulas = {
-        "torch-default": 1.0 / math.sqrt(3 * n), "sqrt3": 1.0 / math.sqrt(2 * n), "kaiming": math.sqrt(2.0 / n),
-        "eq5": 1.0 / math.sqrt(n), "eq6": 2.0 / math.sqrt(n), "normal": 1.0,
-    }
     _check(scheme)
-    return formulas[scheme]
+    return SCHEMES[scheme](n)
 
 
 def init_weights(model: nn.Module, scheme: str, *, zero_bias: bool = False,
@@ -89,11 +77,18 @@ def init_weights(model: nn.Module, scheme: str, *, zero_bias: bool = False,
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, LAYERS) and getattr(module, "weight", None) is not None:
-                SCHEMES[scheme](module.weight, generator)
+                _draw(module.weight, scheme, generator)
                 if zero_bias and module.bias is not None:
                     module.bias.zero_()
                 count += 1
     return count
+
+
+def _draw(weight: torch.Tensor, scheme: str, generator: torch.Generator | None) -> None:
+    if scheme in UNIFORM_A:
+        nn.init.kaiming_uniform_(weight, a=UNIFORM_A[scheme], generator=generator)
+    else:
+        nn.init.normal_(weight, 0.0, SCHEMES[scheme](fan_in(weight)), generator=generator)
 
 
 def _check(scheme: str) -> None:

@@ -7,8 +7,7 @@ from pathlib import Path
 from rich.console import Console
 
 from .datasets import use_data_root
-from .errors import OptionError
-from .recipes import RECIPES, Context, RecipeOptions, run_recipe
+from .recipes import Context, RecipeOptions, find, run_recipe
 from .recipes.progress import RecipeProgress
 from .runner import resolve_device
 
@@ -21,8 +20,7 @@ def execute(name: str, options: RecipeOptions, data_root: Path | None, console: 
     Raises:
         ActprobeError: bad options, missing data, or a failure while recording.
     """
-    if name not in RECIPES:
-        raise OptionError(f"unknown recipe {name!r}; available: {', '.join(RECIPES)} (see: actprobe recipe list)")
+    find(name)  # an unknown name fails before the device is looked at
     device = resolve_device(options.device)
     ctx = Context(options=options, device=device, data_root=data_root, progress=RecipeProgress(console))
     console.print(f"recipe {name} on {device} → {options.out_dir}/", highlight=False, markup=False)

@@ -32,11 +32,16 @@ def role(module_type: str) -> str:
     return module_type
 
 
+def sites_with_role(run: Run, *roles: str) -> list[int]:
+    """Column indices of the sites whose module has one of ``roles``, in recording order."""
+    return [i for i, kind in enumerate(run.site_module_types) if role(kind) in roles]
+
+
 def layer_chain(run: Run) -> list[int]:
     """The sites that follow the signal layer by layer: the activations when there are at least two,
     else the convolutions and linear layers, else every site."""
-    acts = [i for i, t in enumerate(run.site_module_types) if role(t) == "activation"]
+    acts = sites_with_role(run, "activation")
     if len(acts) >= 2:
         return acts
-    weighted = [i for i, t in enumerate(run.site_module_types) if role(t) in ("conv", "linear")]
+    weighted = sites_with_role(run, "conv", "linear")
     return weighted if len(weighted) >= 2 else list(range(len(run.sites)))

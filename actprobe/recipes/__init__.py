@@ -62,11 +62,16 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def run_recipe(name: str, ctx: Context, console: Console | None = None) -> RecipeResult:
-    """Run one recipe, write its ``summary.md``, and print its tables."""
+def find(name: str) -> Recipe:
+    """The recipe called ``name``; an ``OptionError`` naming the others when there is none."""
     if name not in RECIPES:
         raise OptionError(f"unknown recipe {name!r}; available: {', '.join(RECIPES)} (see: actprobe recipe list)")
-    result = RECIPES[name].run(ctx)
+    return RECIPES[name]
+
+
+def run_recipe(name: str, ctx: Context, console: Console | None = None) -> RecipeResult:
+    """Run one recipe, write its ``summary.md``, and print its tables."""
+    result = find(name).run(ctx)
     if result.markdown is None:
         result.markdown = write_summary(result, ctx.out(name))
     if console is not None:
@@ -85,4 +90,4 @@ def write_summary(result: RecipeResult, folder: Path) -> Path:
     return path
 
 
-__all__ = ["RECIPES", "Context", "Recipe", "RecipeOptions", "RecipeResult", "run_recipe", "write_summary"]
+__all__ = ["RECIPES", "Context", "Recipe", "RecipeOptions", "RecipeResult", "find", "run_recipe", "write_summary"]

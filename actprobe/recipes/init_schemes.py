@@ -17,7 +17,7 @@ from .. import datasets
 from ..init import PAPER_SCHEMES
 from ..reader import Run
 from .base import Context, RecipeResult
-from .layers import activation_sites, linear_sites
+from .layers import activation_sites, linear_sites, mean_over_steps
 from .tables import fmt, pct, table
 from .training import Config, run_config
 
@@ -71,8 +71,7 @@ def run(ctx: Context) -> RecipeResult:
                          f"{pct(near_zero.min())}–{pct(near_zero.max())}", verdict(conv)))
             result.facts[f"{data}.{scheme}.conv_std"] = conv.tolist()
             result.facts[f"{data}.{scheme}.near_zero_first"] = near_zero.tolist()
-            result.facts[f"{data}.{scheme}.near_zero_mean"] = np.nanmean(
-                run.stats["near_zero"][:, act].astype(np.float64), axis=0).tolist()
+            result.facts[f"{data}.{scheme}.near_zero_mean"] = mean_over_steps(run, "near_zero", act).tolist()
             result.facts[f"{data}.{scheme}.verdict"] = verdict(conv)
         out = ctx.out(NAME) / "figures"
         result.figures.append(figures.layer_lines(

@@ -5,17 +5,17 @@ from __future__ import annotations
 import numpy as np
 
 from ..reader import Run
-from ..roles import role
+from ..roles import sites_with_role
 
 
 def activation_sites(run: Run) -> list[int]:
     """Column indices of the activation modules' outputs, in the model's order."""
-    return [i for i, kind in enumerate(run.site_module_types) if role(kind) == "activation"]
+    return sites_with_role(run, "activation")
 
 
 def linear_sites(run: Run) -> list[int]:
     """Column indices of the Conv and Linear outputs (the pre-activations z), in the model's order."""
-    return [i for i, kind in enumerate(run.site_module_types) if role(kind) in ("conv", "linear")]
+    return sites_with_role(run, "conv", "linear")
 
 
 def mean_over_steps(run: Run, stat: str, columns: list[int]) -> np.ndarray:

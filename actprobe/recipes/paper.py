@@ -205,18 +205,18 @@ def run(ctx: Context) -> RecipeResult:
     return result
 
 
-def _data_sources(result: RecipeResult) -> tuple[list[str], float]:
+def _recorded(paths: list[Path]) -> tuple[dict[str, str], float]:
     """What data each data set came from, and the training seconds recorded in the run files."""
     from ..reader import read
 
     sources: dict[str, str] = {}
     seconds = 0.0
-    for path in result.runs:
+    for path in paths:
         run: Run = read(path)
         seconds += float(run.attrs.get("seconds", 0.0))
         if run.attrs.get("data") in ("fashion-mnist", "cifar10"):
             sources.setdefault(str(run.attrs["data"]), str(run.attrs.get("data_source", "")))
-    return [f"{name}: {source}" for name, source in sources.items()], seconds
+    return sources, seconds
 
 
 def _write_report(ctx: Context, sections: list[tuple[str, RecipeResult, float]], claims: Table,
@@ -226,18 +226,21 @@ def _write_report(ctx: Context, sections: list[tuple[str, RecipeResult, float]],
     lines = ["# actprobe recipe `paper`: the WIB-ReLU paper, reproduced", "",
              f"Made by `actprobe recipe paper` in {total / 60:.1f} min on {time.strftime('%Y-%m-%d %H:%M %Z')}.", ""]
     lines += [f"- {line}" for line in environment(ctx.device)]
-    everything = RecipeResult(NAME, runs=[p for _, s, _ in sections for p in s.runs])
-    sources, trained = _data_sources(everything)
-    lines += [f"- data: {line}" for line in sources]
-    lines += [f"- training time recorded in the {len(everything.runs)} run files (reused ones included): "
-              f"{trained / 60:.1f} min"]
+    recorded = {name: _recorded(section.runs) for name, section, _ in sections}  # each file read once
+    sources: dict[str, str] = {}
+    for section_sources, _ in recorded.values():
+        for data, source in section_sources.items():
+            sources.setdefault(data, source)
+    lines += [f"- data: {data}: {source}" for data, source in sources.items()]
+    lines += [f"- training time recorded in the {sum(len(s.runs) for _, s, _ in sections)} run files (reused ones "
+              f"included): {sum(trained for _, trained in recorded.values()) / 60:.1f} min"]
     lines += [f"- settings: Adam, betas (0.9, 0.999), lr {options.lr:g}, batch {options.batch_size}; init recipe "
               f"{options.iterations} iterations; wib recipe {options.epochs} epochs × {options.seeds} seed(s)"
               + (f"; REDUCED: {options.per_class} images per class" if options.per_class else ""), ""]
     lines += ["## The paper's claims beside ours", "", to_markdown(claims, title=False)]
     lines += ["## How we read the paper", ""] + [f"- {line}" for line in READINGS] + [""]
     for name, section, seconds in sections:
-        _, trained = _data_sources(section)
+        trained = recorded[name][1]
         lines += [f"## Recipe `{name}`", "",
                   f"This invocation: {seconds / 60:.1f} min; training recorded in its {len(section.runs)} run files: "
                   f"{trained / 60:.1f} min.", ""]

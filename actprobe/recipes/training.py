@@ -90,11 +90,12 @@ def run_config(config: Config, path: Path, *, device: torch.device, data_root: A
         mus = calibrate(model, calibration)
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=ADAM_BETAS)
-    meta = {**{k: v for k, v in config.attributes().items() if k != "every"}, "data_source": train.source, "device": str(device),
-            "train_images": train.images, "val_images": val.images,
-            "adam_betas": list(ADAM_BETAS)}
+    meta = config.attributes()
+    del meta["every"]  # the probe writes its own
+    meta.update(data_source=train.source, device=str(device), train_images=train.images, val_images=val.images,
+                adam_betas=list(ADAM_BETAS))
     if mus:
-        meta["wib_mu"] = [mus[name] for name in mus]
+        meta["wib_mu"] = list(mus.values())
         meta["wib_mu_sites"] = list(mus)
     path.parent.mkdir(parents=True, exist_ok=True)
     history: dict[str, list[float]] = {name: [] for name in ("epoch", "steps", *EPOCH_FIELDS)}
