@@ -1,4 +1,4 @@
-"""Builds the optional C kernel (actprobe/_cstats.c); all other metadata lives in pyproject.toml.
+"""Builds the optional C kernel (actprobe/stats/_cstats.c); all other metadata lives in pyproject.toml.
 
 The extension is optional: without a C compiler actprobe installs and uses its torch kernel.
 """
@@ -8,8 +8,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "actprobe._cstats",
-            ["actprobe/_cstats.c"],
+            "actprobe.stats._cstats",
+            ["actprobe/stats/_cstats.c"],
             extra_compile_args=["-O3", "-ffast-math", "-funroll-loops", "-std=c11"],
             optional=True,
         )

@@ -6,6 +6,9 @@
     run = actprobe.read("run.h5")
 
 ``import actprobe`` is light: ``Probe`` (and with it torch) and ``read`` (and h5py) load on first use.
+The layers, from the bottom: ``runfile`` (the HDF5 contract), ``stats`` (kernels), ``engine`` (hooks
+and ``Probe``), ``training`` (the one loop), ``analysis``, ``render``, ``recipes``, ``cli``; see
+docs/ARCHITECTURE.md. Import paths of actprobe 0.1's flat modules still work (``_compat``).
 """
 
 from importlib import import_module
@@ -22,13 +25,15 @@ from .errors import (
     RunFileError,
     SelectionError,
 )
-from .format import STATISTICS
+from ._compat import install_moved_modules
+from .runfile.format import STATISTICS
 
 if TYPE_CHECKING:
-    from .probe import Probe
-    from .reader import Run, read
+    from .engine.probe import Probe
+    from .runfile.reader import Run, read
 
-_LAZY = {"Probe": ".probe", "Run": ".reader", "read": ".reader"}
+_LAZY = {"Probe": ".engine.probe", "Run": ".runfile.reader", "read": ".runfile.reader"}
+install_moved_modules()
 
 __all__ = [
     "STATISTICS",

@@ -23,11 +23,10 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE))
 import actprobe  # noqa: E402
-from actprobe.reduce import tensor_statistics  # noqa: E402
-from conftest import assert_statistics_close, reference_statistics  # noqa: E402
+from actprobe.stats.reference import mismatches, reference_statistics  # noqa: E402
+from actprobe.stats.single import tensor_statistics  # noqa: E402
 from workloads import has_parameters_leaf, make  # noqa: E402
 
 
@@ -55,10 +54,9 @@ def check_statistics(device: torch.device) -> None:
         want = reference_statistics(x, unit_dim)
         for implementation in implementations:
             got = tensor_statistics(x.to(device), unit_dim=unit_dim, implementation=implementation)
-            try:
-                assert_statistics_close(got, want)
-            except AssertionError as exc:
-                raise AssertionError(f"{label}, {implementation}: {exc}") from None
+            wrong = mismatches(got, want)
+            if wrong:
+                raise AssertionError(f"{label}, {implementation}: {'; '.join(wrong)}")
             count += 1
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"PASS statistics: {count} tensors x implementations {implementations} on {name}")
@@ -72,14 +70,12 @@ def check_no_sync(device: torch.device) -> None:
         workload = make(name, device, None if device.type == "cuda" else 32)
         path = Path(tempfile.mkdtemp()) / f"{name}.h5"
         with actprobe.Probe(workload.model, path, select=select, flush_every=25) as probe:
-            for _ in range(3):  # warm up: Triton compiles, cuDNN picks algorithms
-                probe.step(loss=workload.step())
+            workload.run(3, probe)  # warm up: Triton compiles, cuDNN picks algorithms
             if device.type == "cuda":
                 torch.cuda.synchronize()
                 torch.cuda.set_sync_debug_mode("error")
             try:
-                for _ in range(steps):
-                    probe.step(loss=workload.step())
+                workload.run(steps, probe)
             finally:
                 if device.type == "cuda":
                     torch.cuda.set_sync_debug_mode("default")

@@ -15,13 +15,19 @@ the same round, minus one, with quartiles. ``--select params`` hooks every leaf 
 parameters (the reference harness of the GPU targets); ``leaves`` (default) every leaf module,
 actprobe's default.
 
+``--before DIR`` adds the actprobe of another checkout (a git worktree of an earlier commit, say),
+imported under another name, recording every step on its own copy of the model: the code before
+and after a change, timed side by side in the same rounds.
+
     python bench/overhead.py [--model paper-cnn|resnet50|transformer|all] [--device cpu|cuda]
                              [--select leaves|params] [--rounds 60] [--steps 5] [--torch-kernel]
+                             [--before DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import sys
@@ -30,7 +36,6 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import actprobe  # noqa: E402
@@ -41,12 +46,6 @@ SELECTIONS = {
     "leaves": lambda name, module: bool(name) and next(module.children(), None) is None,
     "params": has_parameters_leaf,
 }
-
-
-def make_trainer(device: torch.device, batch: int) -> tuple[nn.Module, object]:
-    """The paper's CNN and its training step (used by breakdown.py and gpu_check.py)."""
-    workload = make("paper-cnn", device, batch)
-    return workload.model, workload.step
 
 
 def fastai_style(output: torch.Tensor, store: list) -> None:
@@ -102,19 +101,18 @@ def build_modes(name: str, device: torch.device, args, tmp: Path) -> tuple[dict,
     control = make(name, device, args.batch, smoke=args.smoke)
     modes["baseline, second copy"] = control.step  # the noise floor of the method
 
-    def probed(label: str, torch_kernel: bool = False, **options) -> None:
+    def probed(label: str, package=actprobe, **options) -> None:
         workload = make(name, device, args.batch, smoke=args.smoke)
-        probe = actprobe.Probe(workload.model, tmp / f"{name}-{len(probes)}.h5", select=select, **options)
-        if torch_kernel:
-            probe._recorder.kernel.use_c = False
-            probe._recorder.kernel.use_triton = False
+        probe = package.Probe(workload.model, tmp / f"{name}-{len(probes)}.h5", select=select, **options)
         probes.append(probe)
         modes[label] = lambda: probe.step(loss=workload.step())
 
     probed("actprobe every step")
+    if args.before is not None:
+        probed("actprobe before, every step", package=load_before(args.before))
     probed("actprobe every 10th step", every=10)
     if args.torch_kernel:
-        probed("actprobe, torch kernel", torch_kernel=True)
+        probed("actprobe, torch kernel", kernel="torch")
     for label, hook in (("fastai-style .item()", fastai_style), ("naive on-device", naive_on_device),
                         ("one sum per activation", lambda out, store: store.append(out.detach().sum()))):
         workload = make(name, device, args.batch, smoke=args.smoke)
@@ -143,14 +141,31 @@ def bench(name: str, device: torch.device, args) -> None:
         print(f"{mode:28s} {median_ms(values):9.2f} {100 * median:+8.1f}%  ({100 * q1:+5.1f}% .. {100 * q3:+5.1f}%)")
     print(f"{'memory floor (computed)':28s} {floor_ms:9.2f} {100 * floor_ms / base_ms:+8.1f}%  "
           f"({floor_bytes / 2**20:.1f} MiB of hooked activations per step at the copy bandwidth)")
+    if "actprobe before, every step" in samples:
+        median, q1, q3 = paired_overhead(samples["actprobe every step"], samples["actprobe before, every step"])
+        print(f"{'this actprobe vs before':28s} {'':9s} {100 * median:+8.1f}%  ({100 * q1:+5.1f}% .. {100 * q3:+5.1f}%)"
+              "  (paired per round: every step, this code / the code of --before)")
     print(f"actprobe wrote {run.rows} rows x {len(run.sites)} sites with the {kernel} kernel")
 
 
 def kernel_name(probe: actprobe.Probe) -> str:
-    plans = probe._recorder.kernel._plans.values()
-    if any(getattr(plan, "triton", None) is not None for plan in plans):
-        return "Triton"
-    return "C" if any(plan.use_c for plan in plans) else "torch"
+    return "+".join(probe.kernels) or "no"
+
+
+def load_before(folder: Path):
+    """The ``actprobe`` package of checkout ``folder``, imported as ``actprobe_before`` (its C kernel
+    must be built there: ``python setup.py build_ext --inplace``)."""
+    if "actprobe_before" in sys.modules:
+        return sys.modules["actprobe_before"]
+    package = folder / "actprobe"
+    spec = importlib.util.spec_from_file_location("actprobe_before", package / "__init__.py",
+                                                  submodule_search_locations=[str(package)])
+    if spec is None or not (package / "__init__.py").exists():
+        sys.exit(f"error: --before {folder}: no actprobe package there")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["actprobe_before"] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def main() -> None:
@@ -163,6 +178,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--select", default="leaves", choices=sorted(SELECTIONS))
     parser.add_argument("--torch-kernel", action="store_true", help="also time actprobe's torch kernel")
+    parser.add_argument("--before", type=Path, default=None,
+                        help="a checkout whose actprobe is timed beside this one (before/after a change)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny inputs: checks that the benchmark runs (on a CPU in seconds); times mean nothing")
     args = parser.parse_args()

@@ -9,23 +9,35 @@ transformer encoder, each with its inputs, on one device.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from actprobe.models import paper_cnn
+from actprobe.training import LoopResult, TrainStep, run_loop
 
 WORKLOADS = ("paper-cnn", "resnet50", "transformer")
 
 
 @dataclass
 class Workload:
+    """A model, its training step (actprobe's ``TrainStep``) and one fixed batch on the device."""
+
     name: str
     model: nn.Module
-    step: Callable[[], torch.Tensor]  # one training step; returns the loss (a device tensor)
+    train_step: TrainStep
+    batch: tuple[Any, torch.Tensor]
+
+    def step(self) -> torch.Tensor:
+        """One training step on the batch; returns the loss (a device tensor)."""
+        return self.train_step(self.batch).loss
+
+    def run(self, steps: int, probe: Any = None) -> LoopResult:
+        """``steps`` steps through actprobe's training loop, the probe stepped after each."""
+        return run_loop(self.train_step, lambda epoch: [self.batch] * steps, probe=probe, epochs=1)
 
 
 def has_parameters_leaf(name: str, module: nn.Module) -> bool:
@@ -59,10 +71,6 @@ def make(name: str, device: torch.device, batch: int | None = None, *, smoke: bo
     raise ValueError(f"unknown workload {name!r}; available: {', '.join(WORKLOADS)}")
 
 
-def _autocast(device: torch.device, enabled: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
-
-
 def hooked_bytes(workload: Workload, select: Callable[[str, nn.Module], bool]) -> int:
     """Bytes of the selected modules' outputs in one step (hooks removed afterwards)."""
     sizes: list[int] = []
@@ -82,15 +90,11 @@ def _classifier(name: str, model: nn.Module, shape: tuple[int, ...], classes: in
     y = torch.randint(0, classes, (shape[0],), device=device)
     opt = (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9) if sgd
            else torch.optim.Adam(model.parameters(), lr=1e-3))
+    return Workload(name, model, TrainStep(model, opt, autocast=torch.bfloat16 if autocast else None), (x, y))
 
-    def step() -> torch.Tensor:
-        with _autocast(device, autocast):
-            loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.detach()
-    return Workload(name, model, step)
+
+def _squared_output(outputs: torch.Tensor, targets: object) -> torch.Tensor:
+    return outputs.float().square().mean()
 
 
 def _transformer(device: torch.device, batch: int, smoke: bool) -> Workload:
@@ -99,12 +103,5 @@ def _transformer(device: torch.device, batch: int, smoke: bool) -> Workload:
     model = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False).to(device)
     x = torch.randn(batch, tokens, width, device=device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-
-    def step() -> torch.Tensor:
-        with _autocast(device, True):
-            loss = model(x).float().square().mean()
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.detach()
-    return Workload("transformer", model, step)
+    step = TrainStep(model, opt, _squared_output, autocast=torch.bfloat16)
+    return Workload("transformer", model, step, (x, None))

@@ -2,7 +2,9 @@
 
     python examples/quickstart.py [--steps 300] [--out quickstart.h5] [--data-root DIR]
 
-The same run as `actprobe run probes/paper_cnn.py`, written as your own training loop would be.
+The same run as `actprobe run probes/paper_cnn.py`, written with the library: a Probe attached to the
+model, and actprobe's training loop (`actprobe.training`) driving the steps; your own loop works the
+same way, with `probe.step(loss=loss)` after each optimizer step.
 Fashion-MNIST comes from --data-root, $ACTPROBE_DATA, a torchvision download or, offline, the
 sample packaged with actprobe; inputs are standardised to mean 0 and std 1, as in the paper.
 """
@@ -16,9 +18,10 @@ from rich.console import Console
 
 import actprobe
 from actprobe import datasets
+from actprobe.analysis.summary import summarize
 from actprobe.models import paper_cnn
-from actprobe.summary import summarize
-from actprobe.terminal import render_summary
+from actprobe.render.summary import render_summary
+from actprobe.training import TrainStep, run_loop
 
 
 def main() -> None:
@@ -35,17 +38,9 @@ def main() -> None:
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     meta = {"example": "quickstart", "data_source": loader.source}
     with actprobe.Probe(model, args.out, overwrite=True, meta=meta) as probe:
-        step = 0
-        while step < args.steps:
-            for inputs, targets in loader:
-                loss = torch.nn.functional.cross_entropy(model(inputs), targets)
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad()
-                probe.step(loss=loss)  # a tensor: recorded without a host sync
-                step += 1
-                if step == args.steps:
-                    break
+        # each step: forward, cross-entropy, backward, optimizer step, then probe.step(loss=loss) with the
+        # loss as a tensor (recorded without a host sync); the epochs go on until --steps steps
+        run_loop(TrainStep(model, optimizer), lambda epoch: loader, probe=probe, steps=args.steps, epochs=None)
 
     render_summary(summarize(actprobe.read(args.out)), Console())
 

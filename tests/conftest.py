@@ -1,57 +1,32 @@
-"""Shared helpers: the float64 NumPy reference for the statistics, and small real models."""
+"""Shared helpers: the float64 NumPy reference for the statistics (``actprobe.stats.reference``), small
+real models, and the markers of slow tests."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 from torch import nn
 
 from actprobe.models import paper_cnn  # noqa: F401  (the tests import it from here)
+from actprobe.runfile.format import STATISTICS
+from actprobe.stats.reference import mismatches, reference_statistics  # noqa: F401  (imported from here too)
 
 # The README's test command names the data folder relative to the checkout; tests that run in other
 # folders need it absolute.
 if os.environ.get("ACTPROBE_DATA"):
     os.environ["ACTPROBE_DATA"] = str(Path(os.environ["ACTPROBE_DATA"]).resolve())
 
-STATS = ("count", "mean", "std", "min", "max", "near_zero", "dead", "nonfinite")
-
-
-def reference_statistics(x: torch.Tensor, unit_dim: int | None, near_zero_eps: float = 0.05,
-                         dead_eps: float = 1e-6) -> dict[str, float]:
-    """Independent float64 NumPy computation of every statistic, straight from the definitions."""
-    a = x.detach().to(torch.float64).cpu().numpy()
-    finite = np.isfinite(a)
-    values = a[finite]
-    out = {
-        "count": float(values.size),
-        "mean": float(values.mean()) if values.size else np.nan,
-        "std": float(values.std()) if values.size else np.nan,
-        "min": float(values.min()) if values.size else np.nan,
-        "max": float(values.max()) if values.size else np.nan,
-        "near_zero": float(np.mean(np.abs(a) <= near_zero_eps)),
-        "nonfinite": float(1.0 - finite.mean()),
-        "dead": np.nan,
-    }
-    if unit_dim is not None and a.ndim >= 2:
-        per_unit = np.moveaxis(a, unit_dim, 0).reshape(a.shape[unit_dim], -1)
-        stds = [np.std(row[np.isfinite(row)]) if np.isfinite(row).any() else np.nan for row in per_unit]
-        out["dead"] = float(np.mean([s <= dead_eps for s in stds]))
-    return out
+STATS = STATISTICS
 
 
 def assert_statistics_close(got: dict[str, float], want: dict[str, float], rtol: float = 1e-5) -> None:
-    """Each statistic within ``rtol`` of the reference, relatively. A mean near zero has no useful
-    relative accuracy, so the mean's error is measured against max(|mean|, std), its natural scale."""
-    for name in STATS:
-        g, w = got[name], want[name]
-        if np.isnan(w):
-            assert np.isnan(g), f"{name}: got {g}, want NaN"
-            continue
-        scale = max(abs(w), want["std"]) if name == "mean" and np.isfinite(want["std"]) else abs(w)
-        assert abs(g - w) <= rtol * scale + 1e-12, f"{name}: got {g!r}, want {w!r}"
+    """Each statistic within ``rtol`` of the float64 reference (see ``actprobe.stats.reference``)."""
+    wrong = mismatches(got, want, rtol)
+    assert not wrong, "; ".join(wrong)
 
 
 def train_steps(model: nn.Module, steps: int, *, probe=None, seed: int = 0, batch: int = 32,
@@ -81,3 +56,31 @@ def assert_one_line_error(result, *fragments: str) -> None:
     assert "Traceback" not in result.output
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def bad_files(tmp_path):
+    """Files that are not readable run files, each with the words its error must contain."""
+    text = tmp_path / "notes.txt"
+    text.write_text("not hdf5")
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["x"] = np.arange(3)
+    newer = tmp_path / "newer.h5"
+    with h5py.File(newer, "w") as f:
+        f.attrs["format"] = "actprobe"
+        f.attrs["format_version"] = 99
+    return {
+        "missing": (tmp_path / "nope.h5", "no such file"),
+        "text": (text, "not an HDF5 file"),
+        "other": (other, "not an actprobe run file"),
+        "newer": (newer, "format_version 99"),
+        "folder": (tmp_path, "is a folder"),
+    }
+
+
+def truncated_copy(run_file, tmp_path):
+    """The first half of ``run_file``'s bytes, as ``cut.h5``."""
+    data = run_file.read_bytes()
+    cut = tmp_path / "cut.h5"
+    cut.write_bytes(data[: len(data) // 2])
+    return cut

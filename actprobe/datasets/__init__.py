@@ -7,6 +7,9 @@
 Each is looked for in ``root``, the CLI's ``--data-root``, ``$ACTPROBE_DATA`` and the download cache,
 then downloaded with torchvision; Fashion-MNIST falls back on a small sample packaged with actprobe,
 so that it works offline. ``source`` on a data set or loader says which data was used.
+
+May import: torch, torchvision, NumPy, ``actprobe.errors`` and ``actprobe._checks``. Nothing else of
+actprobe: model files, the recipes and the CLI use it.
 """
 
 from __future__ import annotations

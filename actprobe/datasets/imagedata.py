@@ -9,6 +9,7 @@ from functools import cached_property
 import numpy as np
 import torch
 
+from .._checks import positive_int
 from ..errors import OptionError
 
 SPLITS = ("train", "test")
@@ -100,11 +101,8 @@ class BatchLoader:
     def __init__(self, dataset: ImageDataset, split: str = "train", *, batch_size: int = 256,
                  shuffle: bool = True, seed: int | None = None, per_class: int | None = None,
                  drop_last: bool = False) -> None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise OptionError(f"batch_size must be a positive integer, got {batch_size!r}")
-        if per_class is not None and (isinstance(per_class, bool) or not isinstance(per_class, int)
-                                      or per_class < 1):
-            raise OptionError(f"per_class must be a positive integer or None, got {per_class!r}")
+        positive_int("batch_size", batch_size)
+        positive_int("per_class", per_class, allow_none=True)
         data = dataset.split(split)
         self.dataset = dataset
         self.split = split

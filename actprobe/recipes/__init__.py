@@ -6,6 +6,13 @@
 Each configuration writes its own run file under ``<out-dir>/<recipe>/``; each recipe writes PNG
 figures under ``<out-dir>/<recipe>/figures/`` and its tables to ``<out-dir>/<recipe>/summary.md``;
 ``paper`` runs the other three and writes ``<out-dir>/report.md``.
+
+A recipe is a module with ``reproduce(ctx) -> RecipeResult``, listed in ``RECIPES``. Recipes train
+through ``actprobe.training``, write run files through the ``Probe`` and ``actprobe.runfile``, and
+draw with ``actprobe.render.figures``; they print nothing themselves (``Context.progress`` and
+``Context.say`` are the CLI's).
+
+May import: every layer but the CLI. Never rich or matplotlib directly.
 """
 
 from __future__ import annotations
@@ -14,12 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.console import Console
-
 from ..errors import OptionError
 from .base import Context, RecipeResult
 from .options import RecipeOptions
-from .tables import to_markdown, to_rich
+from .tables import to_markdown
 
 
 @dataclass(frozen=True)
@@ -27,27 +32,27 @@ class Recipe:
     name: str
     figures: str
     summary: str
-    run: Callable[[Context], RecipeResult]
+    reproduce: Callable[[Context], RecipeResult]
 
 
 def _toy(ctx: Context) -> RecipeResult:
     from . import toy
-    return toy.run(ctx)
+    return toy.reproduce(ctx)
 
 
 def _init(ctx: Context) -> RecipeResult:
     from . import init_schemes
-    return init_schemes.run(ctx)
+    return init_schemes.reproduce(ctx)
 
 
 def _wib(ctx: Context) -> RecipeResult:
     from . import wib
-    return wib.run(ctx)
+    return wib.reproduce(ctx)
 
 
 def _paper(ctx: Context) -> RecipeResult:
     from . import paper
-    return paper.run(ctx)
+    return paper.reproduce(ctx)
 
 
 RECIPES: dict[str, Recipe] = {
@@ -69,14 +74,11 @@ def find(name: str) -> Recipe:
     return RECIPES[name]
 
 
-def run_recipe(name: str, ctx: Context, console: Console | None = None) -> RecipeResult:
-    """Run one recipe, write its ``summary.md``, and print its tables."""
-    result = find(name).run(ctx)
+def run_recipe(name: str, ctx: Context) -> RecipeResult:
+    """Run one recipe and write its ``summary.md`` (the caller prints ``result.tables``)."""
+    result = find(name).reproduce(ctx)
     if result.markdown is None:
         result.markdown = write_summary(result, ctx.out(name))
-    if console is not None:
-        for t in result.tables:
-            console.print(to_rich(t))
     return result
 
 

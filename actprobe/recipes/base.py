@@ -2,35 +2,43 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..training import Progress
 from .options import RecipeOptions
 from .tables import Table
+
+Say = Callable[[str], None]  # prints one plain line to the user
 
 
 @dataclass
 class Context:
-    """A recipe's options, resolved device, data root, and where to report progress."""
+    """A recipe's options, resolved device, data root, and where progress and messages go.
+
+    ``progress`` draws a bar per configuration (the training loop drives it); ``say`` prints a line;
+    either may be None for silence.
+    """
 
     options: RecipeOptions
     device: torch.device
     data_root: Any = None
-    progress: Any = None  # a recipes.progress.RecipeProgress, or None for silence
+    progress: Progress | None = None
+    say: Say | None = None
 
     def out(self, recipe: str) -> Path:
         return self.options.out_dir / recipe
 
-    def step(self, label: str, step: int, total: int | None) -> None:
-        if self.progress is not None:
-            self.progress.step(label, step, total)
-
-    def done(self, label: str, text: str) -> None:
-        if self.progress is not None:
-            self.progress.done(label, text)
+    def done(self, label: str, text: str, seconds: float | None) -> None:
+        """Say that configuration ``label`` has finished (``seconds`` None: its file was reused)."""
+        if self.say is None:
+            return
+        timing = " (reused)" if seconds is None else f" ({seconds:.0f} s)" if seconds >= 1 else ""
+        self.say(f"  ✓ {label}{': ' + text if text else ''}{timing}")
 
 
 @dataclass

@@ -14,10 +14,11 @@ import math
 import numpy as np
 
 from .. import datasets
+from ..analysis.roles import activation_sites, linear_sites, mean_over_steps
 from ..init import PAPER_SCHEMES
-from ..reader import Run
+from ..render import figures
+from ..runfile.reader import Run
 from .base import Context, RecipeResult
-from .layers import activation_sites, linear_sites, mean_over_steps
 from .tables import fmt, pct, table
 from .training import Config, run_config
 
@@ -43,9 +44,7 @@ def epochs_for(ctx: Context, data: str) -> int:
     return max(1, math.ceil(options.iterations / math.ceil(images / options.batch_size)))
 
 
-def run(ctx: Context) -> RecipeResult:
-    from . import figures
-
+def reproduce(ctx: Context) -> RecipeResult:
     options = ctx.options
     result = RecipeResult(NAME)
     rows = []
@@ -58,10 +57,10 @@ def run(ctx: Context) -> RecipeResult:
                             iterations=options.iterations, per_class=options.per_class or 0,
                             every=options.every or 1)
             path = ctx.out(NAME) / f"{config.stem}.h5"
-            run = run_config(config, path, device=ctx.device, data_root=ctx.data_root,
-                             calibration_batches=options.calibration_batches, fresh=options.fresh,
-                             progress=ctx.step)
-            ctx.done(config.stem, f"val acc {run.epochs['val_accuracy'][-1]:.3f}")
+            run, seconds = run_config(config, path, device=ctx.device, data_root=ctx.data_root,
+                                      calibration_batches=options.calibration_batches, fresh=options.fresh,
+                                      progress=ctx.progress)
+            ctx.done(config.stem, f"val acc {run.epochs['val_accuracy'][-1]:.3f}", seconds)
             runs[scheme] = run
             result.runs.append(path)
             conv = run.stats["std"][0, linear_sites(run)[:-1]].astype(np.float64)  # the four convolutions

@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._checks import check_number, positive_int
 from ..datasets import NAMES as DATA_NAMES
 from ..errors import OptionError
+from ..training import DEFAULT_LR
 
 # The paper's stated settings (Section 4): Adam "with a momentum of 0.9" (β1) and learning rate 0.4.
 PAPER_LR = 0.4
-# What the recipes use by default: the paper's literal settings do not train (see docs/RESULTS.md).
-DEFAULT_LR = 1e-3
+# The recipes use DEFAULT_LR (1e-3): the paper's literal settings do not train (see docs/RESULTS.md).
 ADAM_BETAS = (0.9, 0.999)
 
 
@@ -42,17 +43,15 @@ class RecipeOptions:
     def __post_init__(self) -> None:
         for name in ("epochs", "seeds", "iterations", "batch_size", "calibration_batches", "experiments",
                      "width", "depth"):
-            _positive(name, getattr(self, name))
+            positive_int(_flag(name), getattr(self, name))
         for name in ("per_class", "every"):
-            if getattr(self, name) is not None:
-                _positive(name, getattr(self, name))
+            positive_int(_flag(name), getattr(self, name), allow_none=True)
         if not self.data:
             raise OptionError("--data names no data set")
         for name in self.data:
             if name not in DATA_NAMES:
                 raise OptionError(f"unknown data set {name!r}; use {', '.join(DATA_NAMES)} or both")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < float("inf"):
-            raise OptionError(f"--lr must be a positive number, got {self.lr!r}")
+        check_number("--lr", self.lr, minimum=0.0, strict=True)
 
 
 def parse_data(value: str) -> tuple[str, ...]:
@@ -64,6 +63,5 @@ def parse_data(value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))  # RecipeOptions checks them
 
 
-def _positive(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise OptionError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"

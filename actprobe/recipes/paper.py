@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from importlib.metadata import version
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from .._version import __version__
-from ..reader import Run
+from ..runfile.reader import Run
 from . import init_schemes, toy, wib
 from .base import Context, RecipeResult
 from .options import PAPER_LR
@@ -75,16 +76,15 @@ def environment(device: torch.device) -> list[str]:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "none used"
-    import h5py
-    import matplotlib
-
     return [f"machine: {cpu}, {os.cpu_count()} CPU cores; GPU: {gpu}; {platform.system()} {platform.release()}",
             f"versions: actprobe {__version__}, Python {platform.python_version()}, torch {torch.__version__}, "
-            f"h5py {h5py.__version__}, NumPy {np.__version__}, matplotlib {matplotlib.__version__}",
+            f"h5py {version('h5py')}, NumPy {np.__version__}, matplotlib {version('matplotlib')}",
             f"device: {device}; torch threads: {torch.get_num_threads()}"]
 
 
 def _claims(ctx: Context, facts: dict[str, dict[str, Any]]) -> Table:
+    # One function on purpose (90 lines): it is the claims table itself, one claim(...) call per row of
+    # the paper's claims in the paper's order; split up, the table could no longer be read top to bottom.
     rows: list[tuple[str, str, str]] = []
 
     def claim(text: str, ours: str, holds: bool | str | None, note: str = "") -> None:
@@ -176,7 +176,7 @@ def _claims(ctx: Context, facts: dict[str, dict[str, Any]]) -> Table:
     return table("The paper's claims beside ours", ("the paper says", "we measured", "verdict"), rows)
 
 
-def run(ctx: Context) -> RecipeResult:
+def reproduce(ctx: Context) -> RecipeResult:
     from . import RECIPES, write_summary
 
     result = RecipeResult(NAME)
@@ -184,11 +184,11 @@ def run(ctx: Context) -> RecipeResult:
     facts: dict[str, dict[str, Any]] = {}
     started = time.perf_counter()
     steps: list[tuple[str, Callable[[Context], RecipeResult]]] = [
-        ("toy", toy.run), ("init", init_schemes.run), ("wib", wib.run)]
+        ("toy", toy.reproduce), ("init", init_schemes.reproduce), ("wib", wib.reproduce)]
     for name, step in steps:
         t0 = time.perf_counter()
-        if ctx.progress is not None:
-            ctx.progress.console.print(f"[bold]recipe {name}[/bold] ({RECIPES[name].figures})")
+        if ctx.say is not None:
+            ctx.say(f"recipe {name} ({RECIPES[name].figures})")
         section = step(ctx)
         section.markdown = write_summary(section, ctx.out(name))
         sections.append((name, section, time.perf_counter() - t0))
@@ -207,7 +207,7 @@ def run(ctx: Context) -> RecipeResult:
 
 def _recorded(paths: list[Path]) -> tuple[dict[str, str], float]:
     """What data each data set came from, and the training seconds recorded in the run files."""
-    from ..reader import read
+    from ..runfile.reader import read
 
     sources: dict[str, str] = {}
     seconds = 0.0

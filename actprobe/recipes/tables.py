@@ -1,4 +1,4 @@
-"""Result tables of the recipes, printed with rich and written as Markdown; no computation here."""
+"""Result tables of the recipes, written as Markdown (``render.tables`` draws them in the terminal)."""
 
 from __future__ import annotations
 
@@ -26,23 +26,6 @@ def to_markdown(t: Table, *, title: bool = True) -> str:
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in t.rows]
     lines += [""] + [f"{note}  " for note in t.notes] if t.notes else []
     return "\n".join(lines) + "\n"
-
-
-def to_rich(t: Table) -> object:
-    from rich.table import Table as RichTable
-
-    rich_table = RichTable(title=t.title, title_justify="left", caption="\n".join(t.notes) or None,
-                           caption_justify="left")
-    for i, column in enumerate(t.columns):
-        numeric = i > 0 and all(_numeric(row[i]) for row in t.rows)
-        rich_table.add_column(column, justify="right" if numeric else "left")
-    for row in t.rows:
-        rich_table.add_row(*row)
-    return rich_table
-
-
-def _numeric(cell: str) -> bool:
-    return not cell or cell[0] in "0123456789+-−—×."
 
 
 def fmt(value: float, digits: int = 3) -> str:

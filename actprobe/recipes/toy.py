@@ -17,17 +17,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..analysis.roles import activation_sites, linear_sites
+from ..engine.probe import Probe
 from ..init import expected_std, init_weights
 from ..nn import WIBReLU, calibrate, make_activation
-from ..probe import Probe
-from ..reader import Run, read
+from ..render import figures
+from ..runfile.reader import Run, read
+from ..training import run_loop
 from .base import Context, RecipeResult
-from .layers import activation_sites, linear_sites
 from .tables import fmt, table
 
 NAME = "toy"
@@ -94,8 +97,8 @@ def _model(case: ToyCase, width: int, layers: int) -> nn.Sequential:
     return nn.Sequential(*parts)
 
 
-def run_case(case: ToyCase, ctx: Context, seed: int = 0) -> Run:
-    """Run ``experiments`` experiments of one case and return its run file."""
+def run_case(case: ToyCase, ctx: Context, seed: int = 0) -> tuple[Run, float]:
+    """Run ``experiments`` experiments of one case: its run file and the seconds they took."""
     options = ctx.options
     layers = options.depth if case.deep else 1
     width = options.width
@@ -120,11 +123,12 @@ def run_case(case: ToyCase, ctx: Context, seed: int = 0) -> Run:
         meta["wib_mu"] = list(mus.values())
     with torch.no_grad(), Probe(model, path, meta=meta, overwrite=True, train_only=False,
                                 flush_every=max(options.experiments, 1)) as probe:
-        for index in range(options.experiments):
+        def one(index: int) -> None:
             experiment(model, index)
-            probe.step()
-            ctx.step(case.key, index + 1, options.experiments)
-    return read(path)
+
+        result = run_loop(one, lambda epoch: range(options.experiments), probe=probe, progress=ctx.progress,
+                          label=f"  {case.key}", total=options.experiments)
+    return read(path), result.seconds
 
 
 def output_columns(run: Run) -> list[int]:
@@ -133,14 +137,32 @@ def output_columns(run: Run) -> list[int]:
     return acts if acts else linear_sites(run)
 
 
-def run(ctx: Context) -> RecipeResult:
-    from . import figures
+FIGURE_PANELS = {"fig3": (("linear-normal", "(a)"), ("linear-eq5", "(b)")),
+                 "fig4": (("relu-eq5", "(a)"), ("relu-kaiming", "(b)")),
+                 "fig5": (("wib-kaiming", ""),)}
 
+
+def draw_figures(runs: dict[str, Run], width: int, out: Path) -> list[Path]:
+    """Fig. 3–5 (one layer's output per experiment) and Eq. 4 (std per layer of the deep stacks)."""
+    labels = {case.key: case.label for case in CASES}
+    written = [figures.experiment_panels([(f"{tag} {labels[key]}", runs[key], output_columns(runs[key])[-1])
+                                          for key, tag in panels], out / f"toy-{name}.png")
+               for name, panels in FIGURE_PANELS.items()]
+    curves = []
+    for case in CASES:
+        if case.deep:
+            z = np.median(runs[case.key].stats["std"][:, linear_sites(runs[case.key])].astype(np.float64), axis=0)
+            curves.append((case.label.removeprefix("deep, "), z, np.array(theory(case, width, len(z))[0])))
+    written.append(figures.depth_curves(curves, "Eq. 4: std per layer (dashed: theory)", out / "toy-eq4-deep.png"))
+    return written
+
+
+def reproduce(ctx: Context) -> RecipeResult:
     result = RecipeResult(NAME)
     runs: dict[str, Run] = {}
     for case in CASES:
-        runs[case.key] = run_case(case, ctx)
-        ctx.done(case.key, "")
+        runs[case.key], seconds = run_case(case, ctx)
+        ctx.done(case.key, "", seconds)
         result.runs.append(runs[case.key].path)
     options = ctx.options
     rows = []
@@ -175,5 +197,5 @@ def run(ctx: Context) -> RecipeResult:
         f"Eq. 4: a stack of {options.depth} layers, pre-activation std (median over experiments)",
         ("case", "layer 1", f"layer {options.depth}", "theory", "per layer", "theory per layer"), deep_rows))
     out = ctx.out(NAME)
-    result.figures += figures.toy_figures(runs, CASES, options, out / "figures")
+    result.figures += draw_figures(runs, options.width, out / "figures")
     return result

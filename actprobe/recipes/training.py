@@ -5,30 +5,29 @@ the probe's statistics of every step it records, the configuration as root attri
 training an ``epochs/`` group with per-epoch train/validation loss and accuracy and the root
 attribute ``complete = True``. A finished file with the same settings is reused, not rerun.
 
-The training loop reads no device value per step: losses and correct counts are summed on the
-device and read once per epoch.
+Training goes through the one training loop (``actprobe.training``), which reads no device value
+per step: losses and correct counts are summed on the device and read once per epoch. The run
+file is completed through ``actprobe.runfile`` like every other write.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
 
 from .. import datasets
+from ..engine.probe import Probe
 from ..errors import ActprobeError
 from ..init import init_weights
 from ..models import paper_cnn
 from ..nn import WIBReLU, calibrate
-from ..probe import Probe
-from ..reader import Run, read
+from ..runfile.reader import Run, read
+from ..runfile.storage import finish_run
+from ..training import Progress, StepOutput, TrainStep, evaluate, run_loop
 from .options import ADAM_BETAS
 
 EPOCH_FIELDS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy")
@@ -60,25 +59,22 @@ class Config:
         return asdict(self)
 
 
-Progress = Callable[[str, int, int | None], None]  # (label, step, total steps) → None
-
-
 def run_config(config: Config, path: Path, *, device: torch.device, data_root: Any = None,
-               calibration_batches: int = 10, fresh: bool = False, progress: Progress | None = None) -> Run:
-    """Train ``config`` (or reuse a finished file with the same settings) and return its run file."""
+               calibration_batches: int = 10, fresh: bool = False,
+               progress: Progress | None = None) -> tuple[Run, float | None]:
+    """Train ``config`` (or reuse a finished file with the same settings): its run file, and the
+    seconds training took (None when the file was reused)."""
     if not fresh:
         reused = finished_run(path, config)
         if reused is not None:
-            return reused
+            return reused, None
     data = datasets.load(config.data, data_root)
     per_class = config.per_class or None
     train = data.batches("train", batch_size=config.batch_size, shuffle=True, seed=config.seed, per_class=per_class)
     val = data.batches("test", batch_size=1000, shuffle=False, per_class=per_class)
-    steps_per_epoch = len(train)
-    total = steps_per_epoch * config.epochs
+    total = len(train) * config.epochs
     if config.iterations:
         total = min(total, config.iterations)
-
     torch.manual_seed(config.seed)
     model = paper_cnn(data.channels, len(data.classes), config.activation)
     init_weights(model, config.init)
@@ -89,7 +85,22 @@ def run_config(config: Config, path: Path, *, device: torch.device, data_root: A
                                                               seed=10_000 + config.seed, per_class=per_class))]
         mus = calibrate(model, calibration)
     model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, betas=ADAM_BETAS)
+    step = TrainStep(model, torch.optim.Adam(model.parameters(), lr=config.lr, betas=ADAM_BETAS))
+    history = EpochHistory(model, val, device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with Probe(model, path, every=config.every, meta=_meta(config, train, val, device, mus), overwrite=True,
+               flush_seconds=5.0) as probe:
+        model.train()
+        result = run_loop(step, lambda epoch: _on_device(train, device), probe=probe, steps=total,
+                          epochs=config.epochs, progress=progress, label=f"  {config.stem}", total=total,
+                          on_step=history.add_step, on_epoch_end=history.end_epoch)
+    if probe.error is not None:
+        raise ActprobeError(f"recording {path} failed: {probe.error}")
+    finish_run(path, history.columns, {"seconds": float(result.seconds), "complete": True})
+    return read(path), result.seconds
+
+
+def _meta(config: Config, train: Any, val: Any, device: torch.device, mus: dict[str, float]) -> dict[str, Any]:
     meta = config.attributes()
     del meta["every"]  # the probe writes its own
     meta.update(data_source=train.source, device=str(device), train_images=train.images, val_images=val.images,
@@ -97,75 +108,41 @@ def run_config(config: Config, path: Path, *, device: torch.device, data_root: A
     if mus:
         meta["wib_mu"] = list(mus.values())
         meta["wib_mu_sites"] = list(mus)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    history: dict[str, list[float]] = {name: [] for name in ("epoch", "steps", *EPOCH_FIELDS)}
-    started = time.perf_counter()
-    step = 0
-    with Probe(model, path, every=config.every, meta=meta, overwrite=True, flush_seconds=5.0) as probe:
-        for epoch in range(config.epochs):
-            if step >= total:
-                break
-            model.train()
-            loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-            correct = torch.zeros((), dtype=torch.int64, device=device)
-            seen = 0
-            for inputs, targets in train:
-                inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-                outputs = model(inputs)
-                loss = nn.functional.cross_entropy(outputs, targets)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                probe.step(loss=loss)
-                loss_sum += loss.detach() * len(targets)
-                correct += (outputs.detach().argmax(1) == targets).sum()
-                seen += len(targets)
-                step += 1
-                if progress is not None:
-                    progress(config.stem, step, total)
-                if step >= total:
-                    break
-            val_loss, val_accuracy = evaluate(model, val, device)
-            history["epoch"].append(epoch)
-            history["steps"].append(step)
-            history["train_loss"].append(float(loss_sum) / seen)
-            history["train_accuracy"].append(float(correct) / seen)
-            history["val_loss"].append(val_loss)
-            history["val_accuracy"].append(val_accuracy)
-    if probe.error is not None:
-        raise ActprobeError(f"recording {path} failed: {probe.error}")
-    _finish(path, history, time.perf_counter() - started)
-    return read(path)
+    return meta
 
 
-def evaluate(model: nn.Module, batches: Any, device: torch.device) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over ``batches``, in eval mode without gradients."""
-    was_training = model.training
-    model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen = 0
-    with torch.no_grad():
-        for inputs, targets in batches:
-            inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            outputs = model(inputs)
-            loss_sum += nn.functional.cross_entropy(outputs, targets, reduction="sum")
-            correct += (outputs.argmax(1) == targets).sum()
-            seen += len(targets)
-    model.train(was_training)
-    return float(loss_sum) / seen, float(correct) / seen
+def _on_device(batches: Any, device: torch.device) -> Any:
+    for inputs, targets in batches:
+        yield inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
 
 
-def _finish(path: Path, history: dict[str, list[float]], seconds: float) -> None:
-    import h5py
+class EpochHistory:
+    """Per-epoch train loss and accuracy (summed on the device, read once an epoch) and validation."""
 
-    with h5py.File(path, "r+") as f:
-        group = f.require_group("epochs")
-        for name, values in history.items():
-            dtype = np.int64 if name in ("epoch", "steps") else np.float64
-            group.create_dataset(name, data=np.asarray(values, dtype=dtype))
-        f.attrs["seconds"] = float(seconds)
-        f.attrs["complete"] = True
+    def __init__(self, model: torch.nn.Module, val: Any, device: torch.device) -> None:
+        self.model, self.val, self.device = model, val, device
+        self.columns: dict[str, list[float]] = {name: [] for name in ("epoch", "steps", *EPOCH_FIELDS)}
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        self.seen = 0
+
+    def add_step(self, step: int, output: StepOutput | None) -> None:
+        assert output is not None and output.loss is not None and output.targets is not None
+        targets = output.targets
+        self.loss_sum += output.loss * len(targets)
+        self.correct += (output.outputs.argmax(1) == targets).sum()
+        self.seen += len(targets)
+
+    def end_epoch(self, epoch: int, steps: int) -> None:
+        val_loss, val_accuracy = evaluate(self.model, self.val, self.device)
+        values = (epoch, steps, float(self.loss_sum) / self.seen, float(self.correct) / self.seen, val_loss,
+                  val_accuracy)
+        for name, value in zip(self.columns, values):
+            self.columns[name].append(value)
+        self._reset()
 
 
 def finished_run(path: Path, config: Config) -> Run | None:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..analysis.roles import activation_sites, mean_over_steps
 from ..nn import ACTIVATIONS
-from ..reader import Run
+from ..render import figures
+from ..runfile.reader import Run
 from .base import Context, RecipeResult
-from .layers import activation_sites, mean_over_steps
 from .tables import table
 from .training import EPOCH_FIELDS, Config, run_config
 
@@ -38,11 +39,11 @@ def train_all(ctx: Context, configs: list[Config], recipe: str) -> dict[str, lis
     groups: dict[str, list[Run]] = {}
     for config in configs:
         path = ctx.out(recipe) / f"{config.stem}.h5"
-        run = run_config(config, path, device=ctx.device, data_root=ctx.data_root,
-                         calibration_batches=ctx.options.calibration_batches, fresh=ctx.options.fresh,
-                         progress=ctx.step)
+        run, seconds = run_config(config, path, device=ctx.device, data_root=ctx.data_root,
+                                  calibration_batches=ctx.options.calibration_batches, fresh=ctx.options.fresh,
+                                  progress=ctx.progress)
         ctx.done(config.stem, f"val loss {run.epochs['val_loss'][-1]:.3f}, "
-                              f"val acc {run.epochs['val_accuracy'][-1]:.3f}")
+                              f"val acc {run.epochs['val_accuracy'][-1]:.3f}", seconds)
         groups.setdefault(config.activation, []).append(run)
     return groups
 
@@ -56,9 +57,7 @@ def spread(values: np.ndarray, digits: int = 3) -> str:
     return f"{values.mean():.{digits}f} ± {half:.{digits}f}"
 
 
-def run(ctx: Context) -> RecipeResult:
-    from . import figures
-
+def reproduce(ctx: Context) -> RecipeResult:
     options = ctx.options
     result = RecipeResult(NAME)
     rows = []

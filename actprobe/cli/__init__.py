@@ -1,0 +1,15 @@
+"""The ``actprobe`` command line: typer commands (``app``), ``actprobe run``'s model files and runner,
+``actprobe recipe``'s driver, and the exit codes.
+
+Owns: parsing arguments, turning known errors into one ``error:`` line and an exit code
+(``codes``), loading model files (``modelfile``), making a model file's batches and steps
+(``model_steps``), running it with a probe (``runner``), and the two long commands
+(``run_command``, ``recipe_command``).
+
+May import: every layer below it (engine, stats, runfile, analysis, render, training, recipes,
+datasets) and typer and rich. Nothing imports the CLI.
+"""
+
+from .app import app, main
+
+__all__ = ["app", "main"]

@@ -1,0 +1,296 @@
+"""The ``actprobe`` commands (typer). Commands are thin: parse, call the library, report errors in one line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+try:  # newer typer vendors click under this name, older typer depends on click itself
+    from typer import _click as click
+except ImportError:  # pragma: no cover
+    import click
+
+from .._version import __version__
+from ..errors import ActprobeError
+from .codes import EXIT_BAD_INPUT, EXIT_FINDINGS
+
+
+class _OneLineErrors(TyperGroup):
+    """Usage errors as one ``error: …`` line on stderr with exit code 2, instead of a boxed panel."""
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        try:
+            result = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = result if isinstance(result, int) else 0
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.format_message())
+            code = 0
+        except click.ClickException as exc:
+            hint = f" (see: {exc.ctx.command_path} --help)" if getattr(exc, "ctx", None) else ""
+            click.echo(f"error: {exc.format_message()}{hint}", err=True)
+            code = exc.exit_code
+        except typer.Abort:
+            click.echo("error: aborted", err=True)
+            code = 130
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True,
+                  help="actprobe: per-layer activation statistics of PyTorch models.")
+
+
+def _fail(exc: ActprobeError | str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
+    typer.echo(f"error: {exc}", err=True)
+    return typer.Exit(code)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"actprobe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    pass
+
+
+def _read(path: Path) -> Any:
+    from ..runfile.reader import read
+
+    try:
+        return read(path)
+    except ActprobeError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def info(path: Path = typer.Argument(..., help="A run file written by actprobe.")) -> None:
+    """Print a run file's attributes, sites and row count."""
+    run = _read(path)
+    typer.echo(f"{run.path}: format_version {run.format_version}, {run.rows} rows, {len(run.sites)} sites")
+    if run.rows:
+        typer.echo(f"steps {int(run.step[0])}..{int(run.step[-1])}, {run.time[-1]:.1f} s")
+    for key in sorted(run.attrs):
+        typer.echo(f"  {key} = {run.attrs[key]}")
+    for name, kind in zip(run.sites, run.site_module_types):
+        typer.echo(f"  site {name} ({kind})")
+    if run.scalars:
+        typer.echo(f"  scalars: {', '.join(run.scalars)}")
+
+
+@app.command()
+def show(path: Path = typer.Argument(..., help="A run file written by actprobe, finished or still growing.")) -> None:
+    """Summarise a run file: per-site statistics at the first and last recorded step, and flags."""
+    from rich.console import Console
+
+    from ..analysis.summary import summarize
+    from ..render.summary import render_summary
+    from ..runfile.lock import writer_active
+
+    render_summary(summarize(_read(path), live=writer_active(path)), Console())
+
+
+@app.command()
+def run(
+    model_file: Path = typer.Argument(..., help="A Python file defining model() (and optionally data(), "
+                                      "loss_fn, optimizer(params), input_shape or example_input())."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run file to write [default: FILE's name .h5, "
+                                    "numbered if it exists]."),
+    steps: int | None = typer.Option(None, "--steps", help="Training steps (or init-check passes, default 10)."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Epochs over data() [default: 1 when no --steps]."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (cuda:N)."),
+    every: int = typer.Option(1, "--every", help="Record every k-th step."),
+    select: list[str] = typer.Option([], "--select", help="Module name glob to record; repeatable "
+                                     "[default: every leaf module]."),
+    seed: int = typer.Option(0, "--seed", help="Seed of torch's generator, set before model() and data()."),
+    data_root: Path | None = typer.Option(None, "--data-root", help="Folder with data sets "
+                                          "(also $ACTPROBE_DATA)."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Init check: samples per forward pass."),
+    init_check: bool = typer.Option(False, "--init-check", help="Run the init check even if FILE defines data()."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --out file if it exists."),
+) -> None:
+    """Run a model file with actprobe attached: train on its data(), or check its initialisation."""
+    from .run_command import execute
+    from .runner import RunOptions
+
+    try:
+        options = RunOptions(model_file=model_file, out=out, steps=steps, epochs=epochs, device=device, every=every,
+                             select=tuple(select), seed=seed, batch_size=batch_size, init_check=init_check,
+                             overwrite=overwrite)
+        code = execute(options, data_root)
+    except ActprobeError as exc:
+        raise _fail(exc) from None
+    if code:
+        raise typer.Exit(code)
+
+
+@app.command(name="compare")
+def compare_command(
+    files: list[Path] = typer.Argument(..., help="Two or more run files, finished or still growing."),
+    step: str = typer.Option("last", "--step", help="first, last, or a step number N (each run's row at N, "
+                             "else its last row before N)."),
+    stats: str = typer.Option("mean,std,near_zero,dead", "--stats", help="Comma-separated statistics: mean, std, "
+                              "near_zero, dead, nonfinite, min, max, count."),
+    figure: Path | None = typer.Option(None, "--figure", help="Also write an overlay figure (PNG) here."),
+    top: int | None = typer.Option(None, "--top", help="Show only the K sites with the largest changes "
+                                   "[default: all up to 40 sites, else 40]; 0 shows all."),
+) -> None:
+    """Compare runs site by site: matched by name, else by position among sites of the same role."""
+    from rich.console import Console
+
+    from .._checks import check_number
+    from ..analysis.compare import compare, parse_stats
+    from ..render.compare import render_comparison
+    from ..runfile.lock import writer_active
+
+    try:
+        check_number("--top", top, integer=True, allow_none=True)
+    except ActprobeError as exc:
+        raise _fail(exc) from None
+    runs = [_read(path) for path in files]
+    try:
+        comparison = compare(runs, step=step, stats=parse_stats(stats))
+    except ActprobeError as exc:
+        raise _fail(exc) from None
+    console = Console()
+    render_comparison(comparison, console, live=tuple(writer_active(path) for path in files), top=top)
+    if figure is not None:
+        from ..render.figures import plot_compare
+
+        written = _write_figure(lambda: plot_compare(runs, comparison.matching, comparison.choice.rows, figure))
+        console.print(f"figure: {written}", highlight=False, markup=False)
+
+
+@app.command(name="diagnose")
+def diagnose_command(
+    path: Path = typer.Argument(..., help="A run file, finished or still growing."),
+    json_output: bool = typer.Option(False, "--json", help="Print the findings as a JSON list."),
+    fail_on: str = typer.Option("error", "--fail-on", help="Exit 1 when a finding is this severe or more: "
+                                "info, warning, error, or never."),
+    threshold: list[str] = typer.Option([], "--threshold", help="NAME=VALUE to change a rule's threshold; "
+                                        "repeatable (docs/DIAGNOSE.md lists them)."),
+) -> None:
+    """Turn a run's statistics into findings with advice; the exit code can gate CI."""
+    from ..analysis.diagnose import SEVERITIES, Rules, diagnose, rank
+
+    if fail_on not in (*SEVERITIES, "never"):
+        raise _fail(f"--fail-on must be one of {', '.join(SEVERITIES)}, never; got {fail_on!r}")
+    try:
+        rules = Rules.parse(threshold)
+    except ActprobeError as exc:
+        raise _fail(exc) from None
+    run = _read(path)
+    findings = diagnose(run, rules)
+    if json_output:
+        from ..render.diagnose import findings_json
+
+        typer.echo(findings_json(findings))
+    else:
+        from rich.console import Console
+
+        from ..render.diagnose import render_findings
+        from ..runfile.lock import writer_active
+
+        render_findings(run, findings, Console(), live=writer_active(path))
+    if fail_on != "never" and any(rank(f.severity) >= rank(fail_on) for f in findings):
+        raise typer.Exit(EXIT_FINDINGS)
+
+
+@app.command(name="plot")
+def plot_command(
+    path: Path = typer.Argument(..., help="A run file, finished or still growing."),
+    out: Path = typer.Option(Path("."), "--out", help="Folder for the PNG figures."),
+    select: list[str] = typer.Option([], "--select", help="Site name glob to draw; repeatable [default: the "
+                                     "activations, else the Conv/Linear layers]."),
+) -> None:
+    """Draw the standard figures of a run: per-layer mean and std against step, near-zero % per layer."""
+    from ..analysis.roles import layer_chain, sites_matching
+
+    run = _read(path)
+    if run.rows == 0:
+        raise _fail(f"{path} has no recorded steps yet")
+    if out.exists() and not out.is_dir():
+        raise _fail(f"--out {out} is a file; name a folder")
+    if select:
+        columns = sites_matching(run, select)
+        if not columns:
+            raise _fail(f"--select {' '.join(select)} matches no site; the sites are: {', '.join(run.sites)}")
+    else:
+        columns = layer_chain(run)
+    from ..render.figures import plot_run
+
+    written = _write_figure(lambda: plot_run(run, columns, out, path.stem))
+    for item in written:
+        typer.echo(f"wrote {item}")
+
+
+def _write_figure(draw: Any) -> Any:
+    try:
+        return draw()
+    except OSError as exc:
+        raise _fail(f"cannot write the figure: {exc.strerror or exc}") from None
+
+
+@app.command()
+def recipe(
+    name: str = typer.Argument(..., help="A recipe (toy, init, wib, paper), or 'list'."),
+    data: str = typer.Option("both", "--data", help="fashion-mnist, cifar10 or both."),
+    epochs: int = typer.Option(20, "--epochs", help="wib: training epochs."),
+    seeds: int = typer.Option(2, "--seeds", help="wib: seeds per configuration (0 … K-1)."),
+    iterations: int = typer.Option(300, "--iterations", help="init: training iterations per scheme."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (cuda:N)."),
+    out_dir: Path = typer.Option(Path("actprobe-recipes"), "--out-dir", help="Where run files, figures and "
+                                 "tables go."),
+    data_root: Path | None = typer.Option(None, "--data-root", help="Folder with data sets (also $ACTPROBE_DATA)."),
+    lr: float = typer.Option(1e-3, "--lr", help="Adam's learning rate."),
+    paper_settings: bool = typer.Option(False, "--paper-settings", help="Use the paper's stated lr 0.4 "
+                                        "(it does not train; see docs/RESULTS.md)."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Training batch size."),
+    per_class: int | None = typer.Option(None, "--per-class", help="Reduced run: only the first N images of "
+                                         "each class in each split."),
+    every: int | None = typer.Option(None, "--every", help="Record every k-th step [default: init 1, wib 5]."),
+    experiments: int = typer.Option(50, "--experiments", help="toy: experiments per case."),
+    width: int = typer.Option(784, "--width", help="toy: inputs and units per layer (n)."),
+    depth: int = typer.Option(10, "--depth", help="toy: layers of the deep stack (Eq. 4)."),
+    fresh: bool = typer.Option(False, "--fresh", help="Rerun configurations whose finished run files exist."),
+) -> None:
+    """Reproduce the WIB-ReLU paper: run a built-in recipe, or list them."""
+    from rich.console import Console
+
+    if name == "list":
+        from ..recipes import RECIPES
+
+        for item in RECIPES.values():
+            typer.echo(f"{item.name:<6} {item.figures:<16} {item.summary}")
+        return
+    from ..recipes import RecipeOptions
+    from ..recipes.options import PAPER_LR, parse_data
+    from .recipe_command import execute
+
+    try:
+        options = RecipeOptions(data=parse_data(data), epochs=epochs, seeds=seeds, iterations=iterations,
+                                device=device, out_dir=out_dir, lr=PAPER_LR if paper_settings else lr,
+                                batch_size=batch_size, per_class=per_class, every=every, experiments=experiments,
+                                width=width, depth=depth, fresh=fresh)
+        code = execute(name, options, data_root, Console())
+    except ActprobeError as exc:
+        raise _fail(exc) from None
+    if code:
+        raise typer.Exit(code)
+
+
+def main() -> None:
+    app(prog_name="actprobe")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

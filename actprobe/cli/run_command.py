@@ -1,0 +1,100 @@
+"""``actprobe run``: choose the output file, run the model file, print the summary of what was recorded."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+from rich.console import Console
+
+from .._text import one_line
+from ..datasets import use_data_root
+from ..errors import FormatError, RunFileError
+from ..runfile.lock import lock_path
+from .codes import EXIT_BAD_INPUT, EXIT_INTERRUPTED
+from .modelfile import load_model_file
+from .runner import RunOptions, RunOutcome, run_model_file
+
+
+def output_path(model_file: Path, out: Path | None, overwrite: bool) -> Path:
+    """``out`` (refused if it exists, unless ``overwrite``), or ``<stem>.h5``, ``<stem>-2.h5``, … in the cwd."""
+    if out is not None:
+        if out.is_dir():
+            raise RunFileError(f"--out {out} is a folder; name a file such as {out / (model_file.stem + '.h5')}")
+        if out.exists() and not overwrite:
+            raise RunFileError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
+        return out
+    for n in range(1, 10_000):
+        candidate = Path(f"{model_file.stem}.h5" if n == 1 else f"{model_file.stem}-{n}.h5")
+        if not candidate.exists() and not lock_path(candidate).exists():
+            return candidate
+    raise RunFileError(f"no free file name {model_file.stem}-N.h5 here; pass --out")
+
+
+def execute(options: RunOptions, data_root: Path | None = None, console: Console | None = None) -> int:
+    """Run ``options.model_file`` and print the summary; return the exit code (0, 2 on a failure, 130 on Ctrl-C).
+
+    Raises:
+        ActprobeError: bad input found before anything was recorded.
+    """
+    from ..render.progress import ProgressDisplay
+
+    console = console or Console()
+    options = replace(options, out=output_path(options.model_file, options.out, options.overwrite))
+    with warnings.catch_warnings(record=True) as caught, use_data_root(data_root):
+        warnings.simplefilter("default")
+        spec = load_model_file(options.model_file)
+        outcome = run_model_file(spec, options, ProgressDisplay(console), lambda source, notes: announce(
+            console, source, notes))
+    for warning in _unique(caught):
+        console.print(f"warning: {warning}", style="yellow", highlight=False, markup=False)
+    return report(outcome, console)
+
+
+def announce(console: Console, source: str, notes: tuple[str, ...]) -> None:
+    """Say what the data is (in yellow when the full set is not used), before the progress bar."""
+    console.print(f"data: {source}", highlight=False, markup=False, style="yellow" if notes else None)
+    for note in notes:
+        console.print(f"  full set not used: {note}", highlight=False, markup=False, style="yellow")
+
+
+def _unique(caught: list[warnings.WarningMessage]) -> list[str]:
+    return list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
+
+
+def report(outcome: RunOutcome, console: Console) -> int:
+    """Print what the run recorded and how it ended; return the exit code."""
+    from ..analysis.summary import summarize
+    from ..render.summary import render_summary
+    from ..runfile.lock import writer_active
+    from ..runfile.reader import read
+
+    try:
+        run = read(outcome.path) if outcome.path.exists() else None
+    except FormatError as exc:
+        console.print(f"warning: cannot read back {outcome.path}: {one_line(exc)}", style="yellow", markup=False)
+        run = None
+    if run is not None and run.rows:
+        # the progress display already said what the data was
+        render_summary(summarize(run, live=writer_active(outcome.path)), console, data_line=False)
+        kept = f"{run.rows} recorded steps are in {outcome.path}"
+    else:
+        kept = "nothing was recorded"
+    what = "training steps" if outcome.mode == "train" else "init-check passes"
+    if outcome.error is not None:
+        Console(stderr=True).print(f"error: {outcome.error}", style="bold red", highlight=False, markup=False,
+                                   soft_wrap=True)
+        console.print(f"stopped after {outcome.steps} {what}; {kept}", highlight=False, markup=False)
+        return EXIT_BAD_INPUT
+    if outcome.interrupted:
+        console.print(f"interrupted after {outcome.steps} {what}; {kept}", style="yellow", highlight=False,
+                      markup=False)
+        return EXIT_INTERRUPTED
+    rate = outcome.steps / outcome.seconds if outcome.seconds > 0 else float("inf")
+    console.print(f"{outcome.steps} {what} on {outcome.device} in {outcome.seconds:.1f} s ({rate:.1f}/s); "
+                  f"{kept}", highlight=False, markup=False)
+    return 0
+
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_INTERRUPTED", "execute", "output_path", "report"]

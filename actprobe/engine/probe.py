@@ -1,0 +1,246 @@
+"""``Probe``: record per-layer activation statistics of a model into an HDF5 run file."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import time
+import warnings
+import weakref
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ActprobeWarning
+from ..stats.dispatch import MomentKernel
+from .hooks import HookEngine
+from .recorder import Recorder
+from .scalars import accepted, recordable_names
+from .selection import Select, select_modules
+from .settings import KERNEL_OPTIONS, ProbeSettings
+from .sink import FileSink
+
+_open_probes: weakref.WeakSet[Probe] = weakref.WeakSet()
+
+
+class Probe:
+    """Records activation statistics of every selected module, every recorded training step.
+
+    Use it as a context manager around the training loop and call ``step()`` once per step::
+
+        with actprobe.Probe(model, "run.h5") as probe:
+            for x, y in loader:
+                loss = loss_fn(model(x), y)
+                loss.backward(); opt.step(); opt.zero_grad()
+                probe.step(loss=loss)
+
+    Statistics are computed on the tensors' own device without any host–device synchronisation;
+    rows reach the file in batches from a background thread. Recording never raises into the
+    training loop: a failure is reported once as an ``ActprobeWarning`` and recording stops, leaving
+    a valid file with every row committed before it.
+
+    Args:
+        model: the model; it is not modified, and is not kept alive by the probe.
+        path: the HDF5 run file to create (parent folders are created).
+        select: which modules to record; see ``actprobe.selection.select_modules``. Default: every
+            leaf module.
+        every: record every k-th step (steps 0, k, 2k, …).
+        near_zero_eps: an element counts as near zero when ``|x| <= near_zero_eps``.
+        dead_eps: a unit counts as dead when its std over all other dimensions is ``<= dead_eps``.
+        flush_every: commit rows to the file at least every this many steps.
+        flush_seconds: and at least this often (checked at each ``step()``).
+        train_only: skip forwards made in eval mode or with gradients disabled.
+        meta: extra root attributes for the file (str, bool, int, float, flat lists).
+        overwrite: replace an existing file at ``path`` instead of refusing.
+        kernel: which statistics backend computes the moments: ``auto`` (the C kernel for CPU
+            tensors, Triton for CUDA tensors, torch operations where neither is available), or
+            ``torch`` (torch operations everywhere: for comparisons and benchmarks).
+
+    Raises:
+        OptionError: an option has a wrong type or value.
+        SelectionError: ``select`` matches no module.
+        RunFileError: the path exists (and not ``overwrite``), is locked by another writer, or
+            cannot be created.
+    """
+
+    def __init__(self, model: nn.Module, path: str | os.PathLike[str], *, select: Select = None,
+                 every: int = 1, near_zero_eps: float = 0.05, dead_eps: float = 1e-6,
+                 flush_every: int = 100, flush_seconds: float = 10.0, train_only: bool = True,
+                 meta: Mapping[str, Any] | None = None, overwrite: bool = False, kernel: str = "auto") -> None:
+        self.settings = ProbeSettings(every=every, near_zero_eps=near_zero_eps, dead_eps=dead_eps,
+                                      flush_every=flush_every, flush_seconds=flush_seconds,
+                                      train_only=train_only, overwrite=overwrite, meta=meta or {}, kernel=kernel)
+        modules = select_modules(model, select)
+        self.path = Path(path)
+        self._sink = FileSink(self.path, overwrite=overwrite)
+        self._recorder = Recorder(MomentKernel(near_zero_eps, **KERNEL_OPTIONS[kernel]), dead_eps=dead_eps,
+                                  rows_per_flush=self.settings.rows_per_flush)
+        self._step = 0
+        self._started = time.perf_counter()
+        self._last_flush = self._started
+        self._warned: set[str] = set()
+        self.error: BaseException | None = None
+        self._staged_rows_valid = True  # False after a failure that may have left a row half-made
+        self.closed = False
+        try:
+            self._engine = HookEngine(model, modules, self._on_call, train_only=train_only)
+        except BaseException:
+            self._sink.release()
+            raise
+        _open_probes.add(self)
+
+    # -- context manager -------------------------------------------------------------------------
+    def __enter__(self) -> Probe:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- public API ------------------------------------------------------------------------------
+    @property
+    def step_index(self) -> int:
+        """The index of the step in progress (the number of ``step()`` calls so far)."""
+        return self._step
+
+    @property
+    def sites(self) -> list[str]:
+        """Names of the recorded sites; complete once the first recorded step has ended."""
+        return [site.name for site in self._recorder.sites]
+
+    @property
+    def recording(self) -> bool:
+        """Whether the current step is being recorded."""
+        return self.error is None and not self.closed and self._step % self.settings.every == 0
+
+    @property
+    def rows_written(self) -> int:
+        """Rows committed to the file so far."""
+        return self._sink.rows_written
+
+    @property
+    def kernels(self) -> tuple[str, ...]:
+        """The statistics backends that have served this probe's tensors so far (``C``, ``torch``, ``Triton``)."""
+        return tuple(sorted(self._recorder.kernel.backends_used))
+
+    def step(self, **scalars: float | int | torch.Tensor) -> None:
+        """End one training step; keyword values (numbers or 1-element tensors) are recorded too.
+
+        Device tensors are copied on their device: recording them does not synchronise.
+        """
+        if self.closed:
+            self._warn_once("closed", "Probe.step() called after the probe was closed; ignored")
+            return
+        try:
+            if self.recording:
+                self._end_recorded_step(scalars)
+            self._engine.new_step()
+            self._step += 1
+            self._engine.active = self.recording
+            self._check_writer()
+            if self._recorder.started and (self._recorder.full or self._flush_due()):
+                self._flush()
+        except Exception as exc:  # the profiler never crashes training
+            self._fail(exc)
+
+    def flush(self, *, wait: bool = False) -> None:
+        """Send every recorded row to the writer; with ``wait``, return once they are committed."""
+        if self.closed or not self._staged_rows_valid:
+            return
+        try:
+            self._flush()
+            if wait:
+                self._sink.wait()
+                self._check_writer()
+        except Exception as exc:
+            self._fail(exc)
+
+    def close(self) -> None:
+        """Remove every hook, commit the remaining rows and close the file. Idempotent."""
+        if self.closed:
+            return
+        try:
+            self._engine.remove()
+            if self._staged_rows_valid:
+                self._flush()
+            self._sink.close()
+            self._check_writer()
+        except Exception as exc:
+            self._fail(exc)
+        finally:
+            self.closed = True
+            self._recorder.release_memory()
+            self._sink.release()
+            _open_probes.discard(self)
+        dropped = self._recorder.dropped_rows
+        if dropped:
+            self._warn_once("dropped", f"{dropped} rows were dropped because writing "
+                            f"{self.path} could not keep up; raise flush_every or record less often (every=)")
+
+    # -- internals -------------------------------------------------------------------------------
+    def _on_call(self, name: str, index: int, module: nn.Module, output: object) -> None:
+        try:
+            self._recorder.observe(name, index, module, output)
+        except Exception as exc:
+            self._fail(exc, staged_rows_valid=True)  # the step in progress is dropped, earlier rows are whole
+
+    def _end_recorded_step(self, scalars: Mapping[str, Any]) -> None:
+        recorder = self._recorder
+        if not recorder.has_partials:
+            return
+        if not recorder.started:
+            names = recordable_names(scalars)
+            recorder.start(names)
+            settings = self.settings
+            attributes = {"near_zero_eps": settings.near_zero_eps, "dead_eps": settings.dead_eps,
+                          "every": settings.every, **settings.meta}
+            self._sink.open(recorder.sites, names, attributes, settings.rows_per_flush)
+        self._report_new_sites()
+        recorder.end_step(self._step, time.perf_counter() - self._started,
+                          accepted(scalars, recorder.scalar_columns, self._warn_once))
+
+    def _report_new_sites(self) -> None:
+        if self._recorder.ignored:
+            names = sorted(self._recorder.ignored)
+            self._warn_once("new-sites", f"sites that first appeared after the first recorded step are not "
+                            f"recorded: {', '.join(names[:5])}{' …' if len(names) > 5 else ''}")
+
+    def _flush_due(self) -> bool:
+        return time.perf_counter() - self._last_flush >= self.settings.flush_seconds
+
+    def _flush(self) -> None:
+        self._last_flush = time.perf_counter()
+        if not self._sink.opened:
+            return
+        batch = self._recorder.take()
+        if batch is not None:
+            self._sink.submit(batch)
+        elif self._recorder.dropped_rows:
+            self._warn_once("dropping", f"writing {self.path} is falling behind; rows are being dropped")
+
+    def _check_writer(self) -> None:
+        if self._sink.error is not None and self.error is None:
+            self._fail(self._sink.error)
+
+    def _fail(self, exc: BaseException, *, staged_rows_valid: bool = False) -> None:
+        self._staged_rows_valid = self._staged_rows_valid and staged_rows_valid
+        if self.error is None:
+            self.error = exc
+            self._engine.active = False
+            self._recorder.discard_step()
+            warnings.warn(f"actprobe stopped recording to {self.path}: {type(exc).__name__}: {exc}. "
+                          "Rows committed before this stay in the file; training goes on.",
+                          ActprobeWarning, stacklevel=3)
+
+    def _warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warnings.warn(message, ActprobeWarning, stacklevel=3)
+
+
+@atexit.register
+def _close_open_probes() -> None:
+    for probe in list(_open_probes):
+        probe.close()

@@ -1,0 +1,150 @@
+"""The recorder: turns module calls into per-site partial moments and each step into one row.
+
+The set of sites grows during the first step that records anything and is fixed from then on;
+a site missing from a later step gets a row of NaN, and new sites are ignored (and reported).
+The recorder owns the rows: it merges each step's partials into its ``RowStage`` and hands the
+filled rows out with ``take()``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..stats.arena import Arena, Partial
+from ..stats.dispatch import MomentKernel
+from ..stats.merge import Layout, PartialRing, arrangement, merge_now
+from .sites import Site, floating_outputs, site_name, unit_dim
+from .staging import RowStage, StagedRows
+
+
+class Recorder:
+    """Collects the partials of the current step; ``finish_step`` reduces them to a row."""
+
+    def __init__(self, kernel: MomentKernel, *, dead_eps: float, rows_per_flush: int) -> None:
+        self.kernel = kernel
+        self.dead_eps = dead_eps
+        self.rows_per_flush = rows_per_flush
+        self.stage: RowStage | None = None
+        self.sites: list[Site] = []
+        self._index: dict[str, int] = {}
+        self.fixed = False
+        self.device: torch.device | None = None
+        self.ignored: set[str] = set()
+        self._partials: list[tuple[int, Partial]] = []
+        self._channel_first_shapes: set[torch.Size] = set()
+        self._layouts: dict[tuple, Layout] = {}
+        self._ring: PartialRing | None = None
+        self._arena: Arena | None = None
+
+    def observe(self, module_name: str, call_index: int, module: nn.Module, output: object) -> None:
+        if type(output) is torch.Tensor and output.is_floating_point():  # the common case, kept short
+            self._observe_one(site_name(module_name, call_index, ""), module, output)
+            return
+        for suffix, tensor in floating_outputs(output):
+            self._observe_one(site_name(module_name, call_index, suffix), module, tensor)
+
+    def _observe_one(self, name: str, module: nn.Module, tensor: torch.Tensor) -> None:
+        index = self._index.get(name)
+        if index is None:
+            if self.fixed:
+                self.ignored.add(name)
+                return
+            index = self._add_site(name, module, tensor)
+        if tensor.numel() == 0:
+            return
+        if self._arena is None:
+            self._arena = Arena(self.device)
+        self._partials.append((index, self.kernel(tensor.detach(), self.sites[index].unit_dim, self._arena)))
+
+    def _add_site(self, name: str, module: nn.Module, tensor: torch.Tensor) -> int:
+        dim = unit_dim(module, tensor.shape, self._channel_first_shapes)
+        self.sites.append(Site(name=name, module_type=type(module).__name__, unit_dim=dim))
+        self._index[name] = len(self.sites) - 1
+        if self.device is None:
+            self.device = tensor.device
+        return len(self.sites) - 1
+
+    @property
+    def has_partials(self) -> bool:
+        return bool(self._partials)
+
+    @property
+    def started(self) -> bool:
+        """Whether the first recorded step has ended: the sites and scalar columns are fixed."""
+        return self.stage is not None
+
+    def start(self, scalar_names: list[str]) -> None:
+        """Fix the site set (later, unknown sites are ignored) and the scalar columns; make the stage."""
+        self.fixed = True
+        device = self.device or torch.device("cpu")
+        self.stage = RowStage(self.rows_per_flush, len(self.sites), scalar_names, device)
+
+    def end_step(self, step: int, elapsed: float, scalars: dict[str, float | torch.Tensor]) -> None:
+        """Turn this step's partials into the next row of the stage (``start`` first)."""
+        stage = self.stage
+        assert stage is not None, "start() comes before the first end_step()"
+        self._finish_step(stage, stage.add_row(step, elapsed, scalars))
+
+    @property
+    def scalar_columns(self) -> dict[str, int]:
+        """The scalar names that have a column in the file, and their column (empty before ``start``)."""
+        return {} if self.stage is None else self.stage.scalar_index
+
+    @property
+    def full(self) -> bool:
+        """Whether the stage holds as many rows as a flush takes."""
+        return self.stage is not None and self.stage.full
+
+    @property
+    def dropped_rows(self) -> int:
+        """Rows dropped because no host slot was free (the disk could not keep up)."""
+        return 0 if self.stage is None else self.stage.dropped_rows
+
+    def take(self) -> StagedRows | None:
+        """The rows staged so far, on their way to the host; None when there are none (or no room)."""
+        if self.stage is None:
+            return None
+        self._drain(self.stage)
+        return self.stage.take()
+
+    def _finish_step(self, stage: RowStage, index: int) -> None:
+        """Merge this step's partials into ``stage`` row ``index``, now or (batched) at ``drain``."""
+        partials, self._partials = self._partials, []
+        assert self._arena is not None
+        row = self._arena.row()
+        key = arrangement(partials)
+        layout = self._layouts.get(key)
+        if layout is None:
+            if len(self._layouts) >= 64:
+                self._layouts.clear()
+            layout = self._layouts[key] = Layout.build(partials, len(self.sites), stage.device)
+        ring = self._ring
+        if ring is not None and ring.filled and (
+                ring.key != key or ring.full or ring.first_row + ring.filled != index):
+            self._drain(stage)
+        if ring is None or ring.key != key:
+            capacity = PartialRing.capacity_for(layout, stage.capacity)
+            if capacity < 2:  # too wide to batch: merge this step on its own
+                stage.set_stats(index, merge_now(layout, row, self.dead_eps))
+                self._arena.clear()
+                return
+            ring = self._ring = PartialRing(key, layout, capacity, stage.device)
+        if not ring.filled:
+            ring.first_row = index
+        ring.add(row)
+        self._arena.clear()
+
+    def _drain(self, stage: RowStage) -> None:
+        """Merge the rows waiting in the ring into ``stage``."""
+        ring = self._ring
+        if ring is not None and ring.filled:
+            stage.set_stats(ring.first_row, ring.merge(self.dead_eps))
+
+    def release_memory(self) -> None:
+        self.kernel.release_memory()
+
+    def discard_step(self) -> None:
+        self._partials = []
+        if self._arena is not None:
+            self._arena.clear()

@@ -1,0 +1,72 @@
+"""Sites: one recorded module call and output tensor, its name and its unit layout.
+
+Naming (part of the file format): a module called k times in one forward gives sites ``name``,
+``name#1``, ``name#2``, … in call order; a tuple or list output adds ``[0]``, ``[1]``, …; a dict
+output adds ``[key]``; tensors that are not floating point, and non-tensors, are skipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from ..runfile.format import Site
+
+__all__ = ["CHANNEL_FIRST_MODULES", "Site", "floating_outputs", "site_name", "unit_dim"]
+
+MAX_OUTPUT_DEPTH = 4
+
+# Modules whose 3-D outputs are (N, C, L): their units are along dim 1, not the last dim.
+CHANNEL_FIRST_MODULES: tuple[type[nn.Module], ...] = (
+    nn.modules.conv._ConvNd,
+    nn.modules.batchnorm._BatchNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+    nn.modules.pooling._LPPoolNd,
+    nn.GroupNorm,
+)
+
+
+def site_name(module_name: str, call_index: int, suffix: str) -> str:
+    """The file's name for output ``suffix`` of call ``call_index`` (0-based) of a module."""
+    return (module_name if call_index == 0 else f"{module_name}#{call_index}") + suffix
+
+
+def floating_outputs(output: object, suffix: str = "", depth: int = 0) -> Iterator[tuple[str, torch.Tensor]]:
+    """Yield ``(suffix, tensor)`` for every floating-point tensor in a module's output."""
+    if isinstance(output, torch.Tensor):
+        if output.is_floating_point() and not output.is_complex():
+            yield suffix, output
+    elif depth < MAX_OUTPUT_DEPTH and isinstance(output, (tuple, list)):
+        for index, item in enumerate(output):
+            yield from floating_outputs(item, f"{suffix}[{index}]", depth + 1)
+    elif depth < MAX_OUTPUT_DEPTH and isinstance(output, dict):
+        for key, item in output.items():
+            yield from floating_outputs(item, f"{suffix}[{key}]", depth + 1)
+
+
+def unit_dim(module: nn.Module, shape: torch.Size, channel_first_shapes: set[torch.Size]) -> int | None:
+    """The dimension that holds the units of an output, used for the ``dead`` statistic.
+
+    The rule (documented in docs/FORMAT.md): 0-D and 1-D outputs have no units; 2-D (N, F) outputs
+    have units along the last dim; outputs of 4 or more dims (N, C, H, W, …) along dim 1; 3-D outputs
+    along dim 1 when the module is a convolution, normalisation or pooling layer (N, C, L), or when
+    an earlier such layer of the same forward produced a 3-D output of exactly this shape (an
+    activation after a Conv1d), and along the last dim otherwise (N, T, F).
+    """
+    ndim = len(shape)
+    if ndim <= 1:
+        return None
+    if ndim == 2:
+        return -1
+    if ndim >= 4:
+        return 1
+    if isinstance(module, CHANNEL_FIRST_MODULES):
+        channel_first_shapes.add(shape)
+        return 1
+    return 1 if shape in channel_first_shapes else -1

@@ -1,0 +1,132 @@
+"""Rows of statistics on the device, and their asynchronous trip to the host.
+
+Each recorded step writes one row into a device buffer. A flush copies the filled rows into a free
+host slot (pinned memory on CUDA) with ``non_blocking=True``, records an event, and hands the slot to
+the writer thread, which waits on the event. The training thread never waits: when every slot is
+still busy (the disk is slower than training), the rows are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from ..runfile.format import STATISTICS
+
+HOST_SLOTS = 3
+
+
+def _wait_for(event: torch.cuda.Event) -> None:
+    """Wait (on the writer thread) until the copies before ``event`` are done. Polling instead of
+    ``event.synchronize()`` keeps even the writer clear of CUDA's synchronising calls, so that
+    ``torch.cuda.set_sync_debug_mode("error")`` can watch a whole training run."""
+    while not event.query():
+        time.sleep(0.0002)
+
+
+class _HostSlot:
+    def __init__(self, capacity: int, sites: int, scalars: int, device: torch.device) -> None:
+        pin = device.type == "cuda"
+        self.stats = torch.empty((capacity, sites, len(STATISTICS)), dtype=torch.float64, pin_memory=pin)
+        self.scalars = torch.empty((capacity, scalars), dtype=torch.float64, pin_memory=pin)
+
+
+class StagedRows:
+    """Rows on their way to the host, as the writer thread takes them (``runfile.writer.Batch``)."""
+
+    def __init__(self, stage: RowStage, slot: _HostSlot, n: int, event: torch.cuda.Event | None) -> None:
+        self.steps = stage._steps[:n].copy()
+        self.times = stage._times[:n].copy()
+        self._host_scalars = stage._host_scalars[:n].copy()
+        self._from_device = stage._from_device[:n].copy()
+        self._free = stage._free
+        self._slot, self._n, self._event = slot, n, event
+
+    def ready(self) -> None:
+        if self._event is not None:
+            _wait_for(self._event)
+
+    def stats(self) -> np.ndarray:
+        return self._slot.stats[:self._n].numpy()
+
+    def scalars(self) -> np.ndarray:
+        return np.where(self._from_device, self._slot.scalars[:self._n].numpy(), self._host_scalars)
+
+    def release(self) -> None:
+        self._free.put(self._slot)
+
+
+class RowStage:
+    """The device rows of the current flush interval and the host slots they are copied to."""
+
+    def __init__(self, capacity: int, sites: int, scalar_names: Sequence[str], device: torch.device) -> None:
+        self.capacity = capacity
+        self.device = device
+        self.scalar_names = list(scalar_names)
+        self.scalar_index = {name: i for i, name in enumerate(self.scalar_names)}
+        m = len(self.scalar_names)
+        self._stats = torch.full((capacity, sites, len(STATISTICS)), torch.nan, dtype=torch.float64, device=device)
+        self._device_scalars = torch.full((capacity, m), torch.nan, dtype=torch.float64, device=device)
+        self._host_scalars = np.full((capacity, m), np.nan)
+        self._from_device = np.zeros((capacity, m), dtype=bool)
+        self._steps = np.zeros(capacity, dtype=np.int64)
+        self._times = np.zeros(capacity, dtype=np.float64)
+        self.rows = 0
+        self.dropped_rows = 0
+        self._free: queue.SimpleQueue[_HostSlot] = queue.SimpleQueue()
+        for _ in range(HOST_SLOTS):
+            self._free.put(_HostSlot(capacity, sites, m, device))
+
+    @property
+    def full(self) -> bool:
+        return self.rows >= self.capacity
+
+    def add_row(self, step: int, elapsed: float, scalars: dict[str, float | torch.Tensor]) -> int:
+        """Start a row; its statistics follow through ``set_stats``. Returns the row's index."""
+        row = self.rows
+        self._steps[row] = step
+        self._times[row] = elapsed
+        for name, value in scalars.items():
+            column = self.scalar_index[name]
+            if isinstance(value, torch.Tensor):
+                self._device_scalars[row, column].copy_(value.detach().reshape(()).to(self.device, non_blocking=True))
+                self._from_device[row, column] = True
+            else:
+                self._host_scalars[row, column] = value
+        self.rows += 1
+        return row
+
+    def set_stats(self, first_row: int, stats: torch.Tensor) -> None:
+        """Statistics (n, S, 8) of rows first_row … first_row + n − 1."""
+        self._stats[first_row:first_row + stats.shape[0]].copy_(stats)
+
+    def take(self) -> StagedRows | None:
+        """Start copying the filled rows to the host; None if nothing is filled or no slot is free."""
+        n = self.rows
+        if n == 0:
+            return None
+        self.rows = 0
+        try:
+            slot = self._free.get_nowait()
+        except queue.Empty:
+            self.dropped_rows += n
+            self._reset_scalars(n)
+            return None
+        slot.stats[:n].copy_(self._stats[:n], non_blocking=True)
+        slot.scalars[:n].copy_(self._device_scalars[:n], non_blocking=True)
+        event = None
+        if self.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+        rows = StagedRows(self, slot, n, event)
+        self._reset_scalars(n)
+        return rows
+
+    def _reset_scalars(self, n: int) -> None:
+        self._device_scalars[:n].fill_(torch.nan)
+        self._host_scalars[:n] = np.nan
+        self._from_device[:n] = False

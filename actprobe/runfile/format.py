@@ -1,0 +1,23 @@
+"""Names fixed by the run-file format (docs/FORMAT.md), shared by the writer, the reader and the engine.
+
+Imports nothing: the statistics kernels and the engine read these names without loading h5py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FORMAT_NAME = "actprobe"
+FORMAT_VERSION = 1
+
+# The statistics recorded for every site and step, in the order of the last axis of a row.
+STATISTICS: tuple[str, ...] = ("count", "mean", "std", "min", "max", "near_zero", "dead", "nonfinite")
+
+
+@dataclass(frozen=True)
+class Site:
+    """One column of a run file: a recorded module call and output, as ``sites`` names it."""
+
+    name: str
+    module_type: str
+    unit_dim: int | None  # 1, -1, or None when the output has no units (stored as 0)

@@ -1,0 +1,90 @@
+"""The background thread that turns staged rows into committed rows of the run file."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .storage import RunFileWriter
+
+
+class Batch(Protocol):
+    """Rows staged on the host by the engine. The writer thread calls ``ready()`` (returns once the
+    host copies are complete), reads ``stats()`` and ``scalars()``, then ``release()`` (always, also
+    after an error) so that their memory can be reused."""
+
+    steps: np.ndarray  # (n,) int64
+    times: np.ndarray  # (n,) float64
+
+    def ready(self) -> None: ...
+    def stats(self) -> np.ndarray: ...  # (n, S, len(STATISTICS))
+    def scalars(self) -> np.ndarray: ...  # (n, number of scalar columns)
+    def release(self) -> None: ...
+
+
+class BackgroundWriter:
+    """Writes batches on its own thread; the file is created on the first batch.
+
+    An error stops the thread; it is kept in ``error`` for the probe to report. Batches queued
+    after an error are released without being written.
+    """
+
+    def __init__(self, open_file: Callable[[], RunFileWriter]) -> None:
+        self._open_file = open_file
+        self._file: RunFileWriter | None = None
+        self._queue: queue.Queue[Batch | threading.Event | None] = queue.Queue()
+        self.error: BaseException | None = None
+        self.rows_written = 0
+        self._thread = threading.Thread(target=self._run, name="actprobe-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, batch: Batch) -> None:
+        self._queue.put(batch)
+
+    def wait(self) -> None:
+        """Block until every batch submitted so far is committed (or failed)."""
+        done = threading.Event()
+        self._queue.put(done)
+        done.wait()
+
+    def close(self) -> None:
+        """Commit what is queued, close the file and end the thread."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                break
+            if isinstance(item, threading.Event):  # put by wait(): everything before it is done
+                item.set()
+                continue
+            try:
+                if self.error is None:
+                    self._write(item)
+            except BaseException as exc:  # reported by the probe, never raised into training
+                self.error = exc
+            finally:
+                item.release()
+        self._close_file()
+
+    def _write(self, batch: Batch) -> None:
+        batch.ready()
+        if self._file is None:
+            self._file = self._open_file()
+        self._file.append(batch.steps, batch.times, batch.stats(), batch.scalars())
+        self.rows_written = self._file.rows
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except BaseException as exc:
+                self.error = self.error or exc

@@ -1,0 +1,82 @@
+"""Where kernels put their results: a ``Partial`` per tensor, packed side by side in the step's ``Arena``.
+
+A ``Partial`` holds, for each *entry* (a unit, or the whole tensor as one pseudo-unit when its
+output has no units), the number of finite values, a shift (one of the entry's own values) and the
+sums of (x − shift) and (x − shift)²; then rows of four scalars: min, max, the number of values with
+|x| > eps (non-finite ones included) and the number of non-finite values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(slots=True)
+class Partial:
+    """Moments of one tensor, packed as float64 in the step's ``Arena`` from ``offset`` on:
+    count[E] shift[E] sum[E] sumsq[E], then ``scalar_rows`` times (min max far nonfinite)."""
+
+    offset: int
+    entries: int  # E: the units, or 1 pseudo-unit
+    units: int  # number of real units (E), 0 when the output has none
+    numel: int
+    scalar_rows: int = 1  # the Triton kernel leaves one row of scalars per program
+
+    @property
+    def width(self) -> int:
+        return 4 * self.entries + 4 * self.scalar_rows
+
+
+class Arena:
+    """The packed partials of the step in progress, side by side in one float64 buffer on one device.
+
+    Kernels write into it directly (the C kernel through a pointer), so that a step costs no
+    allocation per site and its partials are one contiguous row, ready to merge.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.buffer = torch.zeros(4096, dtype=torch.float64, device=device)
+        self.used = 0
+        self.zero_on_clear = False  # set by kernels that add into the arena (atomics need zeros)
+
+    def reserve(self, width: int) -> int:
+        """Room for ``width`` values; returns its offset. May move the buffer: take pointers after.
+
+        Memory past ``used`` is zero whenever ``zero_on_clear`` is set.
+        """
+        offset = self.used
+        if offset + width > self.buffer.numel():
+            grown = torch.zeros(max(2 * self.buffer.numel(), offset + width), dtype=torch.float64,
+                                device=self.device)
+            grown[:offset].copy_(self.buffer[:offset])
+            self.buffer = grown
+        self.used = offset + width
+        return offset
+
+    def row(self) -> torch.Tensor:
+        """The packed partials written since the last ``clear``, as one (width,) view."""
+        return self.buffer[:self.used]
+
+    def clear(self) -> None:
+        if self.zero_on_clear:
+            self.buffer[:self.used].zero_()  # one memset per step, ordered after the row's last reader
+        self.used = 0
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype values are summed in: float64 for float64 inputs, float32 for every other float."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def near_zero_bound(eps: float, dtype: torch.dtype) -> float:
+    """The largest value of ``dtype`` that is ≤ eps, so that |x| ≤ eps can be tested in ``dtype``."""
+    if dtype == torch.float64:
+        return eps
+    bound = np.float32(eps)
+    if float(bound) > eps:
+        bound = np.nextafter(bound, np.float32(0))
+    return float(bound)

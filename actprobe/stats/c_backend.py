@@ -1,0 +1,63 @@
+"""The CPU backend: the C extension ``actprobe.stats._cstats`` (``_cstats.c``).
+
+It reads each value once (vector instructions, blocks of at most 256 values summed in float32 and
+the blocks in float64); a second, masked pass runs only when the tensor holds NaN or ±Inf. It reads
+the tensor's memory in place when it is laid out as (A, E, B), else a converted copy in a scratch
+buffer that is reused from step to step.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .arena import Arena, Partial
+from .plan import Plan
+
+try:
+    from . import _cstats
+except ImportError:  # built without a C compiler: the torch backend serves the CPU too
+    _cstats = None
+
+NAME = "C"
+
+
+def available() -> bool:
+    return _cstats is not None
+
+
+class CBackend:
+    """Moments of CPU tensors with the C kernel, written straight into the arena."""
+
+    name = NAME
+
+    def __init__(self) -> None:
+        self._scratch: dict[torch.dtype, torch.Tensor] = {}
+
+    def __call__(self, x: torch.Tensor, plan: Plan, arena: Arena) -> Partial:
+        width = 4 * plan.entries + 4
+        offset = arena.reserve(width)
+        if arena.device.type == "cpu":
+            self._moments(x, plan, arena.buffer.data_ptr() + 8 * offset)
+        else:  # a CPU tensor recorded into a device arena (a model split across devices)
+            packed = torch.empty(width, dtype=torch.float64)
+            self._moments(x, plan, packed.data_ptr())
+            arena.buffer[offset:offset + width].copy_(packed, non_blocking=True)
+        return Partial(offset, plan.entries, plan.units, x.numel())
+
+    def _moments(self, x: torch.Tensor, plan: Plan, out_pointer: int) -> None:
+        if x.dtype != plan.dtype or not plan.contiguous:
+            view = plan.view(x)
+            x = self._scratch_for(view.numel(), plan.dtype).view(view.shape).copy_(view)
+        a, e, b = plan.view_shape
+        args = (plan.dtype == torch.float64, x.data_ptr(), a, e, b, plan.near_bound, out_pointer)
+        if not _cstats.moments(*args):
+            _cstats.masked(*args)
+
+    def _scratch_for(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        buffer = self._scratch.get(dtype)
+        if buffer is None or buffer.numel() < numel:
+            buffer = self._scratch[dtype] = torch.empty(numel, dtype=dtype)
+        return buffer[:numel]
+
+    def release_memory(self) -> None:
+        self._scratch.clear()

@@ -1,0 +1,177 @@
+"""Merging the ``Partial``s of recorded steps into rows of statistics, one per site.
+
+All partials of a step are merged with a fixed number of batched operations, whatever the number of
+sites: entries → units (or one pseudo-unit for outputs without units) → sites, with the parallel
+variance formula (Chan et al.) in float64. A site called several times in one step (gradient
+accumulation) is merged over all its calls, units included.
+
+Steps whose partials have the same arrangement are gathered in a ``PartialRing`` — one copy of
+the step's arena per step — and merged together, many rows at once, before the rows are flushed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .arena import Partial
+
+
+# The most memory one ring may take; steps that need more are merged one at a time.
+RING_BYTES = 64 << 20
+
+Partials = Sequence[tuple[int, Partial]]
+
+
+def arrangement(partials: Partials) -> tuple:
+    """A key that is equal for two steps exactly when their partials can share a layout."""
+    return tuple((site, p.offset, p.entries, p.units, p.numel, p.scalar_rows) for site, p in partials)
+
+
+@dataclass
+class Layout:
+    """Where each quantity sits in a row of concatenated packed partials, and which site it feeds."""
+
+    sites: int
+    width: int  # length of one row of packed partials
+    parts: int
+    moments: torch.Tensor  # (4, E) indices of count, shift, sum, sumsq in a row
+    scalars: torch.Tensor  # (P, 4) indices of min, max, far, nonfinite in a row (P: rows of scalars)
+    entry_group: torch.Tensor  # (E,) group of each entry
+    group_site: torch.Tensor  # (G,) site of each group
+    group_is_unit: torch.Tensor  # (G,) 1.0 for real units, 0.0 for pseudo-units
+    part_site: torch.Tensor  # (P,) site of each partial
+    site_numel: torch.Tensor  # (S,) elements seen per site
+
+    @classmethod
+    def build(cls, partials: Partials, sites: int, device: torch.device) -> Layout:
+        group_count: dict[int, int] = {}
+        has_units: dict[int, bool] = {}
+        numel = [0] * sites
+        for site, part in partials:
+            group_count[site] = max(group_count.get(site, 0), part.entries)
+            has_units[site] = has_units.get(site, False) or part.units > 0
+            numel[site] += part.numel
+        order = sorted(group_count)
+        counts = torch.tensor([group_count[site] for site in order])
+        starts = torch.cumsum(counts, 0) - counts
+        start = dict(zip(order, starts.tolist()))
+        group_site = torch.repeat_interleave(torch.tensor(order), counts)
+        group_is_unit = torch.repeat_interleave(torch.tensor([float(has_units[site]) for site in order],
+                                                             dtype=torch.float64), counts)
+        # indices into the row: (4, E) for count/shift/sum/sumsq, (P, 4) for the scalars
+        moments = torch.cat([torch.arange(p.offset, p.offset + 4 * p.entries).view(4, p.entries)
+                             for _, p in partials], dim=1)
+        scalars = torch.cat([torch.arange(p.offset + 4 * p.entries, p.offset + p.width).view(p.scalar_rows, 4)
+                             for _, p in partials])
+        width = partials[-1][1].offset + partials[-1][1].width
+        return cls(
+            sites=sites, width=width, parts=scalars.shape[0],
+            moments=moments.to(device, non_blocking=True),
+            scalars=scalars.to(device, non_blocking=True),
+            entry_group=torch.cat([torch.arange(p.entries) + start[s] for s, p in partials]).to(
+                device, non_blocking=True),
+            group_site=group_site.to(device, non_blocking=True),
+            group_is_unit=group_is_unit.to(device, non_blocking=True),
+            part_site=_to_device([s for s, p in partials for _ in range(p.scalar_rows)], torch.int64, device),
+            site_numel=_to_device(numel, torch.float64, device),
+        )
+
+
+def _to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    # Built once per arrangement; non_blocking keeps a CUDA stream from synchronising.
+    return torch.tensor(values, dtype=dtype).to(device, non_blocking=True)
+
+
+def merge_rows(layout: Layout, rows: torch.Tensor, dead_eps: float) -> torch.Tensor:
+    """Statistics of n steps: rows (n, width) of packed partials → (n, S, len(STATISTICS)) float64."""
+    n = rows.shape[0]
+    count, shift, first, second = rows.index_select(1, layout.moments.view(-1)).view(n, 4, -1).unbind(1)
+    scalars = rows.index_select(1, layout.scalars.view(-1)).view(n, layout.parts, 4)
+    has = count > 0
+    safe = torch.where(has, count, 1.0)
+    mean = torch.where(has, shift + first / safe, 0.0)
+    m2 = torch.where(has, (second - first * first / safe).clamp_min(0.0), 0.0)
+    groups = layout.group_site.numel()
+    n_group, mean_group, m2_group = _merge(count, mean, m2, layout.entry_group, groups)
+    n_site, mean_site, m2_site = _merge(n_group, mean_group, m2_group, layout.group_site, layout.sites)
+
+    std_group = torch.sqrt(m2_group / n_group)
+    dead = _index_sum((std_group <= dead_eps).double() * layout.group_is_unit, layout.group_site, layout.sites)
+    units = _index_sum(layout.group_is_unit.expand_as(n_group), layout.group_site, layout.sites)
+
+    minimum = _scatter(scalars[..., 0], layout.part_site, layout.sites, "amin", torch.inf)
+    maximum = _scatter(scalars[..., 1], layout.part_site, layout.sites, "amax", -torch.inf)
+    far = _index_sum(scalars[..., 2], layout.part_site, layout.sites)
+    nonfinite = _index_sum(scalars[..., 3], layout.part_site, layout.sites)
+
+    numel = layout.site_numel.expand_as(n_site)
+    nan = torch.full_like(n_site, torch.nan)
+    some = n_site > 0
+    return torch.stack((
+        torch.where(numel > 0, n_site, nan),
+        torch.where(some, mean_site, nan),
+        torch.where(some, torch.sqrt(m2_site / n_site), nan),
+        torch.where(some, minimum, nan),
+        torch.where(some, maximum, nan),
+        (numel - far) / numel,
+        dead / units,
+        nonfinite / numel,
+    ), dim=-1)
+
+
+def merge_now(layout: Layout, row: torch.Tensor, dead_eps: float) -> torch.Tensor:
+    """Statistics (1, S, 8) of one step from its (width,) row of packed partials."""
+    return merge_rows(layout, row[None], dead_eps)
+
+
+class PartialRing:
+    """Packed partials of consecutive steps with one arrangement, kept until merged together."""
+
+    def __init__(self, key: tuple, layout: Layout, capacity: int, device: torch.device) -> None:
+        self.key = key
+        self.layout = layout
+        self.capacity = capacity
+        self.rows = torch.empty((capacity, layout.width), dtype=torch.float64, device=device)
+        self.first_row = 0
+        self.filled = 0
+
+    @staticmethod
+    def capacity_for(layout: Layout, rows: int) -> int:
+        return max(0, min(rows, RING_BYTES // (8 * layout.width)))
+
+    @property
+    def full(self) -> bool:
+        return self.filled >= self.capacity
+
+    def add(self, row: torch.Tensor) -> None:
+        self.rows[self.filled].copy_(row)
+        self.filled += 1
+
+    def merge(self, dead_eps: float) -> torch.Tensor:
+        """(filled, S, 8) statistics of the rows gathered so far; empties the ring."""
+        n, self.filled = self.filled, 0
+        return merge_rows(self.layout, self.rows[:n], dead_eps)
+
+
+def _index_sum(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:
+    out = torch.zeros(values.shape[:-1] + (size,), dtype=values.dtype, device=values.device)
+    return out.index_add_(-1, index, values)
+
+
+def _scatter(values: torch.Tensor, index: torch.Tensor, size: int, reduce: str, initial: float) -> torch.Tensor:
+    out = torch.full(values.shape[:-1] + (size,), initial, dtype=values.dtype, device=values.device)
+    return out.scatter_reduce_(-1, index.expand_as(values), values, reduce=reduce, include_self=True)
+
+
+def _merge(count: torch.Tensor, mean: torch.Tensor, m2: torch.Tensor, index: torch.Tensor,
+           size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Merge (count, mean, M2) of members (last dim) into groups: the parallel variance formula."""
+    n = _index_sum(count, index, size)
+    has = n > 0
+    group_mean = torch.where(has, _index_sum(count * mean, index, size) / torch.where(has, n, 1.0), 0.0)
+    spread = mean - group_mean.index_select(-1, index)
+    m2_total = _index_sum(m2, index, size) + _index_sum(count * spread * spread, index, size)
+    return n, group_mean, m2_total

@@ -1,0 +1,50 @@
+"""A probe on a torch.compile'd model: the hooks run eagerly at graph breaks, without recompiling,
+and record what the compiled model computed."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import actprobe
+from conftest import paper_cnn, reference_statistics
+
+
+@pytest.mark.slow
+def test_compiled_model_is_recorded_without_recompiling(tmp_path):
+    torch.manual_seed(0)
+    model = paper_cnn()
+    torch.manual_seed(0)
+    twin = paper_cnn()  # eager, same weights: the reference for the first step
+    captured = []
+    for child in twin.children():
+        child.register_forward_hook(lambda module, inputs, output: captured.append(output.detach()))
+    x = torch.randn(32, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 10, (32,), generator=torch.Generator().manual_seed(2))
+    twin(x)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with actprobe.Probe(model, tmp_path / "c.h5") as probe:
+            for _ in range(4):
+                loss = torch.nn.functional.cross_entropy(compiled(x), y)
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                probe.step(loss=loss)
+    assert not [w for w in caught if "recompil" in str(w.message).lower() or "dynamo" in str(w.message).lower()]
+    run = actprobe.read(tmp_path / "c.h5")
+    assert run.rows == 4 and len(run.sites) == 11
+    for site, output in enumerate(captured):
+        want = reference_statistics(output, 1 if output.ndim == 4 else -1)
+        for name in ("mean", "std", "min", "max", "near_zero", "dead"):
+            got = float(run.stats[name][0, site])
+            scale = max(abs(want[name]), want["std"]) if name == "mean" else abs(want[name])
+            assert abs(got - want[name]) <= 1e-4 * scale + 1e-6, (site, name, got, want[name])
+    assert np.all(np.diff(run.scalars["loss"]) < 0)  # it trains

@@ -1,0 +1,111 @@
+"""Statistics against an independent float64 NumPy reference, for every kernel: C, torch, torch-masked (GPUs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from actprobe.stats import c_backend
+from actprobe.stats.single import tensor_statistics
+from conftest import assert_statistics_close, reference_statistics
+
+KERNELS = ["torch", "torch-masked"] + (["c"] if c_backend.available() else [])
+
+SHAPES = [
+    ((256, 8, 14, 14), 1),  # conv output, long runs per unit
+    ((64, 16, 7, 7), 1),  # short runs: read by columns
+    ((3, 5, 4, 4), 1),  # few rows
+    ((128, 64), -1),  # linear output
+    ((4, 9, 32), -1),  # (N, T, F)
+    ((16, 12, 30), 1),  # (N, C, L)
+    ((5000,), None),  # no units
+    ((), None),  # a scalar
+]
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
+@pytest.mark.parametrize("shape,unit_dim", SHAPES)
+def test_random_tensors_match_float64_reference(shape, unit_dim, dtype, kernel):
+    gen = torch.Generator().manual_seed(hash((shape, str(dtype))) % 2**31)
+    x = (torch.randn(shape, generator=gen) * 1.7 + 0.3).to(dtype)
+    got = tensor_statistics(x, unit_dim=unit_dim, implementation=kernel)
+    assert_statistics_close(got, reference_statistics(x, unit_dim))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("shape,unit_dim", [((256, 16, 8, 8), 1), ((512, 32), -1), ((20000,), None)])
+def test_mean_ten_thousand_times_std(shape, unit_dim, kernel):
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(shape, generator=gen) + 1e4  # mean / std = 10,000
+    want = reference_statistics(x, unit_dim)
+    assert_statistics_close(tensor_statistics(x, unit_dim=unit_dim, implementation=kernel), want)
+    # the naive float32 sum / sum-of-squares formula fails here: the test can tell the difference
+    naive_var = (x * x).mean() - x.mean() ** 2
+    assert abs(naive_var.clamp_min(0).sqrt().item() - want["std"]) / want["std"] > 1e-3
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_non_finite_values_are_excluded_and_counted(kernel):
+    x = torch.randn(32, 4, 6, 6)
+    x[0, 0, 0, 0] = float("nan")
+    x[1, 2, 3, 4] = float("inf")
+    x[5, 1, :, :] = float("-inf")
+    got = tensor_statistics(x, unit_dim=1, implementation=kernel)
+    want = reference_statistics(x, unit_dim=1)
+    assert_statistics_close(got, want)
+    assert got["nonfinite"] == pytest.approx(38 / x.numel())
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_all_values_non_finite(kernel):
+    x = torch.full((8, 3), float("nan"))
+    got = tensor_statistics(x, unit_dim=-1, implementation=kernel)
+    assert got["count"] == 0 and got["nonfinite"] == 1.0 and got["near_zero"] == 0.0
+    for name in ("mean", "std", "min", "max"):
+        assert np.isnan(got[name])
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_dead_units(kernel):
+    x = torch.randn(64, 10, 3, 3)
+    x[:, 2] = 0.0  # a ReLU unit that never fires
+    x[:, 7] = 1e4  # a unit stuck at a large constant: std exactly 0
+    x[:, 4] = 0.25 + 1e-9 * torch.randn(64, 3, 3)  # constant in float32 after rounding
+    got = tensor_statistics(x, unit_dim=1, implementation=kernel)
+    assert got["dead"] == pytest.approx(0.3)
+    assert_statistics_close(got, reference_statistics(x, unit_dim=1))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_near_zero_boundary_is_inclusive_and_exact(kernel):
+    eps = 0.05
+    e32 = np.float32(eps)
+    below = np.nextafter(e32, np.float32(0)) if float(e32) > eps else e32  # largest float32 <= eps
+    above = np.nextafter(below, np.float32(1))
+    x = torch.tensor([float(below), -float(below), float(above), -float(above), 0.0, -0.0, 1.0, 1e-30],
+                     dtype=torch.float32)
+    got = tensor_statistics(x.repeat(1000), unit_dim=None, implementation=kernel)
+    assert got["near_zero"] == pytest.approx(5 / 8, abs=0)
+
+
+def test_kernels_agree():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(128, 24, 5, 5, generator=gen).relu() * 3
+    results = [tensor_statistics(x, unit_dim=1, implementation=k) for k in KERNELS]
+    for other in results[1:]:
+        assert_statistics_close(other, results[0], rtol=1e-6)
+
+
+def test_channels_last_units_are_channels():
+    x = torch.randn(8, 6, 5, 5)
+    x[:, 3] = 0.0
+    cl = x.to(memory_format=torch.channels_last)
+    assert not cl.is_contiguous()
+    assert_statistics_close(tensor_statistics(cl, unit_dim=1), reference_statistics(x, unit_dim=1))
+
+
+def test_non_contiguous_input():
+    x = torch.randn(40, 30).t()  # (30, 40) transposed view
+    assert_statistics_close(tensor_statistics(x, unit_dim=-1), reference_statistics(x, unit_dim=-1))
