@@ -40,7 +40,7 @@ def _describe(integer: bool, minimum: float, strict: bool, allow_none: bool) -> 
     if (minimum == 0 and strict) or (integer and minimum == 1 and not strict):
         text = f"a positive {kind}"
     elif minimum == 0:
-        text = f"a non-negative {kind}"
+        text = "0 or a positive integer" if integer else f"a non-negative {kind}"
     else:
         text = f"a {kind} {'>' if strict else '≥'} {minimum:g}"
     return text + (" or None" if allow_none else "")

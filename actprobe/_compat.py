@@ -25,6 +25,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     "kernels": ("stats.dispatch", "stats.arena", "stats.plan", "stats.triton_backend", "stats.c_backend"),
     "reduce": ("stats.merge", "stats.single"),
     "triton_kernel": ("stats.triton_kernel",),
+    "_cstats": ("stats._cstats",),
     "probe": ("engine.probe",),
     "settings": ("engine.settings",),
     "selection": ("engine.selection",),
@@ -58,12 +59,30 @@ class _MovedModule(ModuleType):
         super().__init__(name, f"moved: see {', '.join(PACKAGE + '.' + t for t in targets)}")
         self._targets = targets
 
+    def _modules(self) -> list[ModuleType]:
+        return [importlib.import_module(f"{PACKAGE}.{target}") for target in self._targets]
+
+    def _owner(self, attribute: str) -> ModuleType | None:
+        return next((module for module in self._modules() if hasattr(module, attribute)), None)
+
     def __getattr__(self, attribute: str) -> object:
-        for target in self._targets:
-            module = importlib.import_module(f"{PACKAGE}.{target}")
-            if hasattr(module, attribute):
-                return getattr(module, attribute)
-        raise AttributeError(f"module {self.__name__!r} (moved) has no attribute {attribute!r}")
+        if attribute == "__all__":  # for `from actprobe.summary import *`: the public names of each new home
+            return sorted({name for module in self._modules() for name in _public(module)})
+        owner = self._owner(attribute)
+        if owner is None:
+            raise AttributeError(f"module {self.__name__!r} (moved) has no attribute {attribute!r}")
+        return getattr(owner, attribute)
+
+    def __setattr__(self, attribute: str, value: object) -> None:
+        # setting a module constant through the old name (a test's monkeypatch) sets it where it is used
+        owner = None if attribute.startswith("_") else self._owner(attribute)
+        if owner is None:
+            super().__setattr__(attribute, value)
+        else:
+            setattr(owner, attribute, value)
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(self.__getattr__("__all__")))
 
 
 class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -77,11 +96,19 @@ class _MovedFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         old = spec.name.removeprefix(PACKAGE + ".")
         targets = MOVED[old]
         warnings.warn(f"{spec.name} has moved to {', '.join(PACKAGE + '.' + t for t in targets)}; the old path "
-                      "will go in a later release", DeprecationWarning, stacklevel=3)
+                      "will go in a later release", DeprecationWarning, stacklevel=2)
         return _MovedModule(spec.name, targets)
 
     def exec_module(self, module: ModuleType) -> None:
         pass
+
+
+def _public(module: ModuleType) -> list[str]:
+    names = getattr(module, "__all__", None)
+    if names is None:
+        names = [name for name, value in vars(module).items() if not name.startswith("_")
+                 and not isinstance(value, ModuleType) and getattr(value, "__module__", module.__name__) == module.__name__]
+    return list(names)
 
 
 def install_moved_modules() -> None:

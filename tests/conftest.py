@@ -84,3 +84,11 @@ def truncated_copy(run_file, tmp_path):
     cut = tmp_path / "cut.h5"
     cut.write_bytes(data[: len(data) // 2])
     return cut
+
+
+def format_doc_table(heading: str) -> list[list[str]]:
+    """The rows of docs/FORMAT.md's table under ``## heading``, each a list of cells without backticks."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "FORMAT.md").read_text()
+    section = text.split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    return [[cell.strip().strip("`") for cell in row.strip("|").split("|")] for row in rows]

@@ -28,6 +28,7 @@ import numpy as np
 
 from .._checks import non_negative
 from ..errors import OptionError
+from ..runfile.format import NEAR_ZERO_EPS
 from ..runfile.reader import Run
 from .roles import RELU_LIKE, ZEROING, layer_chain
 from .rows import distinct_first_and_last
@@ -183,7 +184,7 @@ def _saturation(run: Run, rules: Rules) -> list[Finding]:
     shown = ", ".join(f"{s} {100 * values[s]:.0f}%" for s in sites[:6]) + (" …" if len(sites) > 6 else "")
     return [Finding(
         "saturation", "warning", tuple(sites), tuple(sorted(steps)),
-        f"saturation: most activations are near zero (|x| ≤ {run.attrs.get('near_zero_eps', 0.05)}) at "
+        f"saturation: most activations are near zero (|x| ≤ {run.attrs.get('near_zero_eps', NEAR_ZERO_EPS)}) at "
         f"{len(sites)} site(s): {shown}",
         "the signal is too small to carry information: check the init gain (see vanishing), the input scaling "
         "(standardise inputs to mean 0, std 1), and the learning rate",

@@ -10,6 +10,17 @@ May import: every layer below it (engine, stats, runfile, analysis, render, trai
 datasets) and typer and rich. Nothing imports the CLI.
 """
 
+from typing import Any
+
+from . import app as _app_module
 from .app import app, main
 
 __all__ = ["app", "main"]
+
+
+def __getattr__(name: str) -> Any:
+    # actprobe 0.1's ``actprobe.cli`` was one module: its command functions (``show``, ``info``, …) live on
+    try:
+        return getattr(_app_module, name)
+    except AttributeError:
+        raise AttributeError(f"module 'actprobe.cli' has no attribute {name!r}") from None

@@ -23,8 +23,10 @@ def execute(name: str, options: RecipeOptions, data_root: Path | None, console: 
     find(name)  # an unknown name fails before the device is looked at
     device = resolve_device(options.device)
     progress = ProgressDisplay(console, refresh_s=0.25, details=False, transient=True, terminal_only=True)
-    ctx = Context(options=options, device=device, data_root=data_root, progress=progress,
-                  say=lambda line: console.print(line, highlight=False, markup=False))
+    def say(line: str, *, bold: bool = False) -> None:
+        console.print(line, style="bold" if bold else None, highlight=False, markup=False)
+
+    ctx = Context(options=options, device=device, data_root=data_root, progress=progress, say=say)
     console.print(f"recipe {name} on {device} → {options.out_dir}/", highlight=False, markup=False)
     try:
         with use_data_root(data_root):

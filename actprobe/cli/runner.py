@@ -7,6 +7,7 @@ tensor, and the display decides when (rarely) to look at it.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,7 @@ def _record(options: RunOptions, model: nn.Module, device: torch.device, mode: s
     """Drive the training loop with a probe attached to ``model``."""
     meta = {"command": "actprobe run", "model_file": str(options.model_file), "mode": mode,
             "data_source": source, "seed": options.seed, "device": str(device)}
+    started = time.perf_counter()  # the probe's setup and its last commit count, as the steps do
     with context or contextlib.nullcontext(), Probe(
             model, options.out, select=list(options.select) or None, every=options.every, meta=meta,
             overwrite=options.overwrite, train_only=train_only) as probe:
@@ -138,8 +140,8 @@ def _record(options: RunOptions, model: nn.Module, device: torch.device, mode: s
         result = run_loop(step, batches, probe=probe, steps=options.steps if mode == "train" else total,
                           epochs=epochs, progress=progress, label="[bold]training" if mode == "train" else
                           "[bold]init check", total=total, interruptible=True)
-    return RunOutcome(options.out, mode, result.steps, result.seconds, source, str(device), result.interrupted,
-                      result.error)
+    return RunOutcome(options.out, mode, result.steps, time.perf_counter() - started, source, str(device),
+                      result.interrupted, result.error)
 
 
 def _init_source(spec: ModelFile, options: RunOptions, steps: int) -> str:

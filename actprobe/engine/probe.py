@@ -20,7 +20,7 @@ from .hooks import HookEngine
 from .recorder import Recorder
 from .scalars import accepted, recordable_names
 from .selection import Select, select_modules
-from .settings import KERNEL_OPTIONS, ProbeSettings
+from .settings import DEAD_EPS, FLUSH_EVERY, FLUSH_SECONDS, KERNEL_OPTIONS, NEAR_ZERO_EPS, ProbeSettings
 from .sink import FileSink
 
 _open_probes: weakref.WeakSet[Probe] = weakref.WeakSet()
@@ -45,7 +45,7 @@ class Probe:
     Args:
         model: the model; it is not modified, and is not kept alive by the probe.
         path: the HDF5 run file to create (parent folders are created).
-        select: which modules to record; see ``actprobe.selection.select_modules``. Default: every
+        select: which modules to record; see ``actprobe.engine.selection.select_modules``. Default: every
             leaf module.
         every: record every k-th step (steps 0, k, 2k, …).
         near_zero_eps: an element counts as near zero when ``|x| <= near_zero_eps``.
@@ -67,8 +67,8 @@ class Probe:
     """
 
     def __init__(self, model: nn.Module, path: str | os.PathLike[str], *, select: Select = None,
-                 every: int = 1, near_zero_eps: float = 0.05, dead_eps: float = 1e-6,
-                 flush_every: int = 100, flush_seconds: float = 10.0, train_only: bool = True,
+                 every: int = 1, near_zero_eps: float = NEAR_ZERO_EPS, dead_eps: float = DEAD_EPS,
+                 flush_every: int = FLUSH_EVERY, flush_seconds: float = FLUSH_SECONDS, train_only: bool = True,
                  meta: Mapping[str, Any] | None = None, overwrite: bool = False, kernel: str = "auto") -> None:
         self.settings = ProbeSettings(every=every, near_zero_eps=near_zero_eps, dead_eps=dead_eps,
                                       flush_every=flush_every, flush_seconds=flush_seconds,

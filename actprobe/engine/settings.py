@@ -10,8 +10,11 @@ import numpy as np
 
 from .._checks import non_negative, positive_int
 from ..errors import OptionError
+from ..runfile.format import DEAD_EPS, NEAR_ZERO_EPS
 
 MAX_META_ITEMS = 256
+FLUSH_EVERY = 100  # steps between two commits, at most
+FLUSH_SECONDS = 10.0  # seconds between two commits, at most (checked at each step)
 
 # Probe(kernel=…) → the options of the statistics dispatcher (``stats.dispatch.MomentKernel``).
 KERNEL_OPTIONS: dict[str, dict[str, Any]] = {
@@ -25,10 +28,10 @@ class ProbeSettings:
     """Options of a probe. See ``Probe`` for their meaning; values are checked on creation."""
 
     every: int = 1
-    near_zero_eps: float = 0.05
-    dead_eps: float = 1e-6
-    flush_every: int = 100
-    flush_seconds: float = 10.0
+    near_zero_eps: float = NEAR_ZERO_EPS
+    dead_eps: float = DEAD_EPS
+    flush_every: int = FLUSH_EVERY
+    flush_seconds: float = FLUSH_SECONDS
     train_only: bool = True
     overwrite: bool = False
     meta: Mapping[str, Any] = field(default_factory=dict)

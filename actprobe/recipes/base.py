@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -13,7 +12,10 @@ from ..training import Progress
 from .options import RecipeOptions
 from .tables import Table
 
-Say = Callable[[str], None]  # prints one plain line to the user
+class Say(Protocol):
+    """Prints one line of plain text to the user (``bold`` for a heading)."""
+
+    def __call__(self, line: str, *, bold: bool = False) -> None: ...
 
 
 @dataclass

@@ -188,7 +188,7 @@ def reproduce(ctx: Context) -> RecipeResult:
     for name, step in steps:
         t0 = time.perf_counter()
         if ctx.say is not None:
-            ctx.say(f"recipe {name} ({RECIPES[name].figures})")
+            ctx.say(f"recipe {name} ({RECIPES[name].figures})", bold=True)
         section = step(ctx)
         section.markdown = write_summary(section, ctx.out(name))
         sections.append((name, section, time.perf_counter() - t0))

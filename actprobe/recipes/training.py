@@ -13,6 +13,7 @@ file is completed through ``actprobe.runfile`` like every other write.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -88,16 +89,18 @@ def run_config(config: Config, path: Path, *, device: torch.device, data_root: A
     step = TrainStep(model, torch.optim.Adam(model.parameters(), lr=config.lr, betas=ADAM_BETAS))
     history = EpochHistory(model, val, device)
     path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()  # the probe's setup and its last commit count too
     with Probe(model, path, every=config.every, meta=_meta(config, train, val, device, mus), overwrite=True,
                flush_seconds=5.0) as probe:
         model.train()
-        result = run_loop(step, lambda epoch: _on_device(train, device), probe=probe, steps=total,
+        run_loop(step, lambda epoch: _on_device(train, device), probe=probe, steps=total,
                           epochs=config.epochs, progress=progress, label=f"  {config.stem}", total=total,
                           on_step=history.add_step, on_epoch_end=history.end_epoch)
     if probe.error is not None:
         raise ActprobeError(f"recording {path} failed: {probe.error}")
-    finish_run(path, history.columns, {"seconds": float(result.seconds), "complete": True})
-    return read(path), result.seconds
+    seconds = time.perf_counter() - started
+    finish_run(path, history.columns, {"seconds": float(seconds), "complete": True})
+    return read(path), seconds
 
 
 def _meta(config: Config, train: Any, val: Any, device: torch.device, mus: dict[str, float]) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..analysis.compare import Matching
 from ..analysis.roles import activation_sites, mean_over_steps
+from ..runfile.format import NEAR_ZERO_EPS
 from ..runfile.reader import Run
 
 DPI = 90
@@ -75,7 +76,7 @@ def plot_run(run: Run, columns: Sequence[int], out_dir: Path, stem: str) -> list
     ax.set_xticks(x, [run.sites[c] for c in columns], rotation=45 if len(columns) > 6 else 0, ha="right"
                   if len(columns) > 6 else "center", fontsize=7)
     ax.set_ylim(0, 100)
-    ax.set_ylabel(f"near-zero (|x| ≤ {run.attrs.get('near_zero_eps', 0.05)}) %")
+    ax.set_ylabel(f"near-zero (|x| ≤ {run.attrs.get('near_zero_eps', NEAR_ZERO_EPS)}) %")
     ax.set_title(f"{run.path.name}: near-zero activations per layer", fontsize=9)
     ax.legend(fontsize=7)
     written.append(save_figure(fig, out_dir / f"{stem}-near-zero.png"))

@@ -2,9 +2,10 @@
 
 Owns: the format's names (``format``), the single-writer lock (``lock``), creating a file and
 committing rows (``storage``), the background writer thread (``writer``) and reading a file back
-(``reader``). The only layer that imports h5py, and it does so lazily: ``format`` and ``lock``
-load without it.
+(``reader``). The only layer that imports h5py (``storage``, and ``reader`` on first use): ``format``
+and ``lock`` load without it, and this ``__init__`` imports nothing.
 
-May import: ``actprobe.errors``, ``actprobe._version``, ``actprobe._text``, NumPy, h5py. Never the engine,
-the statistics kernels, analysis, rendering or the CLI.
+May import: ``actprobe.errors``, ``actprobe._version``, ``actprobe._text``, NumPy, h5py (torch only for
+its version string, lazily, in ``storage``). Never the engine, the statistics kernels, analysis,
+rendering or the CLI.
 """

@@ -13,6 +13,11 @@ FORMAT_VERSION = 1
 # The statistics recorded for every site and step, in the order of the last axis of a row.
 STATISTICS: tuple[str, ...] = ("count", "mean", "std", "min", "max", "near_zero", "dead", "nonfinite")
 
+# The default thresholds of ``near_zero`` (|x| <= eps) and ``dead`` (a unit's std <= eps), stored in
+# every file as the root attributes near_zero_eps and dead_eps.
+NEAR_ZERO_EPS = 0.05
+DEAD_EPS = 1e-6
+
 
 @dataclass(frozen=True)
 class Site:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..runfile.format import STATISTICS
+from ..runfile.format import DEAD_EPS, NEAR_ZERO_EPS, STATISTICS
 
 
-def reference_statistics(x: torch.Tensor, unit_dim: int | None, near_zero_eps: float = 0.05,
-                         dead_eps: float = 1e-6) -> dict[str, float]:
+def reference_statistics(x: torch.Tensor, unit_dim: int | None, near_zero_eps: float = NEAR_ZERO_EPS,
+                         dead_eps: float = DEAD_EPS) -> dict[str, float]:
     """Every statistic of ``x`` in float64 NumPy; ``unit_dim`` as for ``tensor_statistics``."""
     a = x.detach().to(torch.float64).cpu().numpy()
     finite = np.isfinite(a)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..runfile.format import STATISTICS
+from ..runfile.format import DEAD_EPS, NEAR_ZERO_EPS, STATISTICS
 from .arena import Arena
 from .dispatch import MomentKernel
 from .merge import Layout, merge_now
@@ -12,8 +12,8 @@ from .merge import Layout, merge_now
 IMPLEMENTATIONS = ("auto", "c", "torch", "torch-masked", "triton")
 
 
-def tensor_statistics(x: torch.Tensor, *, unit_dim: int | None, near_zero_eps: float = 0.05,
-                      dead_eps: float = 1e-6, implementation: str = "auto") -> dict[str, float]:
+def tensor_statistics(x: torch.Tensor, *, unit_dim: int | None, near_zero_eps: float = NEAR_ZERO_EPS,
+                      dead_eps: float = DEAD_EPS, implementation: str = "auto") -> dict[str, float]:
     """The statistics actprobe records, for one tensor: ``{name: value}`` for each of ``STATISTICS``.
 
     ``unit_dim`` is the dimension holding the units for ``dead`` (None: no units, ``dead`` is NaN).

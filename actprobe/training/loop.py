@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from ..errors import ActprobeError
+from ..errors import ActprobeError, DataError
 
 DEFAULT_LR = 1e-3  # Adam's learning rate when the user names no optimizer
 
@@ -102,7 +102,8 @@ def run_loop(step: Callable[[Any], StepOutput | None], batches: Callable[[int], 
     After each step: ``probe.step(loss=…)`` (plain ``probe.step()`` for a step without loss), then
     ``progress.update(done, loss)`` and ``on_step(done, output)``; after each epoch that ran at least
     one step, ``on_epoch_end(epoch, done)``. ``steps`` stops mid-epoch; with ``steps`` and
-    ``epochs=None`` the epochs go on until ``steps`` is reached.
+    ``epochs=None`` the epochs go on until ``steps`` is reached. An epoch without batches is a
+    ``DataError`` (a one-shot iterator returned again for a second epoch, say), never an endless loop.
 
     Args:
         interruptible: Ctrl-C and an ``ActprobeError`` raised by a step end the loop and come back in
@@ -117,7 +118,11 @@ def run_loop(step: Callable[[Any], StepOutput | None], batches: Callable[[int], 
         progress.start(label, total if total is not None else steps)
     try:
         while epoch < max_epochs and counter.done < limit:
-            if counter.run_epoch(batches(epoch)) and on_epoch_end is not None:
+            if not counter.run_epoch(batches(epoch)):
+                raise DataError(f"the batches of epoch {epoch + 1} are empty" + (
+                    "; an iterator is used up after one epoch: pass a function that makes a new one"
+                    if epoch else ""))
+            if on_epoch_end is not None:
                 on_epoch_end(epoch, counter.done)
             epoch += 1
     except KeyboardInterrupt:
@@ -146,19 +151,23 @@ class _Counter:
         """Run the steps of one epoch (up to the limit); whether at least one ran."""
         ran = False
         for batch in batches:
-            output = self.step(batch)
-            loss = None if output is None else output.loss
-            if self.probe is not None:
-                self.probe.step() if loss is None else self.probe.step(loss=loss)
-            self.done += 1
+            self._one(batch)
             ran = True
-            if self.progress is not None:
-                self.progress.update(self.done, loss)
-            if self.on_step is not None:
-                self.on_step(self.done, output)
             if self.done >= self.limit:
                 break
         return ran
+
+    def _one(self, batch: Any) -> None:
+        # its own function, so that the step's outputs are freed before the next step starts
+        output = self.step(batch)
+        loss = None if output is None else output.loss
+        if self.probe is not None:
+            self.probe.step() if loss is None else self.probe.step(loss=loss)
+        self.done += 1
+        if self.progress is not None:
+            self.progress.update(self.done, loss)
+        if self.on_step is not None:
+            self.on_step(self.done, output)
 
 
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],

@@ -73,7 +73,7 @@ def test_train_records_every_step_and_prints_the_summary(tmp_path):
 
 
 def test_run_attributes_are_the_documented_ones(tmp_path):
-    from test_format import _table
+    from conftest import format_doc_table as _table
 
     out = tmp_path / "r.h5"
     assert invoke("run", write(tmp_path, TINY), "--out", out, "--steps", "1", "--seed", "3").exit_code == 0

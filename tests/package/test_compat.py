@@ -41,7 +41,7 @@ def test_an_unknown_old_name_still_fails():
     (lambda: check_number("--lr", 0.0, minimum=0.0, strict=True), "--lr must be a positive number, got 0.0"),
     (lambda: check_number("eps", float("nan")), "eps must be a non-negative number, got nan"),
     (lambda: check_number("t", float("inf")), "t must be a non-negative number, got inf"),
-    (lambda: check_number("--top", -1, integer=True, allow_none=True), "--top must be a non-negative integer, got -1"),
+    (lambda: check_number("--top", -1, integer=True, allow_none=True), "--top must be 0 or a positive integer, got -1"),
 ])
 def test_one_validator_one_message(call, message):
     with pytest.raises(OptionError) as caught:

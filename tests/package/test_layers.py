@@ -28,17 +28,20 @@ ALLOWED: dict[str, set[str]] = {
     "root": {"engine", "runfile", "compat"},  # actprobe/__init__.py: lazy Probe, read, STATISTICS
     "compat": set(),  # names the moved modules as strings only
 }
-# third-party library → the layers that may import it
+# third-party library → the layers (or single modules) that may import it
 LIBRARIES: dict[str, set[str]] = {
-    "h5py": {"runfile"},
+    "h5py": {"runfile.storage", "runfile.reader"},
     "rich": {"render", "cli"},
     "matplotlib": {"render"},
     "typer": {"cli"},
     "click": {"cli"},
     "triton": {"stats"},
-    "torch": {"stats", "engine", "training", "models", "datasets", "recipes", "cli", "runfile"},
+    "torch": {"stats", "engine", "training", "models", "datasets", "recipes", "cli", "runfile.storage"},
     "torchvision": {"datasets"},
 }
+# layers whose __init__ imports nothing of actprobe, so that importing one module of them stays light
+# (the engine and the statistics kernels import runfile.format without loading h5py)
+EMPTY_INITS = {"runfile", "stats", "engine", "analysis", "render"}
 MODEL_SIDE = {"nn", "init", "models"}
 BASE_MODULES = {"errors", "_version", "_text", "_checks"}
 
@@ -60,18 +63,44 @@ def layer_of(module: str) -> str:
 
 
 def imports(path: Path, module: str) -> list[tuple[int, str]]:
-    """``(line, absolute module)`` for every import in ``path`` (``module``: its dotted name)."""
+    """``(line, absolute module)`` for every import in ``path`` (``module``: its dotted name): import
+    statements, ``importlib.import_module("…")`` and ``__import__("…")`` with a literal name, and
+    ``actprobe.x.y`` attribute chains after ``import actprobe``."""
     package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
-    found = []
+    root = module.split(".")[0]
+    found, chains = [], []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Call) and _is_import_call(node.func) and node.args:
+            name = node.args[0]
+            if isinstance(name, ast.Constant) and isinstance(name.value, str) and not name.value.startswith("."):
+                found.append((node.lineno, name.value))
+        elif isinstance(node, ast.Attribute) and _chain(node).startswith(root + "."):
+            chains.append((node.lineno, _chain(node)))
+        elif isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = package[:len(package) - node.level + 1] if node.level else []
             target = ".".join(base + ([node.module] if node.module else []))
             # each imported name may be a module (from ..runfile import storage): judge target.name
             found += [(node.lineno, f"{target}.{alias.name}") for alias in node.names]
+    # a.b.c is seen as a.b.c and as a.b: keep the longest chain of each line
+    found += [(line, chain) for line, chain in chains
+              if not any(other.startswith(chain + ".") for same, other in chains if same == line)]
     return found
+
+
+def _is_import_call(func: ast.expr) -> bool:
+    return (isinstance(func, ast.Name) and func.id in ("__import__", "import_module")) or (
+        isinstance(func, ast.Attribute) and func.attr == "import_module")
+
+
+def _chain(node: ast.expr) -> str:
+    """``a.b.c`` for an attribute chain rooted at a name; "" otherwise."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    return ".".join([node.id, *reversed(parts)]) if isinstance(node, ast.Name) else ""
 
 
 def allowed(source_layer: str, target: str) -> bool:
@@ -90,16 +119,21 @@ def violations(package_dir: Path, name: str = "actprobe") -> list[str]:
         relative = path.relative_to(package_dir).with_suffix("")
         parts = [p for p in relative.parts if p != "__init__"]
         module = ".".join([name, *parts])
-        layer = layer_of(".".join(parts))
+        inner_module = ".".join(parts)
+        layer = layer_of(inner_module)
         for line, target in imports(path, module):
             where = f"{path.relative_to(package_dir.parent)}:{line}"
             top = target.split(".")[0]
             if top == name:
                 inner = target[len(name) + 1:]
-                if inner and not allowed(layer, inner):
+                if inner_module in EMPTY_INITS and inner:
+                    found.append(f"{where}: {module}/__init__.py imports {target}; it must import nothing")
+                elif inner and not allowed(layer, inner):
                     found.append(f"{where}: layer {layer} imports {target} (layer {layer_of(inner)})")
-            elif top in LIBRARIES and layer not in LIBRARIES[top]:
-                found.append(f"{where}: layer {layer} imports {top}, allowed only in {', '.join(sorted(LIBRARIES[top]))}")
+            elif top in LIBRARIES and not any(inner_module == rule or inner_module.startswith(rule + ".")
+                                              or layer == rule for rule in LIBRARIES[top]):
+                found.append(f"{where}: {inner_module or 'actprobe'} imports {top}, allowed only in "
+                             f"{', '.join(sorted(LIBRARIES[top]))}")
     return found
 
 
@@ -115,9 +149,14 @@ def test_every_module_belongs_to_a_known_layer():
 
 @pytest.mark.parametrize("file, line, message", [
     ("runfile/lock.py", "from ..analysis import summary", "layer runfile imports actprobe.analysis"),
-    ("engine/hooks.py", "import rich", "layer engine imports rich"),
+    ("engine/hooks.py", "import rich", "engine.hooks imports rich"),
     ("stats/dispatch.py", "from ..engine.sites import site_name", "layer stats imports actprobe.engine.sites"),
-    ("analysis/roles.py", "    import h5py", "layer analysis imports h5py"),
+    ("analysis/roles.py", "    import h5py", "analysis.roles imports h5py"),
+    ("runfile/format.py", "import h5py", "runfile.format imports h5py"),
+    ("runfile/reader.py", "import torch", "runfile.reader imports torch"),
+    ("runfile/__init__.py", "from . import storage", "actprobe.runfile/__init__.py imports actprobe.runfile.storage"),
+    ("stats/plan.py", "x = importlib.import_module('actprobe.render.summary')", "layer stats imports actprobe.render"),
+    ("engine/probe.py", "import actprobe\nx = actprobe.cli.app", "layer engine imports actprobe.cli.app"),
     ("stats/merge.py", "from ..runfile import storage", "layer stats imports actprobe.runfile.storage"),
     ("training/loop.py", "from ..render.progress import ProgressDisplay", "layer training imports actprobe.render"),
     ("render/summary.py", "from ..cli import app", "layer render imports actprobe.cli"),

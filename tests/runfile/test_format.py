@@ -13,16 +13,9 @@ from torch import nn
 
 import actprobe
 from actprobe.runfile.format import STATISTICS
-from conftest import paper_cnn, train_steps
+from conftest import format_doc_table as _table, paper_cnn, train_steps
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "FORMAT.md"
-
-
-def _table(heading: str) -> list[list[str]]:
-    text = DOC.read_text()
-    section = text.split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("| `")]
-    return [[cell.strip().strip("`") for cell in row.strip("|").split("|")] for row in rows]
 
 
 @pytest.fixture(scope="module")

@@ -110,3 +110,29 @@ def test_an_actprobe_error_is_returned_when_interruptible_else_raised():
     assert isinstance(result.error, DataError) and result.steps == 0
     with pytest.raises(DataError, match="bad batch"):
         run_loop(step, lambda epoch: range(3))
+
+
+def test_an_empty_epoch_is_a_data_error_not_an_endless_loop():
+    used_up = iter(range(3))  # a one-shot iterator handed out again for the second epoch
+    with pytest.raises(DataError, match="epoch 2 are empty; an iterator is used up after one epoch"):
+        run_loop(lambda batch: None, lambda epoch: used_up, steps=10, epochs=None)
+    with pytest.raises(DataError, match="the batches of epoch 1 are empty"):
+        run_loop(lambda batch: None, lambda epoch: [], epochs=3)
+
+
+def test_a_step_output_is_freed_before_the_next_step():
+    import gc
+    import weakref
+
+    alive = []
+
+    def step(batch):
+        gc.collect()
+        alive.append(sum(1 for ref in refs if ref() is not None))
+        outputs = torch.zeros(4)
+        refs.append(weakref.ref(outputs))
+        return StepOutput(None, outputs)
+
+    refs: list = []
+    run_loop(step, lambda epoch: range(4), epochs=1)
+    assert alive == [0, 0, 0, 0]
