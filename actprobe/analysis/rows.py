@@ -42,7 +42,7 @@ def row_for(run: Run, step: str, wanted: int | None) -> int:
         OptionError: the run has no rows, or none at or before N.
     """
     if run.rows == 0:
-        raise OptionError(f"{run.path} has no recorded steps yet")
+        raise OptionError(f"{run.path} has no rows committed yet")
     if wanted is None:
         return first_and_last(run)[step]
     at_or_before = np.flatnonzero(run.step <= wanted)

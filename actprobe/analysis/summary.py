@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import OptionError
 from ..runfile.reader import Run
 from .roles import RELU_LIKE
 from .rows import first_and_last
@@ -70,6 +71,7 @@ class RunSummary:
     scalars_first: dict[str, float] = field(default_factory=dict)
     scalars_last: dict[str, float] = field(default_factory=dict)
     live: bool = False
+    stopped: bool = False  # its writer neither is writing it nor closed it: a crash or a write error
 
     @property
     def flag_count(self) -> int:
@@ -77,7 +79,13 @@ class RunSummary:
 
 
 def summarize(run: Run, thresholds: Thresholds | None = None, *, live: bool = False) -> RunSummary:
-    """Summarise the first and last recorded rows of ``run`` (which must have at least one row)."""
+    """Summarise the first and last recorded rows of ``run``.
+
+    Raises:
+        OptionError: the run has no rows (see ``state``).
+    """
+    if run.rows == 0:
+        raise OptionError(state(run, live))
     thresholds = thresholds or Thresholds()
     rows = first_and_last(run)
     first_row, last_row = rows["first"], rows["last"]
@@ -91,7 +99,19 @@ def summarize(run: Run, thresholds: Thresholds | None = None, *, live: bool = Fa
         path=str(run.path), rows=run.rows, first_step=int(run.step[first_row]), last_step=int(run.step[last_row]),
         seconds=float(run.time[last_row]), attrs=dict(run.attrs), sites=tuple(sites),
         scalars_first={k: float(v[first_row]) for k, v in run.scalars.items()},
-        scalars_last={k: float(v[last_row]) for k, v in run.scalars.items()}, live=live)
+        scalars_last={k: float(v[last_row]) for k, v in run.scalars.items()}, live=live,
+        stopped=not run.closed and not live)
+
+
+def state(run: Run, live: bool) -> str:
+    """One line on a run without rows: why it has none."""
+    if live:
+        why = "a probe is recording into it"
+    elif not run.closed:
+        why = "its writer stopped before its first commit: a crash or a write error"
+    else:
+        why = "its writer closed it without recording a step"
+    return f"{run.path}: no rows committed yet ({why})"
 
 
 def _flags(i: int, kind: str, row: list[dict[str, float]], t: Thresholds) -> list[tuple[str, str, str]]:

@@ -92,11 +92,15 @@ def show(path: Path = typer.Argument(..., help="A run file written by actprobe, 
     """Summarise a run file: per-site statistics at the first and last recorded step, and flags."""
     from rich.console import Console
 
-    from ..analysis.summary import summarize
+    from ..analysis.summary import state, summarize
     from ..render.summary import render_summary
     from ..runfile.lock import writer_active
 
-    render_summary(summarize(_read(path), live=writer_active(path)), Console())
+    run, live = _read(path), writer_active(path)
+    if run.rows == 0:
+        typer.echo(state(run, live))
+        return
+    render_summary(summarize(run, live=live), Console())
 
 
 @app.command()
@@ -200,7 +204,12 @@ def diagnose_command(
         from ..render.diagnose import render_findings
         from ..runfile.lock import writer_active
 
-        render_findings(run, findings, Console(), live=writer_active(path))
+        if run.rows == 0:
+            from ..analysis.summary import state
+
+            typer.echo(state(run, writer_active(path)))
+        else:
+            render_findings(run, findings, Console(), live=writer_active(path))
     if fail_on != "never" and any(rank(f.severity) >= rank(fail_on) for f in findings):
         raise typer.Exit(EXIT_FINDINGS)
 
@@ -217,7 +226,7 @@ def plot_command(
 
     run = _read(path)
     if run.rows == 0:
-        raise _fail(f"{path} has no recorded steps yet")
+        raise _fail(f"{path} has no rows committed yet: nothing to draw")
     if out.exists() and not out.is_dir():
         raise _fail(f"--out {out} is a file; name a folder")
     if select:

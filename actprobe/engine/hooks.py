@@ -35,6 +35,7 @@ class HookEngine:
         self._calls: dict[str, int] = {}
         self._capturing = False
         self.active = True
+        self.skipped = 0  # calls left out by train_only (eval mode, or gradients disabled)
         self._handles: list[RemovableHandle] = [
             model.register_forward_pre_hook(torch.compiler.disable(self._new_forward))]
         for name, module in modules:
@@ -59,6 +60,7 @@ class HookEngine:
         if self._train_only:
             root = self._root()
             if root is None or not root.training or not torch.is_grad_enabled():
+                self.skipped += 1
                 return
         index = self._calls.get(name, 0)
         self._calls[name] = index + 1

@@ -90,6 +90,7 @@ class Probe:
         except BaseException:
             self._sink.release()
             raise
+        self._owner = os.getpid()
         _open_probes.add(self)
 
     # -- context manager -------------------------------------------------------------------------
@@ -130,6 +131,8 @@ class Probe:
 
         Device tensors are copied on their device: recording them does not synchronise.
         """
+        if self._owner != os.getpid():  # a forked child: the parent records, the child leaves its file alone
+            return
         if self.closed:
             self._warn_once("closed", "Probe.step() called after the probe was closed; ignored")
             return
@@ -147,7 +150,7 @@ class Probe:
 
     def flush(self, *, wait: bool = False) -> None:
         """Send every recorded row to the writer; with ``wait``, return once they are committed."""
-        if self.closed or not self._staged_rows_valid:
+        if self.closed or not self._staged_rows_valid or self._owner != os.getpid():
             return
         try:
             self._flush()
@@ -158,8 +161,16 @@ class Probe:
             self._fail(exc)
 
     def close(self) -> None:
-        """Remove every hook, commit the remaining rows and close the file. Idempotent."""
+        """Remove every hook, commit the remaining rows and close the file. Idempotent.
+
+        In a child made with ``fork`` it only removes the hooks: the file and its lock stay the parent's.
+        """
         if self.closed:
+            return
+        if self._owner != os.getpid():
+            self._engine.remove()
+            self.closed = True
+            self._sink.release()  # closes the child's copy of the lock's descriptor, nothing more
             return
         try:
             self._engine.remove()
@@ -174,6 +185,7 @@ class Probe:
             self._recorder.release_memory()
             self._sink.release()
             _open_probes.discard(self)
+        self._report_unrecorded()
         dropped = self._recorder.dropped_rows
         if dropped:
             self._warn_once("dropped", f"{dropped} rows were dropped because writing "
@@ -200,6 +212,24 @@ class Probe:
         self._report_new_sites()
         recorder.end_step(self._step, time.perf_counter() - self._started,
                           accepted(scalars, recorder.scalar_columns, self._warn_once))
+
+    def _report_unrecorded(self) -> None:
+        """At close: say why nothing, or not everything, reached the file."""
+        if self.error is not None:
+            return
+        pending = self._recorder.has_partials
+        if not self._sink.opened:
+            if pending:
+                why = "step() was never called after the recorded forwards; call probe.step() once per training step"
+            elif self._engine.skipped:
+                why = ("every forward ran in eval mode or without gradients, which train_only=True leaves out; "
+                       "pass train_only=False to record them")
+            else:
+                why = "no selected module was called while the probe was open"
+            self._warn_once("nothing", f"nothing was recorded, so {self.path} was not written: {why}")
+        elif pending:
+            self._warn_once("pending", "the forwards after the last probe.step() were not recorded: each "
+                            "recorded step ends with probe.step()")
 
     def _report_new_sites(self) -> None:
         if self._recorder.ignored:
@@ -244,3 +274,14 @@ class Probe:
 def _close_open_probes() -> None:
     for probe in list(_open_probes):
         probe.close()
+
+
+def _disown_after_fork() -> None:
+    """In a child made with ``fork``: the parent's probes stop recording here, and the child's exit
+    leaves their files and locks alone."""
+    for probe in list(_open_probes):
+        probe._engine.active = False
+    _open_probes.clear()
+
+
+os.register_at_fork(after_in_child=_disown_after_fork)

@@ -60,7 +60,9 @@ def _header(summary: RunSummary, data_line: bool) -> list[str]:
     attrs = summary.attrs
     lines = [f"{summary.path}: {summary.rows} recorded steps ({summary.first_step}..{summary.last_step}), "
              f"{len(summary.sites)} sites, {summary.seconds:.1f} s"
-             + (" — still being written" if summary.live else "")]
+             + (" — still being written" if summary.live else "")
+             + (" — its writer stopped without closing it (a crash or a write error); these are its "
+                "committed rows" if summary.stopped else "")]
     context = [f"{key} {attrs[key]}" for key in ("model_file", "mode", "device", "seed") if key in attrs]
     if context:
         lines.append(", ".join(context))

@@ -13,6 +13,10 @@ FORMAT_VERSION = 1
 # The statistics recorded for every site and step, in the order of the last axis of a row.
 STATISTICS: tuple[str, ...] = ("count", "mean", "std", "min", "max", "near_zero", "dead", "nonfinite")
 
+# ``step`` of a row whose commit has not written it (a writer stopped by a crash or a write error):
+# readers take the rows up to the first step that is negative or not larger than the one before.
+STEP_FILL = -1
+
 # The default thresholds of ``near_zero`` (|x| <= eps) and ``dead`` (a unit's std <= eps), stored in
 # every file as the root attributes near_zero_eps and dead_eps.
 NEAR_ZERO_EPS = 0.05

@@ -15,16 +15,24 @@ from ..errors import RunFileError
 
 
 def lock_path(path: Path) -> Path:
-    """The sidecar lock file of run file ``path``: ``<name>.lock`` beside it."""
-    return path.with_name(path.name + ".lock")
+    """The sidecar lock file of run file ``path``: ``<name>.lock`` beside the real file, so that every
+    name of one file (a symbolic link, a relative path) shares one lock."""
+    real = Path(os.path.realpath(path))
+    return real.with_name(real.name + ".lock")
 
 
 class WriterLock:
-    """Holds ``flock(LOCK_EX)`` on a sidecar file until ``release()``."""
+    """Holds ``flock(LOCK_EX)`` on a sidecar file until ``release()``.
+
+    Only the process that took it releases it: a child made with ``fork`` inherits the descriptor,
+    and its ``release`` (at its exit, say) closes its copy without unlinking the file or unlocking
+    the parent's writer.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = lock_path(path)
         self._fd: int | None = None
+        self._owner = os.getpid()
         for attempt in range(8):
             fd = self._open()
             try:
@@ -60,11 +68,12 @@ class WriterLock:
     def release(self) -> None:
         if self._fd is None:
             return
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
-        os.close(self._fd)
+        if os.getpid() == self._owner:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+        os.close(self._fd)  # in a forked child: its copy only; the parent's lock holds
         self._fd = None
 
 

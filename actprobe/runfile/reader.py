@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,11 @@ from typing import Any
 import numpy as np
 
 from ..errors import FormatError
-from .format import FORMAT_NAME, FORMAT_VERSION, STATISTICS
+from ._swmr import open_swmr
+from .format import STATISTICS
+from .validate import Checker, check_columns, check_epochs, check_root, text
+
+LIVE_ATTEMPTS = 3  # reads of a file that a live writer is extending
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,7 @@ class Run:
     stats: dict[str, np.ndarray] = field(repr=False)  # name -> (T, S) float32
     scalars: dict[str, np.ndarray] = field(repr=False)  # name -> (T,) float64
     epochs: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # recipe files: name -> (E,)
+    closed: bool = True  # False: its writer has not closed it (still writing, crashed, or stopped on an error)
 
     @property
     def rows(self) -> int:
@@ -51,17 +57,21 @@ class Run:
 
 
 def read(path: str | os.PathLike[str]) -> Run:
-    """Read a run file: every committed row, also while another process is still writing it.
+    """Read a run file: every committed row, also while another process is still writing it, and
+    after its writer died or stopped on a write error.
+
+    The file's structure is checked against docs/FORMAT.md before its data is read (``validate``).
+    A file whose writer has not committed a row yet gives a ``Run`` with no rows.
 
     Raises:
-        FormatError: the file is missing, not HDF5, truncated, not an actprobe file, or of a newer
+        FormatError: the file is missing, not HDF5, damaged, not an actprobe file, or of a newer
             format version than this actprobe reads.
     """
     import h5py
 
     path = Path(path)
     if not path.exists():
-        raise FormatError(f"{path}: no such file")
+        raise FormatError(_missing(path))
     if path.is_dir():
         raise FormatError(f"{path} is a folder, not a run file")
     try:
@@ -70,74 +80,71 @@ def read(path: str | os.PathLike[str]) -> Run:
         raise FormatError(f"{path}: cannot read ({exc})") from None
     if not is_hdf5:
         raise FormatError(f"{path} is not an HDF5 file")
+    for attempt in range(LIVE_ATTEMPTS):
+        try:
+            return _read_once(h5py, path)
+        except FormatError:
+            if attempt + 1 == LIVE_ATTEMPTS or not _live(path):
+                raise
+            time.sleep(0.05)  # a live writer was rewriting what we read: read it again
+    raise AssertionError("unreachable")
+
+
+def _read_once(h5py: Any, path: Path) -> Run:
+    f, closed = _open(h5py, path)
     try:
-        with _open(h5py, path) as f:
-            return _load(f, path)
+        with f:
+            return _load(f, path, closed)
     except FormatError:
         raise
-    except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise FormatError(f"{path} is damaged or incomplete: {exc}") from None
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, MemoryError) as exc:
+        raise FormatError(f"{path} is damaged or incomplete: {' '.join(str(exc).split())[:200]}") from None
 
 
-def _open(h5py: Any, path: Path) -> Any:
-    # A finished file opens plainly, and damage shows as a quick error. A file that is still being
-    # written, or whose writer died, carries HDF5's open-for-write mark: only SWMR mode opens it.
+def _live(path: Path) -> bool:
+    from .lock import writer_active
+
+    return writer_active(path)
+
+
+def _missing(path: Path) -> str:
+    if _live(path):
+        return (f"{path}: no such file yet; a probe is recording into it and creates it when its first "
+                "recorded step ends (no rows committed yet)")
+    return f"{path}: no such file"
+
+
+def _open(h5py: Any, path: Path) -> tuple[Any, bool]:
+    """The open file, and whether its writer closed it. A finished file opens plainly. A file still
+    being written, or whose writer died or stopped on a write error, carries HDF5's open-for-write
+    mark (and may end before the size its superblock records): only SWMR mode opens it."""
     try:
-        return h5py.File(path, "r")
-    except OSError as exc:
-        if "already open for write" not in str(exc):
-            raise
-    return h5py.File(path, "r", libver="latest", swmr=True)
+        return h5py.File(path, "r"), True
+    except OSError as plain_error:
+        try:
+            return open_swmr(path), False
+        except (OSError, RuntimeError, ValueError):
+            reason = " ".join(str(plain_error).split())[:200]
+            raise FormatError(f"{path} is damaged or incomplete: {reason}") from None
 
 
-def _load(f: Any, path: Path) -> Run:
-    attrs = {key: _plain(value) for key, value in f.attrs.items()}
-    if attrs.get("format") != FORMAT_NAME:
-        raise FormatError(f"{path} is an HDF5 file but not an actprobe run file (no format='actprobe' attribute)")
-    version = attrs.get("format_version")
-    if not isinstance(version, (int, np.integer)) or version < 1:
-        raise FormatError(f"{path} has an invalid format_version {version!r}")
-    if version > FORMAT_VERSION:
-        raise FormatError(f"{path} has format_version {version}; this actprobe reads up to "
-                          f"{FORMAT_VERSION}: upgrade actprobe")
-    if "step" not in f:
-        raise FormatError(f"{path} has no rows yet (the writer has not committed its first flush)")
-    step_ds = f["step"]
-    step_ds.refresh()
-    rows = step_ds.shape[0]
-    stats = {}
-    for name in STATISTICS:
-        dataset = f["stats"][name]
-        dataset.refresh()
-        stats[name] = dataset[:rows]
-    scalars = {}
-    for name, dataset in f["scalars"].items():
-        dataset.refresh()
-        scalars[name] = dataset[:rows]
-    time_ds = f["time"]
-    time_ds.refresh()
-    epochs = {name: dataset[()] for name, dataset in f["epochs"].items()} if "epochs" in f else {}
+def _load(f: Any, path: Path, closed: bool) -> Run:
+    attrs = check_root(f, path)
+    checker = Checker(f, path)
+    count, steps, scalar_names = check_columns(checker)
+    epoch_names = check_epochs(checker)
+    rows = len(steps)
+    units = f["site_unit_dim"][()] if "site_unit_dim" in f else np.zeros(count, np.int8)
     return Run(
         path=path,
         attrs=attrs,
-        sites=[_text(v) for v in f["sites"][()]],
-        site_module_types=[_text(v) for v in f["site_module_type"][()]],
-        site_unit_dims=f["site_unit_dim"][()] if "site_unit_dim" in f else np.zeros(0, np.int8),
-        step=step_ds[:rows],
-        time=time_ds[:rows],
-        stats=stats,
-        scalars=scalars,
-        epochs=epochs,
+        sites=[text(v) for v in f["sites"][()]],
+        site_module_types=[text(v) for v in f["site_module_type"][()]],
+        site_unit_dims=np.asarray(units, dtype=np.int8),
+        step=steps,
+        time=np.asarray(f["time"][:rows], dtype=np.float64),
+        stats={name: np.asarray(f["stats"][name][:rows], dtype=np.float32) for name in STATISTICS},
+        scalars={name: np.asarray(f["scalars"][name][:rows], dtype=np.float64) for name in scalar_names},
+        epochs={name: f["epochs"][name][()] for name in epoch_names},
+        closed=closed,
     )
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else value
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode("utf-8")
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

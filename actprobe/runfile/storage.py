@@ -2,14 +2,16 @@
 
 Rows are committed in two phases so that a crash at any moment leaves a consistent file: every
 dataset except ``step`` is extended and written, the file is flushed, then ``step`` is extended
-and the file flushed again. The number of committed rows is ``len(step)``; readers ignore anything
-past it.
+and the file flushed again. The committed rows are ``step``'s, up to the first entry that is
+``STEP_FILL`` (−1) or not larger than the one before (normally all of ``len(step)``); readers ignore
+anything past them. A write error freezes the file in that state (``RunFileWriter``).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,8 @@ import h5py
 import numpy as np
 
 from .._version import __version__
-from .format import FORMAT_NAME, FORMAT_VERSION, STATISTICS, Site
+from ..errors import RunFileError
+from .format import FORMAT_NAME, FORMAT_VERSION, STATISTICS, STEP_FILL, Site
 from .lock import WriterLock
 
 
@@ -29,20 +32,30 @@ def _fixed_utf8(values: Sequence[str]) -> np.ndarray:
 
 
 class RunFileWriter:
-    """Creates a run file and appends rows to it in SWMR mode."""
+    """Creates a run file and appends rows to it in SWMR mode.
+
+    Every HDF5 call is checked: the first that fails (a full disk, a file-size limit, an I/O error)
+    *freezes* the file — its descriptor is pointed at /dev/null, so that nothing more reaches the
+    disk and HDF5 can still close cleanly — and raises ``RunFileError``. The file then holds what a
+    crash at that moment would leave: every committed row, readable, and nothing half-written that
+    a reader would take for a row (``step`` is filled with −1 until a row's commit writes it).
+    """
 
     def __init__(self, path: Path, *, sites: Sequence[Site], scalar_names: Sequence[str],
                  attributes: Mapping[str, Any], chunk_rows: int) -> None:
         self.path = path
         self.scalar_names = list(scalar_names)
         self.rows = 0
-        self._file = h5py.File(path, "w", libver="latest")
+        self.frozen = False
         try:
-            self._create(sites, attributes, max(1, chunk_rows))
-            self._file.flush()
-            self._file.swmr_mode = True
-        except BaseException:
-            self._file.close()
+            self._file = h5py.File(path, "w", libver="latest")
+        except Exception as exc:
+            raise RunFileError(f"cannot create {path}: {_reason(exc)}") from None
+        self._columns: dict[str, h5py.Dataset | h5py.Group] = {}
+        try:
+            self._checked("creating it", lambda: self._create(sites, attributes, max(1, chunk_rows)))
+        except RunFileError:
+            path.unlink(missing_ok=True)  # half-made, without a row: nothing recorded is lost
             raise
 
     def _create(self, sites: Sequence[Site], attributes: Mapping[str, Any], chunk_rows: int) -> None:
@@ -54,49 +67,112 @@ class RunFileWriter:
         f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
         for key, value in attributes.items():
             f.attrs[key] = value
-        f.create_dataset("sites", data=_fixed_utf8([s.name for s in sites]))
-        f.create_dataset("site_module_type", data=_fixed_utf8([s.module_type for s in sites]))
-        f.create_dataset("site_unit_dim", data=np.array(
+        columns = self._columns  # every object is kept open: closing one writes, and must not fail unseen
+        columns["sites"] = f.create_dataset("sites", data=_fixed_utf8([s.name for s in sites]))
+        columns["site_module_type"] = f.create_dataset("site_module_type",
+                                                       data=_fixed_utf8([s.module_type for s in sites]))
+        columns["site_unit_dim"] = f.create_dataset("site_unit_dim", data=np.array(
             [0 if s.unit_dim is None else s.unit_dim for s in sites], dtype=np.int8))
-        n_sites = len(sites)
-        f.create_dataset("step", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(chunk_rows,))
-        f.create_dataset("time", shape=(0,), maxshape=(None,), dtype=np.float64, chunks=(chunk_rows,),
-                         fillvalue=np.nan)
-        stats = f.create_group("stats")
+        columns["step"] = f.create_dataset("step", shape=(0,), maxshape=(None,), dtype=np.int64,
+                                           chunks=(chunk_rows,), fillvalue=STEP_FILL)
+        columns["time"] = _column(f, "time", chunk_rows)
         for name in STATISTICS:
-            stats.create_dataset(name, shape=(0, n_sites), maxshape=(None, n_sites), dtype=np.float32,
-                                 chunks=(chunk_rows, max(1, n_sites)), fillvalue=np.nan)
-        scalars = f.create_group("scalars")
+            columns[f"stats/{name}"] = f.create_dataset(
+                f"stats/{name}", shape=(0, len(sites)), maxshape=(None, len(sites)), dtype=np.float32,
+                chunks=(chunk_rows, max(1, len(sites))), fillvalue=np.nan)
+        columns["stats"], columns["scalars"] = f["stats"], f.require_group("scalars")
         for name in self.scalar_names:
-            scalars.create_dataset(name, shape=(0,), maxshape=(None,), dtype=np.float64,
-                                   chunks=(chunk_rows,), fillvalue=np.nan)
+            columns[f"scalars/{name}"] = _column(f, f"scalars/{name}", chunk_rows)
+        f.flush()
+        f.swmr_mode = True
 
     def append(self, steps: np.ndarray, times: np.ndarray, stats: np.ndarray, scalars: np.ndarray) -> None:
-        """Commit rows. stats: (n, S, len(STATISTICS)) float; scalars: (n, len(scalar_names))."""
+        """Commit rows. stats: (n, S, len(STATISTICS)) float; scalars: (n, len(scalar_names)).
+
+        Raises:
+            RunFileError: a write or flush failed; the file is frozen with the rows committed before.
+        """
         n = len(steps)
         if n == 0:
             return
+        if self.frozen:
+            raise RunFileError(f"{self.path} takes no more rows after a write error")
         start, end = self.rows, self.rows + n
-        f = self._file
-        _extend(f["time"], start, end, times)
-        for index, name in enumerate(STATISTICS):
-            _extend(f["stats"][name], start, end, stats[:, :, index].astype(np.float32))
-        for index, name in enumerate(self.scalar_names):
-            _extend(f["scalars"][name], start, end, scalars[:, index])
-        f.flush()
-        _extend(f["step"], start, end, steps)
-        f.flush()
+        columns = self._columns
+
+        def data() -> None:  # phase 1: every column but step, then a flush
+            _extend(columns["time"], start, end, times)
+            for index, name in enumerate(STATISTICS):
+                _extend(columns[f"stats/{name}"], start, end, stats[:, :, index].astype(np.float32))
+            for index, name in enumerate(self.scalar_names):
+                _extend(columns[f"scalars/{name}"], start, end, scalars[:, index])
+            self._file.flush()
+
+        def commit() -> None:  # phase 2: step, then a flush: now the rows are committed
+            _extend(columns["step"], start, end, steps)
+            self._file.flush()
+
+        self._checked("writing rows", data)
+        self._checked("committing rows", commit)
         self.rows = end
 
     def close(self) -> None:
+        """Close the file; after a write error it was closed already, frozen as it was.
+
+        Raises:
+            RunFileError: the last flush failed; the file is frozen with the rows committed before.
+        """
         if self._file.id.valid:
-            self._file.close()
+            self._columns.clear()
+            self._checked("closing", self._file.close)
+
+    def _checked(self, what: str, operation: Callable[[], None]) -> None:
+        try:
+            operation()
+        except Exception as exc:
+            self._freeze_and_close()
+            raise RunFileError(f"writing {self.path} failed ({what}: {_reason(exc)}); the file keeps the "
+                               f"{self.rows} rows committed before") from None
+
+    def _freeze_and_close(self) -> None:
+        """Point the file's descriptor at /dev/null, then close: what is on disk stays as it is now."""
+        self.frozen = True
+        try:
+            if self._file.id.valid:
+                fd = self._file.id.get_vfd_handle()
+                null = os.open(os.devnull, os.O_RDWR)
+                try:
+                    os.dup2(null, fd)
+                finally:
+                    os.close(null)
+        except Exception:  # noqa: BLE001 — a file we cannot freeze is closed as it is
+            pass
+        self._columns.clear()  # closing a dataset flushes its chunks: only now, into /dev/null
+        try:
+            if self._file.id.valid:
+                self._file.close()
+        except Exception:  # noqa: BLE001 — its writes go to /dev/null: nothing is left to report
+            pass
+
+
+def _column(f: h5py.File, name: str, chunk_rows: int) -> h5py.Dataset:
+    """A float64 column of one value per row, NaN until written."""
+    return f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=np.float64, chunks=(chunk_rows,),
+                            fillvalue=np.nan)
 
 
 def _extend(dataset: h5py.Dataset, start: int, end: int, values: np.ndarray) -> None:
     if dataset.shape[0] < end:
         dataset.resize(end, axis=0)
     dataset[start:end] = values
+
+
+def _reason(exc: BaseException) -> str:
+    """The useful part of an HDF5 error: the errno text ('No space left on device') when it has one."""
+    text = " ".join(str(exc).split())
+    if "error message = '" in text:
+        return text.split("error message = '", 1)[1].split("'", 1)[0]
+    return text[:200] or type(exc).__name__
 
 
 def _torch_version() -> str:

@@ -28,7 +28,7 @@ class Batch(Protocol):
 
 
 class BackgroundWriter:
-    """Writes batches on its own thread; the file is created on the first batch.
+    """Writes batches on its own thread, which creates the file at once (with no rows yet).
 
     An error stops the thread; it is kept in ``error`` for the probe to report. Batches queued
     after an error are released without being written.
@@ -59,6 +59,10 @@ class BackgroundWriter:
             self._thread.join()
 
     def _run(self) -> None:
+        try:
+            self._file = self._open_file()
+        except BaseException as exc:  # reported by the probe, never raised into training
+            self.error = exc
         while True:
             item = self._queue.get()
             if item is None:
@@ -77,8 +81,6 @@ class BackgroundWriter:
 
     def _write(self, batch: Batch) -> None:
         batch.ready()
-        if self._file is None:
-            self._file = self._open_file()
         self._file.append(batch.steps, batch.times, batch.stats(), batch.scalars())
         self.rows_written = self._file.rows
 

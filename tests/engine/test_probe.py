@@ -397,8 +397,9 @@ def test_parent_folders_are_created(tmp_path):
 
 def test_nothing_recorded_leaves_no_file(tmp_path):
     model = nn.Sequential(nn.Linear(3, 3))
-    with actprobe.Probe(model, tmp_path / "run.h5"):
-        pass
+    with pytest.warns(actprobe.ActprobeWarning, match="no selected module was called"):
+        with actprobe.Probe(model, tmp_path / "run.h5"):
+            pass
     assert not (tmp_path / "run.h5").exists()
 
 

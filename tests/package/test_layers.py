@@ -30,7 +30,7 @@ ALLOWED: dict[str, set[str]] = {
 }
 # third-party library → the layers (or single modules) that may import it
 LIBRARIES: dict[str, set[str]] = {
-    "h5py": {"runfile.storage", "runfile.reader"},
+    "h5py": {"runfile"},
     "rich": {"render", "cli"},
     "matplotlib": {"render"},
     "typer": {"cli"},
@@ -38,10 +38,14 @@ LIBRARIES: dict[str, set[str]] = {
     "triton": {"stats"},
     "torch": {"stats", "engine", "training", "models", "datasets", "recipes", "cli", "runfile.storage"},
     "torchvision": {"datasets"},
+    "numpy": {"runfile", "stats", "engine", "training", "analysis", "render", "models", "datasets", "recipes",
+              "cli"},
 }
 # layers whose __init__ imports nothing of actprobe, so that importing one module of them stays light
 # (the engine and the statistics kernels import runfile.format without loading h5py)
 EMPTY_INITS = {"runfile", "stats", "engine", "analysis", "render"}
+# modules that the engine and the kernels import from runfile: no third-party library at all
+LIGHT_MODULES = {"runfile.format", "runfile.lock"}
 MODEL_SIDE = {"nn", "init", "models"}
 BASE_MODULES = {"errors", "_version", "_text", "_checks"}
 
@@ -130,6 +134,8 @@ def violations(package_dir: Path, name: str = "actprobe") -> list[str]:
                     found.append(f"{where}: {module}/__init__.py imports {target}; it must import nothing")
                 elif inner and not allowed(layer, inner):
                     found.append(f"{where}: layer {layer} imports {target} (layer {layer_of(inner)})")
+            elif inner_module in LIGHT_MODULES and top in LIBRARIES:
+                found.append(f"{where}: {inner_module} imports {top}; it must stay free of third-party libraries")
             elif top in LIBRARIES and not any(inner_module == rule or inner_module.startswith(rule + ".")
                                               or layer == rule for rule in LIBRARIES[top]):
                 found.append(f"{where}: {inner_module or 'actprobe'} imports {top}, allowed only in "
@@ -152,7 +158,8 @@ def test_every_module_belongs_to_a_known_layer():
     ("engine/hooks.py", "import rich", "engine.hooks imports rich"),
     ("stats/dispatch.py", "from ..engine.sites import site_name", "layer stats imports actprobe.engine.sites"),
     ("analysis/roles.py", "    import h5py", "analysis.roles imports h5py"),
-    ("runfile/format.py", "import h5py", "runfile.format imports h5py"),
+    ("runfile/format.py", "import h5py", "runfile.format imports h5py; it must stay free"),
+    ("runfile/lock.py", "import numpy", "runfile.lock imports numpy; it must stay free"),
     ("runfile/reader.py", "import torch", "runfile.reader imports torch"),
     ("runfile/__init__.py", "from . import storage", "actprobe.runfile/__init__.py imports actprobe.runfile.storage"),
     ("stats/plan.py", "x = importlib.import_module('actprobe.render.summary')", "layer stats imports actprobe.render"),
