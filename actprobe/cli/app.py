@@ -47,7 +47,9 @@ app = typer.Typer(cls=_OneLineErrors, add_completion=False, no_args_is_help=True
 
 
 def _fail(exc: ActprobeError | str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
+    from ..render.text import printable  # the message may quote a file's site names or attributes
+
+    typer.echo(f"error: {printable(exc)}", err=True)
     return typer.Exit(code)
 
 
@@ -75,16 +77,10 @@ def _read(path: Path) -> Any:
 @app.command()
 def info(path: Path = typer.Argument(..., help="A run file written by actprobe.")) -> None:
     """Print a run file's attributes, sites and row count."""
-    run = _read(path)
-    typer.echo(f"{run.path}: format_version {run.format_version}, {run.rows} rows, {len(run.sites)} sites")
-    if run.rows:
-        typer.echo(f"steps {int(run.step[0])}..{int(run.step[-1])}, {run.time[-1]:.1f} s")
-    for key in sorted(run.attrs):
-        typer.echo(f"  {key} = {run.attrs[key]}")
-    for name, kind in zip(run.sites, run.site_module_types):
-        typer.echo(f"  site {name} ({kind})")
-    if run.scalars:
-        typer.echo(f"  scalars: {', '.join(run.scalars)}")
+    from ..render.info import info_lines
+
+    for line in info_lines(_read(path)):
+        typer.echo(line)
 
 
 @app.command()
@@ -94,11 +90,12 @@ def show(path: Path = typer.Argument(..., help="A run file written by actprobe, 
 
     from ..analysis.summary import state, summarize
     from ..render.summary import render_summary
+    from ..render.text import printable
     from ..runfile.lock import writer_active
 
     run, live = _read(path), writer_active(path)
     if run.rows == 0:
-        typer.echo(state(run, live))
+        typer.echo(printable(state(run, live)))
         return
     render_summary(summarize(run, live=live), Console())
 
@@ -207,7 +204,9 @@ def diagnose_command(
         if run.rows == 0:
             from ..analysis.summary import state
 
-            typer.echo(state(run, writer_active(path)))
+            from ..render.text import printable
+
+            typer.echo(printable(state(run, writer_active(path))))
         else:
             render_findings(run, findings, Console(), live=writer_active(path))
     if fail_on != "never" and any(rank(f.severity) >= rank(fail_on) for f in findings):

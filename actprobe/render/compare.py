@@ -7,6 +7,8 @@ from rich.table import Table
 from rich.text import Text
 
 from ..analysis.compare import FRACTIONS, Cell, Comparison
+from .text import cell as text_cell
+from .text import printable
 
 
 def _value(stat: str, value: float) -> str:
@@ -64,12 +66,12 @@ def render_comparison(comparison: Comparison, console: Console, *, live: tuple[b
     for k, (run, step) in enumerate(zip(runs, comparison.choice.steps)):
         tag = chr(ord("A") + k) if k < 26 else str(k)
         state = " — still being written" if k < len(live) and live[k] else ""
-        console.print(f"{tag}: {run.path} at step {step} ({run.rows} recorded steps){state}", highlight=False,
-                      markup=False)
+        console.print(printable(f"{tag}: {run.path} at step {step} ({run.rows} recorded steps){state}"),
+                      highlight=False, markup=False)
     for note in comparison.choice.notes:
-        console.print(f"note: {note}", style="yellow", highlight=False, markup=False)
+        console.print(printable(f"note: {note}"), style="yellow", highlight=False, markup=False)
     for line in matching_lines(comparison):
-        console.print(line, highlight=False, markup=False)
+        console.print(printable(line), highlight=False, markup=False)
     if not comparison.matching.sites:
         console.print("nothing to compare: no site could be matched", style="yellow", highlight=False)
         return
@@ -90,13 +92,13 @@ def render_comparison(comparison: Comparison, console: Console, *, live: tuple[b
     if note:
         console.print(note, highlight=False, markup=False)
     if highlighted:
-        console.print("largest changes: " + "; ".join(
+        console.print(printable("largest changes: " + "; ".join(
             f"{c.site.label} {c.stat} {_change(c.stat, max(c.changes, key=lambda v: abs(v) if v == v else -1), c.values[0])}"
-            for c in comparison.largest(highlight)), highlight=False, markup=False)
+            for c in comparison.largest(highlight))), highlight=False, markup=False)
 
 
 def _row(cell: Cell, highlighted: bool) -> list[str | Text]:
     style = "bold red" if highlighted else ""
     values = [_value(cell.stat, v) for v in cell.values]
     changes = [Text(_change(cell.stat, c, cell.values[0]), style=style) for c in cell.changes]
-    return [cell.site.label, cell.stat, *values, *changes]
+    return [text_cell(cell.site.label), cell.stat, *values, *changes]

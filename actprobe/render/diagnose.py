@@ -6,9 +6,11 @@ import json
 from collections.abc import Sequence
 
 from rich.console import Console
+from rich.text import Text
 
 from ..analysis.diagnose import SEVERITIES, Finding
 from ..runfile.reader import Run
+from .text import printable
 
 STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
@@ -23,16 +25,16 @@ def _sites(sites: Sequence[str]) -> str:
 
 def render_findings(run: Run, findings: Sequence[Finding], console: Console, *, live: bool = False) -> None:
     state = " — still being written" if live else ""
-    console.print(f"{run.path}: {run.rows} recorded steps ({int(run.step[0]) if run.rows else '-'}.."
-                  f"{int(run.step[-1]) if run.rows else '-'}), {len(run.sites)} sites{state}",
+    console.print(printable(f"{run.path}: {run.rows} recorded steps ({int(run.step[0]) if run.rows else '-'}.."
+                            f"{int(run.step[-1]) if run.rows else '-'}), {len(run.sites)} sites{state}"),
                   highlight=False, markup=False)
     if not findings:
         console.print("no findings: no rule fired", style="green", highlight=False)
         return
     for f in findings:
-        console.print(f"[{STYLE[f.severity]}]{f.severity.upper()}[/] [bold]{f.rule}[/] — {_sites(f.sites)}",
-                      highlight=False)
-        console.print(f"  {f.message}", highlight=False, markup=False)
-        console.print(f"  → {f.advice}", highlight=False, markup=False, style="dim")
+        console.print(Text.assemble((f.severity.upper(), STYLE[f.severity]), " ", (f.rule, "bold"),
+                                    " — " + printable(_sites(f.sites))), highlight=False)
+        console.print(printable(f"  {f.message}"), highlight=False, markup=False)
+        console.print(printable(f"  → {f.advice}"), highlight=False, markup=False, style="dim")
     counts = {s: sum(f.severity == s for f in findings) for s in reversed(SEVERITIES)}
     console.print(", ".join(f"{n} {s}{'s' if n != 1 else ''}" for s, n in counts.items()), highlight=False)

@@ -17,6 +17,7 @@ from ..analysis.compare import Matching
 from ..analysis.roles import activation_sites, mean_over_steps
 from ..runfile.format import NEAR_ZERO_EPS
 from ..runfile.reader import Run
+from .text import figure_label
 
 DPI = 90
 RECIPE_DPI = 80
@@ -61,23 +62,23 @@ def plot_run(run: Run, columns: Sequence[int], out_dir: Path, stem: str) -> list
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, stat in zip(axes, ("mean", "std")):
         for color, c in zip(colors, columns):
-            ax.plot(run.step, run.stats[stat][:, c], color=color, lw=1, label=run.sites[c],
+            ax.plot(run.step, run.stats[stat][:, c], color=color, lw=1, label=figure_label(run.sites[c]),
                     marker="." if run.rows < 30 else None)
         ax.set_title(f"{stat} per layer", fontsize=9)
         ax.set_xlabel("step")
         _legend(ax, len(columns))
-    fig.suptitle(f"{run.path.name}", fontsize=9)
+    fig.suptitle(figure_label(run.path.name), fontsize=9)
     written = [save_figure(fig, out_dir / f"{stem}-mean-std.png")]
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(columns) + 2), 4))
     x = np.arange(len(columns))
     for k, (row, label) in enumerate(((0, "first"), (run.rows - 1, "last"))):
         values = 100 * run.stats["near_zero"][row, columns].astype(np.float64)
         ax.bar(x + (k - 0.5) * 0.4, values, 0.4, label=f"{label} recorded step ({int(run.step[row])})")
-    ax.set_xticks(x, [run.sites[c] for c in columns], rotation=45 if len(columns) > 6 else 0, ha="right"
+    ax.set_xticks(x, [figure_label(run.sites[c]) for c in columns], rotation=45 if len(columns) > 6 else 0, ha="right"
                   if len(columns) > 6 else "center", fontsize=7)
     ax.set_ylim(0, 100)
     ax.set_ylabel(f"near-zero (|x| ≤ {run.attrs.get('near_zero_eps', NEAR_ZERO_EPS)}) %")
-    ax.set_title(f"{run.path.name}: near-zero activations per layer", fontsize=9)
+    ax.set_title(figure_label(f"{run.path.name}: near-zero activations per layer"), fontsize=9)
     ax.legend(fontsize=7)
     written.append(save_figure(fig, out_dir / f"{stem}-near-zero.png"))
     return written
@@ -94,7 +95,7 @@ def plot_compare(runs: Sequence[Run], matching: Matching, rows: Sequence[int], p
         for color, site in zip(colors, sites):
             for r, run in enumerate(runs):
                 ax.plot(run.step, run.stats[stat][:, site.columns[r]], color=color, lw=1,
-                        ls=LINESTYLES[r % len(LINESTYLES)], label=f"{site.label} ({_tag(r)})")
+                        ls=LINESTYLES[r % len(LINESTYLES)], label=figure_label(f"{site.label} ({_tag(r)})"))
         ax.set_title(f"{stat} per layer; line style = run", fontsize=9)
         ax.set_xlabel("step")
         _legend(ax, len(sites) * len(runs))
@@ -104,8 +105,8 @@ def plot_compare(runs: Sequence[Run], matching: Matching, rows: Sequence[int], p
     for r, run in enumerate(runs):
         values = [100 * float(run.stats["near_zero"][rows[r], s.columns[r]]) for s in sites]
         ax.bar(x + (r - (len(runs) - 1) / 2) * width, values, width,
-               label=f"{_tag(r)}: {run.path.name} (step {int(run.step[rows[r]])})")
-    ax.set_xticks(x, [s.label for s in sites], rotation=45 if len(sites) > 6 else 0,
+               label=figure_label(f"{_tag(r)}: {run.path.name} (step {int(run.step[rows[r]])})"))
+    ax.set_xticks(x, [figure_label(s.label) for s in sites], rotation=45 if len(sites) > 6 else 0,
                   ha="right" if len(sites) > 6 else "center", fontsize=7)
     ax.set_ylim(0, 100)
     ax.set_title("near-zero % per layer", fontsize=9)

@@ -7,6 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..analysis.summary import Flag, RunSummary, Thresholds
+from .text import cell, printable
 
 _SEVERITY_STYLE = {"error": "bold red", "warning": "yellow"}
 
@@ -46,7 +47,7 @@ def summary_table(summary: RunSummary) -> Table:
         table.add_column(name, justify="left" if name in ("site", "module", "flags") else "right")
     for site in summary.sites:
         table.add_row(
-            site.name, site.module_type,
+            cell(site.name), cell(site.module_type),
             _pair(_number(site.first["mean"]), _number(site.last["mean"]), single),
             _pair(_number(site.first["std"]), _number(site.last["std"]), single),
             _pair(_percent(site.first["near_zero"]), _percent(site.last["near_zero"]), single),
@@ -85,7 +86,7 @@ def render_summary(summary: RunSummary, console: Console, thresholds: Thresholds
                    data_line: bool = True) -> None:
     """Print the header lines, the site table and the flag count (``data_line``: say what the data was)."""
     for line in _header(summary, data_line):
-        console.print(line, highlight=False, markup=False)
+        console.print(printable(line), highlight=False, markup=False)
     console.print(summary_table(summary))
     flagged = sum(1 for site in summary.sites if site.flags)
     if flagged:

@@ -13,8 +13,9 @@
  * summed in float32 within blocks of at most BLOCK values and the blocks in float64; shifting by
  * one of the entry's own values keeps the squares from cancelling when the mean is far from zero.
  *
- * The file is compiled with -ffast-math for vectorised reductions, so finiteness is tested on the
- * bits of a value, which the compiler cannot assume away.
+ * The file is compiled with -ffast-math for vectorised reductions and -fno-finite-math-only, so that
+ * the compiler may not assume values are finite; finiteness is tested on the bits of a value. (With
+ * -ffast-math alone, clang infers that a sum of "finite" values is finite and folds the test away.)
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>

@@ -1,0 +1,67 @@
+"""The C kernel built by GCC and by clang: its NaN/Inf tests must survive each compiler's
+optimisations (setup.py's flags), against the float64 reference."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from actprobe.stats import c_backend
+from actprobe.stats.single import tensor_statistics
+from conftest import assert_statistics_close, reference_statistics
+
+pytestmark = pytest.mark.slow  # compiles the extension twice
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _cases():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(16, 8, 4, 4, generator=gen)
+    nan_inf = x.clone()
+    nan_inf[0, 0, 0, 0], nan_inf[3, 2, 1, 1], nan_inf[:, 5] = float("nan"), float("inf"), float("nan")
+    yield "NaN and Inf", nan_inf, 1
+    only_inf = x.clone()
+    only_inf[2, 3, 0, 0], only_inf[4, 1, 2, 2] = float("inf"), -float("inf")
+    yield "+Inf and -Inf", only_inf, 1
+    flat = torch.randn(512, generator=gen)
+    flat[7], flat[300] = float("nan"), float("nan")
+    yield "two NaN in 512 values", flat, None
+    yield "mean 1e4 x std", x + 1e4, 1
+    yield "float64 with NaN", nan_inf.double(), 1
+
+
+def newest_clang() -> str:
+    """The newest clang on PATH (clang-19 before clang-14 before plain clang): recent versions are the
+    ones that fold finiteness tests away under -ffast-math."""
+    names = {Path(p).name for folder in os.environ.get("PATH", "").split(os.pathsep) if os.path.isdir(folder)
+             for p in Path(folder).glob("clang-[0-9]*") if p.name.removeprefix("clang-").isdigit()}
+    versioned = sorted(names, key=lambda name: int(name.removeprefix("clang-")), reverse=True)
+    return versioned[0] if versioned else "clang"
+
+
+@pytest.mark.parametrize("compiler", ["gcc", newest_clang()])
+def test_the_c_kernel_built_by_each_compiler_counts_non_finite_values(compiler, tmp_path, monkeypatch):
+    if shutil.which(compiler) is None:
+        pytest.skip(f"{compiler} is not installed here (.ci/run installs clang from the distribution's packages)")
+    build = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--build-lib", str(tmp_path / "lib"),
+                            "--build-temp", str(tmp_path / "tmp")], cwd=ROOT, capture_output=True, text=True,
+                           env={**os.environ, "CC": compiler, "LDSHARED": f"{compiler} -shared"}, timeout=300)
+    assert build.returncode == 0, build.stderr
+    (library,) = (tmp_path / "lib").rglob("_cstats*.so")
+    spec = importlib.util.spec_from_file_location("_cstats", library)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(c_backend, "_cstats", module)
+    for label, x, unit_dim in _cases():
+        got = tensor_statistics(x, unit_dim=unit_dim, implementation="c")
+        try:
+            assert_statistics_close(got, reference_statistics(x, unit_dim))
+        except AssertionError as exc:
+            raise AssertionError(f"{compiler}, {label}: {exc}") from None
