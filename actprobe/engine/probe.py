@@ -17,7 +17,7 @@ from torch import nn
 from ..errors import ActprobeWarning
 from ..stats.dispatch import MomentKernel
 from .hooks import HookEngine
-from .recorder import Recorder
+from .recorder import MAX_UNITS, Recorder
 from .scalars import accepted, recordable_names
 from .selection import Select, select_modules
 from .settings import DEAD_EPS, FLUSH_EVERY, FLUSH_SECONDS, KERNEL_OPTIONS, NEAR_ZERO_EPS, ProbeSettings
@@ -232,6 +232,11 @@ class Probe:
                             "recorded step ends with probe.step()")
 
     def _report_new_sites(self) -> None:
+        if self._recorder.unitless:
+            names = sorted(self._recorder.unitless)
+            self._warn_once("unitless", f"sites with more than {MAX_UNITS:,} units are recorded without per-unit "
+                            f"statistics, to bound the probe's memory (their dead fraction is NaN): "
+                            f"{', '.join(names[:5])}{' …' if len(names) > 5 else ''}")
         if self._recorder.ignored:
             names = sorted(self._recorder.ignored)
             self._warn_once("new-sites", f"sites that first appeared after the first recorded step are not "

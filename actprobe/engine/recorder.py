@@ -18,6 +18,9 @@ from .sites import Site, floating_outputs, site_name, unit_dim
 from .staging import RowStage, StagedRows
 
 
+MAX_UNITS = 1 << 16  # units per site with per-unit moments (the dead fraction); more: none
+
+
 class Recorder:
     """Collects the partials of the current step; ``finish_step`` reduces them to a row."""
 
@@ -31,6 +34,7 @@ class Recorder:
         self.fixed = False
         self.device: torch.device | None = None
         self.ignored: set[str] = set()
+        self.unitless: set[str] = set()  # sites with more than MAX_UNITS units, recorded without units
         self._partials: list[tuple[int, Partial]] = []
         self._channel_first_shapes: set[torch.Size] = set()
         self._layouts: dict[tuple, Layout] = {}
@@ -59,6 +63,11 @@ class Recorder:
 
     def _add_site(self, name: str, module: nn.Module, tensor: torch.Tensor) -> int:
         dim = unit_dim(module, tensor.shape, self._channel_first_shapes)
+        if dim is not None and tensor.shape[dim] > MAX_UNITS:
+            # per-unit moments would take 32 bytes a unit, several times over while merging: such a
+            # site is recorded as one pseudo-unit (its dead fraction is NaN), and the probe says so
+            dim = None
+            self.unitless.add(name)
         self.sites.append(Site(name=name, module_type=type(module).__name__, unit_dim=dim))
         self._index[name] = len(self.sites) - 1
         if self.device is None:

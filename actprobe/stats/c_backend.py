@@ -19,6 +19,7 @@ except ImportError:  # built without a C compiler: the torch backend serves the 
     _cstats = None
 
 NAME = "C"
+SCRATCH_KEEP_BYTES = 16 << 20  # a larger scratch copy is freed after each use, not kept until close
 
 
 def available() -> bool:
@@ -52,6 +53,9 @@ class CBackend:
         args = (plan.dtype == torch.float64, x.data_ptr(), a, e, b, plan.near_bound, out_pointer)
         if not _cstats.moments(*args):
             _cstats.masked(*args)
+        kept = self._scratch.get(plan.dtype)
+        if kept is not None and kept.numel() * kept.element_size() > SCRATCH_KEEP_BYTES:
+            del self._scratch[plan.dtype]  # a large copy is made again when needed, not held meanwhile
 
     def _scratch_for(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
         buffer = self._scratch.get(dtype)
