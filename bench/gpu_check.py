@@ -39,6 +39,9 @@ def cases(gen: torch.Generator):
         torch.bfloat16).contiguous(memory_format=torch.channels_last), 1
     large = torch.randn(256, 16, 8, 8, generator=gen) + 1e4
     yield "mean 1e4 x std", large, 1
+    outlier = torch.randn(256, 16, 8, 8, generator=gen)
+    outlier[0, :, 0, 0] = 1000.0  # every unit starts with a 1000-sigma outlier
+    yield "outlier first", outlier, 1
     broken = large.clone()
     broken[0, 0, 0, 0], broken[3, 2, 1, 1], broken[:, 5] = float("nan"), float("inf"), float("nan")
     yield "NaN/Inf", broken, 1

@@ -109,6 +109,27 @@ static int NAME(const T *restrict x, int64_t A, int64_t E, int64_t B, double bou
     return finite_f64(total) && finite_f64((double)mn) && finite_f64((double)mx);                     \
 }
 
+/* The shift is each entry's first value: when that value lies far from the entry's mean (a 1000-sigma
+ * outlier first, or the first token of a sequence with massive activations), the float32 block sums
+ * cancel badly. Such an entry (shift more than RESHIFT_SIGMAS standard deviations from its mean) is
+ * summed again in float64 around its mean: a second pass over that entry only, rare in practice. */
+#define RESHIFT_SIGMAS 8.0
+#define RESHIFT(NAME, T)                                                                              \
+static void NAME(const T *restrict x, int64_t A, int64_t E, int64_t B, double *restrict out) {       \
+    double *count = out, *shift = out + E, *s1 = out + 2 * E, *s2 = out + 3 * E;                      \
+    for (int64_t e = 0; e < E; e++) {                                                                 \
+        if (count[e] <= 0) continue;                                                                  \
+        double m = s1[e] / count[e], var = s2[e] / count[e] - m * m;                                  \
+        if (!(m * m > RESHIFT_SIGMAS * RESHIFT_SIGMAS * (var > 0 ? var : 0))) continue;               \
+        double k = shift[e] + m, t1 = 0, t2 = 0;                                                      \
+        for (int64_t a = 0; a < A; a++) {                                                             \
+            const T *seg = x + (a * E + e) * B;                                                       \
+            for (int64_t b = 0; b < B; b++) { double d = (double)seg[b] - k; t1 += d; t2 += d * d; }  \
+        }                                                                                             \
+        shift[e] = k; s1[e] = t1; s2[e] = t2;                                                         \
+    }                                                                                                 \
+}
+
 #define MOMENTS_MASKED(NAME, T, FINITE, ABS)                                                          \
 static void NAME(const T *restrict x, int64_t A, int64_t E, int64_t B, double bound, double *restrict out) { \
     double *restrict count = out, *restrict shift = out + E, *restrict s1 = out + 2 * E,               \
@@ -141,6 +162,8 @@ static void NAME(const T *restrict x, int64_t A, int64_t E, int64_t B, double bo
 
 MOMENTS_FAST(moments_f32, float, fabsf, fminf, fmaxf)
 MOMENTS_FAST(moments_f64, double, fabs, fmin, fmax)
+RESHIFT(reshift_f32, float)
+RESHIFT(reshift_f64, double)
 MOMENTS_MASKED(masked_f32, float, finite_f32, fabsf)
 MOMENTS_MASKED(masked_f64, double, finite_f64, fabs)
 
@@ -170,6 +193,10 @@ static PyObject *py_moments(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS
     ok = c.is_double ? moments_f64((const double *)(uintptr_t)c.data, c.A, c.E, c.B, c.bound, out, columns)
                      : moments_f32((const float *)(uintptr_t)c.data, c.A, c.E, c.B, c.bound, out, columns);
+    if (ok) {
+        if (c.is_double) reshift_f64((const double *)(uintptr_t)c.data, c.A, c.E, c.B, out);
+        else reshift_f32((const float *)(uintptr_t)c.data, c.A, c.E, c.B, out);
+    }
     Py_END_ALLOW_THREADS
     return PyBool_FromLong(ok);
 }

@@ -47,13 +47,15 @@ def unmasked_cpu(view: torch.Tensor, plan: Plan) -> torch.Tensor | None:
     if not math.isfinite(float(maximum - minimum)):  # a CPU value: reading it costs no synchronisation
         return None
     shift = values[0, :, 0]
-    centred = values - shift[None, :, None]
+    # centred and summed in float64: a shift far from the mean (an outlier first) must not cancel the
+    # squares away
+    centred = values.double() - shift.double()[None, :, None]
     total = centred.sum(dim=(0, 2))
     squares = centred.square_().sum(dim=(0, 2))
     far = (values.abs() > plan.near_bound).sum().to(plan.dtype)
     count = torch.full_like(shift, values.numel() // values.shape[1])
     scalars = torch.stack((minimum, maximum, far, torch.zeros_like(far)))
-    return torch.cat((count, shift, total, squares, scalars)).double()
+    return torch.cat((count.double(), shift.double(), total, squares, scalars.double()))
 
 
 def masked(view: torch.Tensor, plan: Plan) -> torch.Tensor:
@@ -67,7 +69,9 @@ def masked(view: torch.Tensor, plan: Plan) -> torch.Tensor:
     entries = values.shape[1]
     first = finite.transpose(0, 1).reshape(entries, -1).to(torch.uint8).argmax(dim=1, keepdim=True)
     shift = cleaned.transpose(0, 1).reshape(entries, -1).gather(1, first)[:, 0]
-    centred = torch.where(finite, values - shift[None, :, None], zero)
+    # centred and summed in float64: a shift far from the mean (an outlier first) must not cancel the
+    # squares away
+    centred = torch.where(finite, values.double() - shift.double()[None, :, None], 0.0)
     count = finite.sum(dim=(0, 2), dtype=dtype)
     total = centred.sum(dim=(0, 2))
     squares = (centred * centred).sum(dim=(0, 2))
@@ -81,4 +85,4 @@ def masked(view: torch.Tensor, plan: Plan) -> torch.Tensor:
     nan = torch.full((), math.nan, dtype=dtype, device=view.device)
     scalars = torch.stack((torch.where(any_finite, minimum, nan), torch.where(any_finite, maximum, nan),
                            far, nonfinite))
-    return torch.cat((count, shift, total, squares, scalars)).double()
+    return torch.cat((count.double(), shift.double(), total, squares, scalars.double()))

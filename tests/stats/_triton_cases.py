@@ -44,7 +44,12 @@ def kernel_against_references() -> None:
     boundary = torch.tensor([[0.05, -0.05, 0.0500001, 0.0, float("nan")]] * 4)
     assert_statistics_close(tensor_statistics(boundary, unit_dim=-1, implementation="triton"),
                             reference_statistics(boundary, -1))
-    print("PASS kernel", len(CASES) * 4 + 6, "cases")
+    outlier = torch.randn(64, 8, 6, 6, generator=gen)
+    outlier[0, :, 0, 0] = 1000.0  # every unit starts with a 1000-sigma outlier: the shift is far off
+    for dtype in (torch.float32, torch.bfloat16):
+        x = outlier.to(dtype)
+        assert_statistics_close(tensor_statistics(x, unit_dim=1, implementation="triton"), reference_statistics(x, 1))
+    print("PASS kernel", len(CASES) * 4 + 8, "cases")
 
 
 def probed_training() -> None:

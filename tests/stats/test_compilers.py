@@ -34,6 +34,9 @@ def _cases():
     flat[7], flat[300] = float("nan"), float("nan")
     yield "two NaN in 512 values", flat, None
     yield "mean 1e4 x std", x + 1e4, 1
+    outlier = x.clone()
+    outlier[0, :, 0, 0] = 1000.0  # every unit starts with a 1000-sigma outlier
+    yield "outlier first", outlier, 1
     yield "float64 with NaN", nan_inf.double(), 1
 
 

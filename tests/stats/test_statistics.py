@@ -109,3 +109,18 @@ def test_channels_last_units_are_channels():
 def test_non_contiguous_input():
     x = torch.randn(40, 30).t()  # (30, 40) transposed view
     assert_statistics_close(tensor_statistics(x, unit_dim=-1), reference_statistics(x, unit_dim=-1))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape, unit_dim", [((256, 64), -1), ((64, 8, 16, 16), 1), ((100000,), None),
+                                             ((8, 16, 32), -1)])
+def test_an_outlier_as_the_first_value_keeps_the_documented_accuracy(kernel, dtype, shape, unit_dim):
+    """The shift is each unit's first value: a 1000-sigma outlier there must not cancel the squares."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(5))
+    x[(0,) * len(shape)] = 1000.0
+    if len(shape) > 1:
+        x[(0, 3) + (0,) * (len(shape) - 2)] = -1000.0  # a second unit that starts with an outlier
+    x = x.to(dtype)
+    got = tensor_statistics(x, unit_dim=unit_dim, implementation=kernel)
+    assert_statistics_close(got, reference_statistics(x, unit_dim))
