@@ -13,9 +13,11 @@
  * summed in float32 within blocks of at most BLOCK values and the blocks in float64; shifting by
  * one of the entry's own values keeps the squares from cancelling when the mean is far from zero.
  *
- * The file is compiled with -ffast-math for vectorised reductions and -fno-finite-math-only, so that
- * the compiler may not assume values are finite; finiteness is tested on the bits of a value. (With
- * -ffast-math alone, clang infers that a sum of "finite" values is finite and folds the test away.)
+ * The file is compiled with -ffast-math for vectorised reductions (min and max included). Under it a
+ * compiler may assume that no floating-point value is NaN or Inf, and clang does: it folds every
+ * finiteness test of a float, even one on its bits. So finiteness is only ever tested on integers
+ * loaded from memory before any float is made of them: any_nonfinite() decides between the fast
+ * path and the masked one, and the masked path loads each value as an integer first.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -42,13 +44,24 @@ static void *scratch(size_t bytes) {
     return scratch_memory;
 }
 
-static int finite_f64(double v) { uint64_t u; memcpy(&u, &v, 8); return ((u >> 52) & 0x7ff) != 0x7ff; }
-static int finite_f32(float v) { uint32_t u; memcpy(&u, &v, 4); return ((u >> 23) & 0xff) != 0xff; }
+static double quiet_nan(void) { uint64_t u = 0x7ff8000000000000ull; double d; memcpy(&d, &u, 8); return d; }
+
+/* Whether any of n values (read as unsigned integers of their width) has an all-ones exponent: NaN or
+ * +-Inf. Integer operations only, which -ffast-math gives the compiler no licence to assume away. */
+#define ANY_NONFINITE(NAME, UT, EXP)                                                                  \
+__attribute__((target_clones("avx2", "default")))                                                     \
+static int NAME(const UT *restrict bits, int64_t n) {                                                 \
+    UT hits = 0;                                                                                      \
+    for (int64_t i = 0; i < n; i++) hits |= (UT)((bits[i] & (EXP)) == (EXP));                          \
+    return hits != 0;                                                                                 \
+}
+ANY_NONFINITE(any_nonfinite_f32, uint32_t, 0x7f800000u)
+ANY_NONFINITE(any_nonfinite_f64, uint64_t, 0x7ff0000000000000ull)
 
 #define MOMENTS_FAST(NAME, T, ABS, MIN, MAX)                                                          \
 __attribute__((target_clones("avx2", "default")))                                                     \
-static int NAME(const T *restrict x, int64_t A, int64_t E, int64_t B, double bound, double *restrict out, \
-                void *scratch_memory) {                                                               \
+static void NAME(const T *restrict x, int64_t A, int64_t E, int64_t B, double bound, double *restrict out, \
+                 void *scratch_memory) {                                                              \
     double *restrict count = out, *restrict shift = out + E, *restrict s1 = out + 2 * E,               \
            *restrict s2 = out + 3 * E;                                                                \
     const T tb = (T)bound;                                                                            \
@@ -102,11 +115,8 @@ static int NAME(const T *restrict x, int64_t A, int64_t E, int64_t B, double bou
             }                                                                                         \
         }                                                                                             \
     }                                                                                                 \
-    double total = 0;                                                                                 \
-    for (int64_t e = 0; e < E; e++) total += s2[e];                                                   \
     out[4 * E] = mn; out[4 * E + 1] = mx;                                                             \
     out[4 * E + 2] = (double)(A * E * B) - near; out[4 * E + 3] = 0;                                  \
-    return finite_f64(total) && finite_f64((double)mn) && finite_f64((double)mx);                     \
 }
 
 /* The shift is each entry's first value: when that value lies far from the entry's mean (a 1000-sigma
@@ -130,8 +140,9 @@ static void NAME(const T *restrict x, int64_t A, int64_t E, int64_t B, double *r
     }                                                                                                 \
 }
 
-#define MOMENTS_MASKED(NAME, T, FINITE, ABS)                                                          \
+#define MOMENTS_MASKED(NAME, T, UT, EXP, ABS)                                                         \
 static void NAME(const T *restrict x, int64_t A, int64_t E, int64_t B, double bound, double *restrict out) { \
+    const UT *restrict xi = (const UT *)(const void *)x;  /* the same values, as integers */          \
     double *restrict count = out, *restrict shift = out + E, *restrict s1 = out + 2 * E,               \
            *restrict s2 = out + 3 * E;                                                                \
     double mn = 0, mx = 0, far = 0, nonfinite = 0;                                                    \
@@ -140,15 +151,16 @@ static void NAME(const T *restrict x, int64_t A, int64_t E, int64_t B, double bo
         count[e] = 0; s1[e] = 0; s2[e] = 0; shift[e] = 0;                                             \
         for (int64_t a = 0; a < A; a++) { /* the first finite value of the entry */                  \
             int64_t b;                                                                                \
-            for (b = 0; b < B && !FINITE(x[(a * E + e) * B + b]); b++) {}                             \
+            for (b = 0; b < B && (xi[(a * E + e) * B + b] & (EXP)) == (EXP); b++) {}                  \
             if (b < B) { shift[e] = x[(a * E + e) * B + b]; break; }                                  \
         }                                                                                             \
     }                                                                                                 \
     for (int64_t a = 0; a < A; a++)                                                                   \
         for (int64_t e = 0; e < E; e++)                                                               \
             for (int64_t b = 0; b < B; b++) {                                                         \
-                T v = x[(a * E + e) * B + b];                                                         \
-                if (!FINITE(v)) { nonfinite++; far++; continue; }                                     \
+                UT u = xi[(a * E + e) * B + b];                                                       \
+                if ((u & (EXP)) == (EXP)) { nonfinite++; far++; continue; }                           \
+                T v; memcpy(&v, &u, sizeof v);                                                        \
                 double d = (double)v - shift[e];                                                      \
                 count[e]++; s1[e] += d; s2[e] += d * d;                                               \
                 if (!any || v < mn) mn = v;                                                           \
@@ -156,7 +168,7 @@ static void NAME(const T *restrict x, int64_t A, int64_t E, int64_t B, double bo
                 any = 1;                                                                              \
                 if (!(ABS(v) <= (T)bound)) far++;                                                     \
             }                                                                                         \
-    out[4 * E] = any ? mn : NAN; out[4 * E + 1] = any ? mx : NAN;                                     \
+    out[4 * E] = any ? mn : quiet_nan(); out[4 * E + 1] = any ? mx : quiet_nan();                     \
     out[4 * E + 2] = far; out[4 * E + 3] = nonfinite;                                                 \
 }
 
@@ -164,8 +176,8 @@ MOMENTS_FAST(moments_f32, float, fabsf, fminf, fmaxf)
 MOMENTS_FAST(moments_f64, double, fabs, fmin, fmax)
 RESHIFT(reshift_f32, float)
 RESHIFT(reshift_f64, double)
-MOMENTS_MASKED(masked_f32, float, finite_f32, fabsf)
-MOMENTS_MASKED(masked_f64, double, finite_f64, fabs)
+MOMENTS_MASKED(masked_f32, float, uint32_t, 0x7f800000u, fabsf)
+MOMENTS_MASKED(masked_f64, double, uint64_t, 0x7ff0000000000000ull, fabs)
 
 typedef struct { int is_double; unsigned long long data, out; long long A, E, B; double bound; } call_args;
 
@@ -191,11 +203,15 @@ static PyObject *py_moments(PyObject *self, PyObject *args) {
     int ok;
     double *out = (double *)(uintptr_t)c.out;
     Py_BEGIN_ALLOW_THREADS
-    ok = c.is_double ? moments_f64((const double *)(uintptr_t)c.data, c.A, c.E, c.B, c.bound, out, columns)
-                     : moments_f32((const float *)(uintptr_t)c.data, c.A, c.E, c.B, c.bound, out, columns);
-    if (ok) {
-        if (c.is_double) reshift_f64((const double *)(uintptr_t)c.data, c.A, c.E, c.B, out);
-        else reshift_f32((const float *)(uintptr_t)c.data, c.A, c.E, c.B, out);
+    int64_t n = c.A * c.E * c.B;
+    ok = c.is_double ? !any_nonfinite_f64((const uint64_t *)(uintptr_t)c.data, n)
+                     : !any_nonfinite_f32((const uint32_t *)(uintptr_t)c.data, n);
+    if (ok && c.is_double) {
+        moments_f64((const double *)(uintptr_t)c.data, c.A, c.E, c.B, c.bound, out, columns);
+        reshift_f64((const double *)(uintptr_t)c.data, c.A, c.E, c.B, out);
+    } else if (ok) {
+        moments_f32((const float *)(uintptr_t)c.data, c.A, c.E, c.B, c.bound, out, columns);
+        reshift_f32((const float *)(uintptr_t)c.data, c.A, c.E, c.B, out);
     }
     Py_END_ALLOW_THREADS
     return PyBool_FromLong(ok);
