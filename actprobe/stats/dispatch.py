@@ -9,7 +9,7 @@ Backends, one class each, all producing the same ``Partial`` (``arena.py``):
 Shifting by one of the entry's own values keeps the squares from cancelling when the mean is far
 from zero (the shifted-data algorithm): a tensor whose mean is 10,000 times its std keeps a relative
 error near 1e-7. When the shift itself is far from the mean (a unit whose first value is an outlier),
-the C backend sums that unit again around its mean, and the torch backend centres and sums in
+the C backend sums that unit again around its mean, and the torch backend shifts by the mean and sums in
 float64; the Triton kernel sums in float64 throughout. Half-precision inputs are summed in float32,
 float64 in float64.
 

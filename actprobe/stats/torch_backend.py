@@ -1,5 +1,8 @@
 """The portable backend: torch operations that mask non-finite values, on any device.
 
+Unlike the C and Triton kernels, it shifts each entry by its own mean (one more pass, cheap in torch)
+rather than by its first value.
+
 They never read a device value on the host, so they never synchronise. On a CPU without the C
 extension, a cheaper unmasked pass runs first and is kept when every value is finite (reading a CPU
 value costs no synchronisation).
@@ -46,12 +49,12 @@ def unmasked_cpu(view: torch.Tensor, plan: Plan) -> torch.Tensor | None:
     minimum, maximum = torch.aminmax(values)
     if not math.isfinite(float(maximum - minimum)):  # a CPU value: reading it costs no synchronisation
         return None
-    shift = values[0, :, 0]
-    # centred and summed in float64: a shift far from the mean (an outlier first) must not cancel the
-    # squares away
-    centred = values.double() - shift.double()[None, :, None]
-    total = centred.sum(dim=(0, 2))
-    squares = centred.square_().sum(dim=(0, 2))
+    # the shift is each entry's mean (one more pass): a first value far from the mean (an outlier) would
+    # cancel the squares away; the sums accumulate in float64
+    shift = values.mean(dim=(0, 2))
+    centred = values - shift[None, :, None]
+    total = centred.sum(dim=(0, 2), dtype=torch.float64)
+    squares = centred.square_().sum(dim=(0, 2), dtype=torch.float64)
     far = (values.abs() > plan.near_bound).sum().to(plan.dtype)
     count = torch.full_like(shift, values.numel() // values.shape[1])
     scalars = torch.stack((minimum, maximum, far, torch.zeros_like(far)))
@@ -65,16 +68,13 @@ def masked(view: torch.Tensor, plan: Plan) -> torch.Tensor:
     finite = torch.isfinite(values)
     zero = torch.zeros((), dtype=dtype, device=view.device)
     cleaned = torch.where(finite, values, zero)
-    # the shift: each entry's first finite value, in (A, B) order (0 if it has none)
-    entries = values.shape[1]
-    first = finite.transpose(0, 1).reshape(entries, -1).to(torch.uint8).argmax(dim=1, keepdim=True)
-    shift = cleaned.transpose(0, 1).reshape(entries, -1).gather(1, first)[:, 0]
-    # centred and summed in float64: a shift far from the mean (an outlier first) must not cancel the
-    # squares away
-    centred = torch.where(finite, values.double() - shift.double()[None, :, None], 0.0)
     count = finite.sum(dim=(0, 2), dtype=dtype)
-    total = centred.sum(dim=(0, 2))
-    squares = (centred * centred).sum(dim=(0, 2))
+    # the shift: each entry's mean over its finite values (0 if it has none); a first value far from
+    # the mean (an outlier) would cancel the squares away. The sums accumulate in float64.
+    shift = cleaned.sum(dim=(0, 2)) / count.clamp_min(1)
+    centred = torch.where(finite, values - shift[None, :, None], zero)
+    total = centred.sum(dim=(0, 2), dtype=torch.float64)
+    squares = (centred * centred).sum(dim=(0, 2), dtype=torch.float64)
     inf = torch.full((), math.inf, dtype=dtype, device=view.device)  # a fill, not a host copy
     minimum = torch.where(finite, values, inf).amin()
     maximum = torch.where(finite, values, -inf).amax()
