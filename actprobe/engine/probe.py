@@ -90,7 +90,7 @@ class Probe:
         except BaseException:
             self._sink.release()
             raise
-        self._owner = os.getpid()
+        self._forked = False  # set in a child made with fork: the file and its lock are the parent's
         _open_probes.add(self)
 
     # -- context manager -------------------------------------------------------------------------
@@ -131,7 +131,7 @@ class Probe:
 
         Device tensors are copied on their device: recording them does not synchronise.
         """
-        if self._owner != os.getpid():  # a forked child: the parent records, the child leaves its file alone
+        if self._forked:  # the parent records; the child leaves its file alone
             return
         if self.closed:
             self._warn_once("closed", "Probe.step() called after the probe was closed; ignored")
@@ -150,7 +150,7 @@ class Probe:
 
     def flush(self, *, wait: bool = False) -> None:
         """Send every recorded row to the writer; with ``wait``, return once they are committed."""
-        if self.closed or not self._staged_rows_valid or self._owner != os.getpid():
+        if self.closed or not self._staged_rows_valid or self._forked:
             return
         try:
             self._flush()
@@ -167,7 +167,7 @@ class Probe:
         """
         if self.closed:
             return
-        if self._owner != os.getpid():
+        if self._forked:
             self._engine.remove()
             self.closed = True
             self._sink.release()  # closes the child's copy of the lock's descriptor, nothing more
@@ -285,6 +285,7 @@ def _disown_after_fork() -> None:
     """In a child made with ``fork``: the parent's probes stop recording here, and the child's exit
     leaves their files and locks alone."""
     for probe in list(_open_probes):
+        probe._forked = True
         probe._engine.active = False
     _open_probes.clear()
 

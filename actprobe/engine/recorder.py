@@ -31,7 +31,6 @@ class Recorder:
         self.stage: RowStage | None = None
         self.sites: list[Site] = []
         self._index: dict[str, int] = {}
-        self.fixed = False
         self.device: torch.device | None = None
         self.ignored: set[str] = set()
         self.unitless: set[str] = set()  # sites with more than MAX_UNITS units, recorded without units
@@ -51,7 +50,7 @@ class Recorder:
     def _observe_one(self, name: str, module: nn.Module, tensor: torch.Tensor) -> None:
         index = self._index.get(name)
         if index is None:
-            if self.fixed:
+            if self.started:  # the site set is fixed
                 self.ignored.add(name)
                 return
             index = self._add_site(name, module, tensor)
@@ -85,7 +84,6 @@ class Recorder:
 
     def start(self, scalar_names: list[str]) -> None:
         """Fix the site set (later, unknown sites are ignored) and the scalar columns; make the stage."""
-        self.fixed = True
         device = self.device or torch.device("cpu")
         self.stage = RowStage(self.rows_per_flush, len(self.sites), scalar_names, device)
 

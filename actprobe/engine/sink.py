@@ -1,4 +1,5 @@
-"""Where a probe's rows go: its run file, claimed at once and created at the first flush.
+"""Where a probe's rows go: its run file, claimed when the probe is made and created when its first
+recorded step ends.
 
 The sink holds the single-writer lock from the probe's creation to its close, and wires the rows
 staged by the recorder to a background writer thread (``runfile.writer``) that commits them.
@@ -29,7 +30,7 @@ class FileSink:
 
     def open(self, sites: Sequence[Site], scalar_names: Sequence[str], attributes: Mapping[str, Any],
              chunk_rows: int) -> None:
-        """Start the writer thread; it creates the file with these columns at its first batch."""
+        """Start the writer thread, which creates the file with these columns at once (no rows yet)."""
         sites, names, path = list(sites), list(scalar_names), self.path
         self._writer = BackgroundWriter(lambda: RunFileWriter(
             path, sites=sites, scalar_names=names, attributes=attributes, chunk_rows=chunk_rows))

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .._text import one_line
 from ..errors import FormatError
 from ._swmr import open_swmr
 from .format import STATISTICS
@@ -98,7 +99,7 @@ def _read_once(h5py: Any, path: Path) -> Run:
     except FormatError:
         raise
     except (OSError, RuntimeError, KeyError, ValueError, TypeError, MemoryError) as exc:
-        raise FormatError(f"{path} is damaged or incomplete: {' '.join(str(exc).split())[:200]}") from None
+        raise FormatError(f"{path} is damaged or incomplete: {one_line(exc)}") from None
 
 
 def _live(path: Path) -> bool:
@@ -124,8 +125,7 @@ def _open(h5py: Any, path: Path) -> tuple[Any, bool]:
         try:
             return open_swmr(path), False
         except (OSError, RuntimeError, ValueError):
-            reason = " ".join(str(plain_error).split())[:200]
-            raise FormatError(f"{path} is damaged or incomplete: {reason}") from None
+            raise FormatError(f"{path} is damaged or incomplete: {one_line(plain_error)}") from None
 
 
 def _load(f: Any, path: Path, closed: bool) -> Run:

@@ -123,8 +123,8 @@ class RunFileWriter:
             RunFileError: the last flush failed; the file is frozen with the rows committed before.
         """
         if self._file.id.valid:
+            self._checked("closing", self._file.close)  # closes the kept objects too, checked
             self._columns.clear()
-            self._checked("closing", self._file.close)
 
     def _checked(self, what: str, operation: Callable[[], None]) -> None:
         try:

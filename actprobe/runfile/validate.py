@@ -15,6 +15,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from .._text import one_line
 from ..errors import FormatError
 from .format import FORMAT_NAME, FORMAT_VERSION, STATISTICS, STEP_FILL
 
@@ -50,7 +51,7 @@ class Checker:
         try:
             link = self.f.get(name, getlink=True)
         except (KeyError, RuntimeError, OSError, ValueError) as exc:
-            raise self.fail(f"cannot look up {name!r} ({' '.join(str(exc).split())[:80]})") from None
+            raise self.fail(f"cannot look up {name!r} ({one_line(exc, limit=80)})") from None
         if link is None:
             if required:
                 raise self.fail(f"it has no {name!r}")
@@ -60,7 +61,7 @@ class Checker:
         try:
             node = self.f[name]
         except (KeyError, RuntimeError, OSError, ValueError) as exc:
-            raise self.fail(f"cannot open {name!r} ({' '.join(str(exc).split())[:80]})") from None
+            raise self.fail(f"cannot open {name!r} ({one_line(exc, limit=80)})") from None
         if not isinstance(node, kind):
             raise self.fail(f"{name!r} is a {type(node).__name__.lower()}, not a {kind.__name__.lower()}")
         return node
@@ -115,12 +116,11 @@ def check_root(f: h5py.File, path: Path) -> dict[str, Any]:
 
 def check_columns(c: Checker) -> tuple[int, np.ndarray, tuple[str, ...]]:
     """The site count, the committed steps and the scalar names, with every column checked."""
-    sites = c.dataset("sites", "SOU", 1)
-    count = sites.shape[0]
+    count = c.dataset("sites", "SOU", 1).shape[0]
     if count > MAX_SITES:
         raise c.fail(f"it declares {count:,} sites")
     for name in ("sites", "site_module_type"):
-        ds = c.dataset(name, "SOU", 1)
+        ds = c.dataset(name, "SOU", 1)  # sites again: its dtype is checked here, with its twin's
         if ds.shape[0] != count:
             raise c.fail(f"{name!r} has {ds.shape[0]} entries for {count} sites")
         if ds.dtype.kind == "O" and h5py.check_string_dtype(ds.dtype) is None:

@@ -46,15 +46,15 @@ class CBackend:
         return Partial(offset, plan.entries, plan.units, x.numel())
 
     def _moments(self, x: torch.Tensor, plan: Plan, out_pointer: int) -> None:
-        if x.dtype != plan.dtype or not plan.contiguous:
+        copied = x.dtype != plan.dtype or not plan.contiguous
+        if copied:
             view = plan.view(x)
             x = self._scratch_for(view.numel(), plan.dtype).view(view.shape).copy_(view)
         a, e, b = plan.view_shape
         args = (plan.dtype == torch.float64, x.data_ptr(), a, e, b, plan.near_bound, out_pointer)
         if not _cstats.moments(*args):
             _cstats.masked(*args)
-        kept = self._scratch.get(plan.dtype)
-        if kept is not None and kept.numel() * kept.element_size() > SCRATCH_KEEP_BYTES:
+        if copied and x.numel() * x.element_size() > SCRATCH_KEEP_BYTES:
             del self._scratch[plan.dtype]  # a large copy is made again when needed, not held meanwhile
 
     def _scratch_for(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
