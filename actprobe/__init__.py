@@ -4,6 +4,7 @@
         ...
         probe.step(loss=loss)
     run = actprobe.read("run.h5")
+    print(actprobe.summary("run.h5"))      # what ``actprobe show`` prints
 
 ``import actprobe`` is light: ``Probe`` (and with it torch) and ``read`` (and h5py) load on first use.
 The layers, from the bottom: ``runfile`` (the HDF5 contract), ``stats`` (kernels), ``engine`` (hooks
@@ -30,9 +31,11 @@ from .runfile.format import STATISTICS
 
 if TYPE_CHECKING:
     from .engine.probe import Probe
+    from .render.summary import summary
     from .runfile.reader import Run, read
 
-_LAZY = {"Probe": ".engine.probe", "Run": ".runfile.reader", "read": ".runfile.reader"}
+_LAZY = {"Probe": ".engine.probe", "Run": ".runfile.reader", "read": ".runfile.reader",
+         "summary": ".render.summary"}
 install_moved_modules()
 
 __all__ = [
@@ -49,6 +52,7 @@ __all__ = [
     "SelectionError",
     "__version__",
     "read",
+    "summary",
 ]
 
 

@@ -50,6 +50,9 @@ MOVED: dict[str, tuple[str, ...]] = {
     "recipes.layers": ("analysis.roles",),
 }
 PACKAGE = __name__.rpartition(".")[0]
+# old module names that are also public functions of the package now: ``actprobe.summary("run.h5")``
+# works whether or not ``import actprobe.summary`` (0.1's module) has put the moved module in its place
+CALLABLE: dict[str, tuple[str, str]] = {"summary": ("render.summary", "summary")}
 
 
 class _MovedModule(ModuleType):
@@ -64,6 +67,13 @@ class _MovedModule(ModuleType):
 
     def _owner(self, attribute: str) -> ModuleType | None:
         return next((module for module in self._modules() if hasattr(module, attribute)), None)
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        old = self.__name__.removeprefix(PACKAGE + ".")
+        if old not in CALLABLE:
+            raise TypeError(f"module {self.__name__!r} is not callable")
+        module, name = CALLABLE[old]
+        return getattr(importlib.import_module(f"{PACKAGE}.{module}"), name)(*args, **kwargs)
 
     def __getattr__(self, attribute: str) -> object:
         if attribute == "__all__":  # for `from actprobe.summary import *`: the public names of each new home

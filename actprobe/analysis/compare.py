@@ -2,12 +2,14 @@
 
 Matching, in this order:
 
-1. **by name**: a site name that every run has is matched across all runs;
+1. **by name**: a site name that every run has, with the same module type in every run, is matched
+   across all runs (a ``features.3`` that is a Conv2d in one run and a ReLU in another is not);
 2. **by position**: the sites left over are matched by their position among the left-over sites of
-   the same role (``actprobe.analysis.roles.role``: activation, conv, linear, norm, pool, …) — the k-th
-   left-over activation of each run with the k-th of every other — when every run has one there.
+   the same role (``actprobe.analysis.roles.role``: activation, conv, linear, norm, pool, …), in the
+   order of their depth in the layer graph (then of their columns) — the k-th left-over activation of
+   each run with the k-th of every other — when every run has one there.
 
-What neither matches is reported per run as unmatched. No rendering here (see ``compare_view``).
+What neither matches is reported per run as unmatched. No rendering here (see ``render.compare``).
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-
 from ..errors import OptionError
 from ..runfile.reader import Run
+from .graph import LayerGraph
 from .roles import role
 from .rows import parse_step, row_for
 
@@ -36,12 +38,19 @@ class MatchedSite:
     names: tuple[str, ...]
     columns: tuple[int, ...]
     how: str  # "name" or "position"
+    module_types: tuple[str, ...] = ()
+
+    @property
+    def module_type(self) -> str:
+        """The module type, or the types of each run joined by ↔ when they differ."""
+        return " ↔ ".join(dict.fromkeys(self.module_types))
 
 
 @dataclass(frozen=True)
 class Matching:
     sites: tuple[MatchedSite, ...]
     unmatched: tuple[tuple[str, ...], ...]  # per run, names that were not matched
+    type_clashes: tuple[tuple[str, tuple[str, ...]], ...] = ()  # names every run has, with differing types
 
     @property
     def method(self) -> str:
@@ -61,37 +70,50 @@ class Matching:
 
 
 def match_sites(runs: Sequence[Run]) -> Matching:
-    """Line up the sites of ``runs`` (at least two): by name, then by position within each role."""
+    """Line up the sites of ``runs`` (at least two): by name where the types agree, then by position."""
     first = runs[0]
     matched: list[MatchedSite] = []
     used: list[set[int]] = [set() for _ in runs]
     index = [{name: i for i, name in enumerate(run.sites)} for run in runs]
+    clashes = []
     for i, name in enumerate(first.sites):
-        if all(name in idx for idx in index[1:]):
-            columns = tuple(idx[name] for idx in index)
-            for r, c in enumerate(columns):
-                used[r].add(c)
-            matched.append(MatchedSite(name, role(first.site_module_types[i]), (name,) * len(runs), columns, "name"))
-    leftovers: list[dict[str, list[int]]] = []
-    for r, run in enumerate(runs):
-        by_role: dict[str, list[int]] = {}
-        for c, kind in enumerate(run.site_module_types):
-            if c not in used[r]:
-                by_role.setdefault(role(kind), []).append(c)
-        leftovers.append(by_role)
+        if not all(name in idx for idx in index[1:]):
+            continue
+        columns = tuple(idx[name] for idx in index)
+        types = tuple(run.site_module_types[c] for run, c in zip(runs, columns))
+        if len(set(types)) > 1:
+            clashes.append((name, types))
+            continue
+        _use(used, columns)
+        matched.append(MatchedSite(name, role(types[0]), (name,) * len(runs), columns, "name", types))
+    leftovers = [_leftovers_by_role(run, used[r]) for r, run in enumerate(runs)]
     for kind in leftovers[0]:
-        count = min(len(left.get(kind, [])) for left in leftovers)
-        for k in range(count):
+        for k in range(min(len(left.get(kind, [])) for left in leftovers)):
             columns = tuple(left[kind][k] for left in leftovers)
             names = tuple(run.sites[c] for run, c in zip(runs, columns))
-            for r, c in enumerate(columns):
-                used[r].add(c)
+            _use(used, columns)
             label = names[0] if len(set(names)) == 1 else " ↔ ".join(dict.fromkeys(names))
-            matched.append(MatchedSite(label, kind, names, columns, "position"))
+            types = tuple(run.site_module_types[c] for run, c in zip(runs, columns))
+            matched.append(MatchedSite(label, kind, names, columns, "position", types))
     matched.sort(key=lambda site: site.columns[0])
     unmatched = tuple(tuple(name for c, name in enumerate(run.sites) if c not in used[r])
                       for r, run in enumerate(runs))
-    return Matching(tuple(matched), unmatched)
+    return Matching(tuple(matched), unmatched, tuple(clashes))
+
+
+def _use(used: list[set[int]], columns: tuple[int, ...]) -> None:
+    for r, c in enumerate(columns):
+        used[r].add(c)
+
+
+def _leftovers_by_role(run: Run, used: set[int]) -> dict[str, list[int]]:
+    """The columns not matched yet, per role, in the order of their depth in the layer graph."""
+    depth = LayerGraph.of(run).depths()
+    by_role: dict[str, list[int]] = {}
+    for c in sorted(range(len(run.sites)), key=lambda c: (depth[c], c)):
+        if c not in used:
+            by_role.setdefault(role(run.site_module_types[c]), []).append(c)
+    return by_role
 
 
 @dataclass(frozen=True)

@@ -1,51 +1,26 @@
-"""The per-site summary of a run, and the flags that mark what looks wrong; no rendering here.
+"""The per-site summary of a run (``actprobe show``): statistics at the first and last recorded step and
+the rule engine's observations grouped by site; no rendering here.
 
-A flag holds at the first or the last recorded step (or both). Thresholds, all adjustable:
-
-| flag | holds when |
-|---|---|
-| `std-collapse` | the site's std < ``collapse`` × the std of the first site (the signal shrinks with depth) |
-| `std-explosion` | the site's std > ``explosion`` × the std of the first site |
-| `mean-shift` | after a ReLU-like module, abs(mean) > ``mean_shift`` × std |
-| `near-zero` | near_zero > ``near_zero`` |
-| `dead` | dead > ``dead`` |
-| `non-finite` | nonfinite > 0 |
+The observations are ``rules.evaluate``'s, the same that ``diagnose`` groups by rule, under the
+same ``Thresholds``: the two views cannot disagree.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-
-import numpy as np
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 from ..errors import OptionError
 from ..runfile.reader import Run
-from .roles import RELU_LIKE
+from .roles import matching
 from .rows import first_and_last
+from .rules import SEVERITIES, Observation, evaluate, rank
+from .thresholds import Thresholds, as_stored
+
+__all__ = ["RunSummary", "SiteSummary", "Thresholds", "as_stored", "state", "summarize"]
 
 SUMMARY_STATS = ("mean", "std", "near_zero", "dead", "nonfinite")
-
-
-@dataclass(frozen=True, kw_only=True)
-class Thresholds:
-    """When a flag is raised; see the module docstring."""
-
-    collapse: float = 0.1
-    explosion: float = 10.0
-    mean_shift: float = 0.5
-    near_zero: float = 0.5
-    dead: float = 0.1
-
-
-@dataclass(frozen=True)
-class Flag:
-    """One thing that looks wrong at one site. ``when`` is ``"first"``, ``"last"`` or ``"both"``."""
-
-    code: str
-    severity: str  # "warning" or "error"
-    when: str
-    detail: str  # e.g. "std ×0.07" (relative to the first site)
 
 
 @dataclass(frozen=True)
@@ -54,12 +29,22 @@ class SiteSummary:
     module_type: str
     first: dict[str, float]
     last: dict[str, float]
-    flags: tuple[Flag, ...] = ()
+    observations: tuple[Observation, ...] = ()
+
+    @property
+    def worst(self) -> str | None:
+        """The most severe observation's severity, or None."""
+        return max((o.severity for o in self.observations), key=rank, default=None)
+
+    @property
+    def flagged(self) -> bool:
+        """Whether a warning or an error was observed here (info alone does not flag a site)."""
+        return self.worst is not None and rank(self.worst) >= rank("warning")
 
 
 @dataclass(frozen=True)
 class RunSummary:
-    """What ``actprobe show`` prints: the run's context and one ``SiteSummary`` per site."""
+    """What ``actprobe show`` prints: the run's context and one ``SiteSummary`` per site shown."""
 
     path: str
     rows: int
@@ -72,14 +57,51 @@ class RunSummary:
     scalars_last: dict[str, float] = field(default_factory=dict)
     live: bool = False
     stopped: bool = False  # its writer neither is writing it nor closed it: a crash or a write error
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    uncalled: tuple[str, ...] = ()  # selected modules that were never called: they have no site
+    total_sites: int = 0  # sites in the run (``sites`` may show fewer: see ``pick``)
+    observations: tuple[Observation, ...] = ()  # every observation of the run, also at sites not shown
 
-    @property
-    def flag_count(self) -> int:
-        return sum(len(site.flags) for site in self.sites)
+    def counts(self) -> dict[str, int]:
+        """Observations per severity, over the whole run."""
+        return {s: sum(o.severity == s for o in self.observations) for s in SEVERITIES}
+
+    def pick(self, *, flagged: bool = False, top: int | None = None, select: Sequence[str] = ()) -> RunSummary:
+        """The sites to show: matching ``select`` (globs on names, or class names), with a warning or an
+        error (``flagged``), the ``top`` K most severe (most severe first)."""
+        sites = list(self.sites)
+        if select:
+            names = set(self._matching(select))
+            sites = [s for s in sites if s.name in names]
+        if flagged:
+            sites = [s for s in sites if s.flagged]
+        if top is not None:
+            order = sorted(range(len(sites)), key=lambda k: (-rank(sites[k].worst or "info") - bool(sites[k].worst),
+                                                             -len(sites[k].observations), k))
+            sites = [sites[k] for k in sorted(order[:top])]
+        return replace(self, sites=tuple(sites))
+
+    def _matching(self, select: Sequence[str]) -> list[str]:
+        columns = matching([s.name for s in self.sites], [s.module_type for s in self.sites], select)
+        names = [self.sites[c].name for c in columns]
+        if not names:
+            raise OptionError(f"--select {' '.join(select)} matches no site (globs on site names, or module "
+                              f"class names such as {self.sites[0].module_type if self.sites else 'ReLU'})")
+        return names
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "rows": self.rows, "first_step": self.first_step, "last_step": self.last_step,
+                "sites_total": self.total_sites, "counts": self.counts(), "uncalled": list(self.uncalled),
+                "sites": [{"site": s.name, "module_type": s.module_type, "first": s.first, "last": s.last,
+                           "observations": [_observation_json(o) for o in s.observations]} for s in self.sites]}
+
+
+def _observation_json(o: Observation) -> dict[str, Any]:
+    return {"rule": o.rule, "severity": o.severity, "steps": list(o.steps), "value": o.value, "detail": o.detail}
 
 
 def summarize(run: Run, thresholds: Thresholds | None = None, *, live: bool = False) -> RunSummary:
-    """Summarise the first and last recorded rows of ``run``.
+    """Summarise the first and last recorded rows of ``run`` and group the rules' observations by site.
 
     Raises:
         OptionError: the run has no rows (see ``state``).
@@ -87,20 +109,23 @@ def summarize(run: Run, thresholds: Thresholds | None = None, *, live: bool = Fa
     if run.rows == 0:
         raise OptionError(state(run, live))
     thresholds = thresholds or Thresholds()
+    observations = evaluate(run, thresholds)
     rows = first_and_last(run)
     first_row, last_row = rows["first"], rows["last"]
     values = {when: [{s: float(run.stats[s][row, i]) for s in SUMMARY_STATS} for i in range(len(run.sites))]
               for when, row in rows.items()}
-    sites = []
-    for i, (name, kind) in enumerate(zip(run.sites, run.site_module_types)):
-        flags = _merge({when: _flags(i, kind, values[when], thresholds) for when in rows})
-        sites.append(SiteSummary(name, kind, values["first"][i], values["last"][i], flags))
+    by_site: dict[int, list[Observation]] = {}
+    for obs in observations:
+        by_site.setdefault(obs.column, []).append(obs)
+    sites = tuple(SiteSummary(name, kind, values["first"][i], values["last"][i], tuple(by_site.get(i, ())))
+                  for i, (name, kind) in enumerate(zip(run.sites, run.site_module_types)))
     return RunSummary(
         path=str(run.path), rows=run.rows, first_step=int(run.step[first_row]), last_step=int(run.step[last_row]),
-        seconds=float(run.time[last_row]), attrs=dict(run.attrs), sites=tuple(sites),
+        seconds=float(run.time[last_row]), attrs=dict(run.attrs), sites=sites,
         scalars_first={k: float(v[first_row]) for k, v in run.scalars.items()},
         scalars_last={k: float(v[last_row]) for k, v in run.scalars.items()}, live=live,
-        stopped=not run.closed and not live)
+        stopped=not run.closed and not live, thresholds=thresholds, uncalled=tuple(run.uncalled),
+        total_sites=len(run.sites), observations=tuple(observations))
 
 
 def state(run: Run, live: bool) -> str:
@@ -112,39 +137,3 @@ def state(run: Run, live: bool) -> str:
     else:
         why = "its writer closed it without recording a step"
     return f"{run.path}: no rows committed yet ({why})"
-
-
-def _flags(i: int, kind: str, row: list[dict[str, float]], t: Thresholds) -> list[tuple[str, str, str]]:
-    site, found = row[i], []
-    reference = row[0]["std"]
-    if i > 0 and math.isfinite(reference) and reference > 0 and math.isfinite(site["std"]):
-        ratio = site["std"] / reference
-        if ratio < t.collapse:
-            found.append(("std-collapse", "warning", f"std ×{ratio:.2g}"))
-        elif ratio > t.explosion:
-            found.append(("std-explosion", "warning", f"std ×{ratio:.3g}"))
-    if kind in RELU_LIKE and site["std"] > 0 and abs(site["mean"]) > t.mean_shift * site["std"]:
-        found.append(("mean-shift", "warning", f"mean {site['mean'] / site['std']:+.2f}σ"))
-    if site["near_zero"] > as_stored(t.near_zero):
-        found.append(("near-zero", "warning", f"near-zero {site['near_zero']:.0%}"))
-    if site["dead"] > as_stored(t.dead):
-        found.append(("dead", "error", f"dead {site['dead']:.0%}"))
-    if site["nonfinite"] > 0:
-        found.append(("non-finite", "error", f"NaN/Inf {100 * site['nonfinite']:.2g}%"))
-    return found
-
-
-def as_stored(threshold: float) -> float:
-    """A fraction as the file stores it (float32), so that exactly 10% dead is not "more than 10%"."""
-    return float(np.float32(threshold))
-
-
-def _merge(by_when: dict[str, list[tuple[str, str, str]]]) -> tuple[Flag, ...]:
-    first = {code: (severity, detail) for code, severity, detail in by_when["first"]}
-    last = {code: (severity, detail) for code, severity, detail in by_when["last"]}
-    merged = []
-    for code in dict.fromkeys([*first, *last]):
-        when = "both" if code in first and code in last else ("first" if code in first else "last")
-        severity, detail = last.get(code) or first[code]
-        merged.append(Flag(code, severity, when, detail))
-    return tuple(merged)

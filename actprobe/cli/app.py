@@ -16,7 +16,7 @@ except ImportError:  # pragma: no cover
 
 from .._version import __version__
 from ..errors import ActprobeError
-from .codes import EXIT_BAD_INPUT, EXIT_FINDINGS
+from .codes import EXIT_BAD_INPUT
 
 
 class _OneLineErrors(TyperGroup):
@@ -83,21 +83,28 @@ def info(path: Path = typer.Argument(..., help="A run file written by actprobe."
         typer.echo(line)
 
 
+THRESHOLD_HELP = "NAME=VALUE to change a rule's threshold; repeatable (docs/DIAGNOSE.md lists them)."
+
+
 @app.command()
-def show(path: Path = typer.Argument(..., help="A run file written by actprobe, finished or still growing.")) -> None:
-    """Summarise a run file: per-site statistics at the first and last recorded step, and flags."""
-    from rich.console import Console
+def show(
+    path: Path = typer.Argument(..., help="A run file written by actprobe, finished or still growing."),
+    flagged: bool = typer.Option(False, "--flagged", help="Only the sites with a warning or an error."),
+    top: int | None = typer.Option(None, "--top", help="Only the K sites with the most severe findings."),
+    select: list[str] = typer.Option([], "--select", help="Site name glob or module class name (ReLU) to show; "
+                                     "repeatable."),
+    json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    threshold: list[str] = typer.Option([], "--threshold", help=THRESHOLD_HELP),
+) -> None:
+    """Summarise a run file: per-site statistics at the first and last recorded step, and what the rules
+    (the same as diagnose's) observed at each site."""
+    from .views import ShowOptions, show as show_view
 
-    from ..analysis.summary import state, summarize
-    from ..render.summary import render_summary
-    from ..render.text import printable
-    from ..runfile.lock import writer_active
-
-    run, live = _read(path), writer_active(path)
-    if run.rows == 0:
-        typer.echo(printable(state(run, live)))
-        return
-    render_summary(summarize(run, live=live), Console())
+    try:
+        show_view(path, ShowOptions(thresholds=tuple(threshold), flagged=flagged, top=top, select=tuple(select),
+                                    json_output=json_output))
+    except ActprobeError as exc:
+        raise _fail(exc) from None
 
 
 @app.command()
@@ -110,8 +117,9 @@ def run(
     epochs: int | None = typer.Option(None, "--epochs", help="Epochs over data() [default: 1 when no --steps]."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (cuda:N)."),
     every: int = typer.Option(1, "--every", help="Record every k-th step."),
-    select: list[str] = typer.Option([], "--select", help="Module name glob to record; repeatable "
-                                     "[default: every leaf module]."),
+    select: list[str] = typer.Option([], "--select", help="Module name glob or class name (ReLU) to record; "
+                                     "repeatable [default: every leaf module, and container outputs no "
+                                     "recorded module produced]."),
     seed: int = typer.Option(0, "--seed", help="Seed of torch's generator, set before model() and data()."),
     data_root: Path | None = typer.Option(None, "--data-root", help="Folder with data sets "
                                           "(also $ACTPROBE_DATA)."),
@@ -145,30 +153,14 @@ def compare_command(
     top: int | None = typer.Option(None, "--top", help="Show only the K sites with the largest changes "
                                    "[default: all up to 40 sites, else 40]; 0 shows all."),
 ) -> None:
-    """Compare runs site by site: matched by name, else by position among sites of the same role."""
-    from rich.console import Console
-
-    from .._checks import check_number
-    from ..analysis.compare import compare, parse_stats
-    from ..render.compare import render_comparison
-    from ..runfile.lock import writer_active
+    """Compare runs site by site: by name where the module types agree, else by position in the layer graph
+    among sites of the same role."""
+    from .views import compare
 
     try:
-        check_number("--top", top, integer=True, allow_none=True)
+        compare(files, step=step, stats=stats, figure=figure, top=top)
     except ActprobeError as exc:
         raise _fail(exc) from None
-    runs = [_read(path) for path in files]
-    try:
-        comparison = compare(runs, step=step, stats=parse_stats(stats))
-    except ActprobeError as exc:
-        raise _fail(exc) from None
-    console = Console()
-    render_comparison(comparison, console, live=tuple(writer_active(path) for path in files), top=top)
-    if figure is not None:
-        from ..render.figures import plot_compare
-
-        written = _write_figure(lambda: plot_compare(runs, comparison.matching, comparison.choice.rows, figure))
-        console.print(f"figure: {written}", highlight=False, markup=False)
 
 
 @app.command(name="diagnose")
@@ -177,75 +169,35 @@ def diagnose_command(
     json_output: bool = typer.Option(False, "--json", help="Print the findings as a JSON list."),
     fail_on: str = typer.Option("error", "--fail-on", help="Exit 1 when a finding is this severe or more: "
                                 "info, warning, error, or never."),
-    threshold: list[str] = typer.Option([], "--threshold", help="NAME=VALUE to change a rule's threshold; "
-                                        "repeatable (docs/DIAGNOSE.md lists them)."),
+    threshold: list[str] = typer.Option([], "--threshold", help=THRESHOLD_HELP),
 ) -> None:
     """Turn a run's statistics into findings with advice; the exit code can gate CI."""
-    from ..analysis.diagnose import SEVERITIES, Rules, diagnose, rank
+    from .views import diagnose
 
-    if fail_on not in (*SEVERITIES, "never"):
-        raise _fail(f"--fail-on must be one of {', '.join(SEVERITIES)}, never; got {fail_on!r}")
     try:
-        rules = Rules.parse(threshold)
+        code = diagnose(path, thresholds=threshold, fail_on=fail_on, json_output=json_output)
     except ActprobeError as exc:
         raise _fail(exc) from None
-    run = _read(path)
-    findings = diagnose(run, rules)
-    if json_output:
-        from ..render.diagnose import findings_json
-
-        typer.echo(findings_json(findings))
-    else:
-        from rich.console import Console
-
-        from ..render.diagnose import render_findings
-        from ..runfile.lock import writer_active
-
-        if run.rows == 0:
-            from ..analysis.summary import state
-
-            from ..render.text import printable
-
-            typer.echo(printable(state(run, writer_active(path))))
-        else:
-            render_findings(run, findings, Console(), live=writer_active(path))
-    if fail_on != "never" and any(rank(f.severity) >= rank(fail_on) for f in findings):
-        raise typer.Exit(EXIT_FINDINGS)
+    if code:
+        raise typer.Exit(code)
 
 
 @app.command(name="plot")
 def plot_command(
     path: Path = typer.Argument(..., help="A run file, finished or still growing."),
     out: Path = typer.Option(Path("."), "--out", help="Folder for the PNG figures."),
-    select: list[str] = typer.Option([], "--select", help="Site name glob to draw; repeatable [default: the "
-                                     "activations, else the Conv/Linear layers]."),
+    select: list[str] = typer.Option([], "--select", help="Site name glob or module class name to draw; "
+                                     "repeatable [default: the activations, else the Conv/Linear layers]."),
 ) -> None:
     """Draw the standard figures of a run: per-layer mean and std against step, near-zero % per layer."""
-    from ..analysis.roles import layer_chain, sites_matching
+    from .views import plot
 
-    run = _read(path)
-    if run.rows == 0:
-        raise _fail(f"{path} has no rows committed yet: nothing to draw")
-    if out.exists() and not out.is_dir():
-        raise _fail(f"--out {out} is a file; name a folder")
-    if select:
-        columns = sites_matching(run, select)
-        if not columns:
-            raise _fail(f"--select {' '.join(select)} matches no site; the sites are: {', '.join(run.sites)}")
-    else:
-        columns = layer_chain(run)
-    from ..render.figures import plot_run
-
-    written = _write_figure(lambda: plot_run(run, columns, out, path.stem))
+    try:
+        written = plot(path, out, select)
+    except ActprobeError as exc:
+        raise _fail(exc) from None
     for item in written:
         typer.echo(f"wrote {item}")
-
-
-def _write_figure(draw: Any) -> Any:
-    try:
-        return draw()
-    except OSError as exc:
-        raise _fail(f"cannot write the figure: {exc.strerror or exc}") from None
 
 
 @app.command()

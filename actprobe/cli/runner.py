@@ -115,7 +115,10 @@ def _init_check(spec: ModelFile, options: RunOptions, model: nn.Module, device: 
     generator = torch.Generator().manual_seed(options.seed)
 
     def forward_pass(index: int) -> None:
-        forward(spec, model, _init_input(spec, options, generator, device), f"at init-check pass {index}")
+        # the first pass runs with autograd on (its graph is dropped, no backward): the probe traces the
+        # layer graph through it, functional code such as residual additions included
+        with torch.enable_grad() if index == 0 else contextlib.nullcontext():
+            forward(spec, model, _init_input(spec, options, generator, device), f"at init-check pass {index}")
 
     model.train()  # as at the first training step (dropout on, batch statistics in norm layers)
     return _record(options, model, device, "init-check", _init_source(spec, options, steps), (), progress, announce,

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-# on_call(module_name, call_index, module, output)
-OnCall = Callable[[str, int, nn.Module, object], None]
+# on_call(module_name, call_index, module, inputs, output); inputs = (args, kwargs) of the call
+OnCall = Callable[[str, int, nn.Module, object, object], None]
 
 
 class HookEngine:
@@ -38,8 +38,11 @@ class HookEngine:
         self.skipped = 0  # calls left out by train_only (eval mode, or gradients disabled)
         self._handles: list[RemovableHandle] = [
             model.register_forward_pre_hook(torch.compiler.disable(self._new_forward))]
+        self._by_name: dict[str, RemovableHandle] = {}
         for name, module in modules:
-            self._handles.append(module.register_forward_hook(self._hook_for(name)))
+            handle = module.register_forward_hook(self._hook_for(name), with_kwargs=True)
+            self._handles.append(handle)
+            self._by_name[name] = handle
 
     def _new_forward(self, module: nn.Module, args: object) -> None:
         self._calls.clear()
@@ -47,16 +50,16 @@ class HookEngine:
         # and kernels captured into the graph would write into buffers nobody reads any more.
         self._capturing = torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()
 
-    def _hook_for(self, name: str) -> Callable[[nn.Module, object, object], None]:
+    def _hook_for(self, name: str) -> Callable[[nn.Module, object, object, object], None]:
         # torch.compile must not trace the hooks (their bookkeeping would make it recompile at
         # every call): each runs eagerly, at a graph break, on the output the compiled code made.
         @torch.compiler.disable
-        def hook(module: nn.Module, args: object, output: object) -> None:
+        def hook(module: nn.Module, args: object, kwargs: object, output: object) -> None:
             if self.active and not self._capturing:
-                self._called(name, module, output)
+                self._called(name, module, (args, kwargs), output)
         return hook
 
-    def _called(self, name: str, module: nn.Module, output: object) -> None:
+    def _called(self, name: str, module: nn.Module, inputs: object, output: object) -> None:
         if self._train_only:
             root = self._root()
             if root is None or not root.training or not torch.is_grad_enabled():
@@ -64,10 +67,17 @@ class HookEngine:
                 return
         index = self._calls.get(name, 0)
         self._calls[name] = index + 1
-        self._on_call(name, index, module, output)
+        self._on_call(name, index, module, inputs, output)
 
     def new_step(self) -> None:
         self._calls.clear()
+
+    def unhook(self, names: Sequence[str]) -> None:
+        """Remove the hooks of these modules (containers whose outputs their children produce)."""
+        for name in names:
+            handle = self._by_name.pop(name, None)
+            if handle is not None:
+                handle.remove()
 
     def remove(self) -> None:
         for handle in self._handles:

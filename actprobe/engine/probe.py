@@ -15,11 +15,12 @@ import torch
 from torch import nn
 
 from ..errors import ActprobeWarning
+from ..runfile.format import SiteGraph
 from ..stats.dispatch import MomentKernel
 from .hooks import HookEngine
 from .recorder import MAX_UNITS, Recorder
 from .scalars import accepted, recordable_names
-from .selection import Select, select_modules
+from .selection import Select, containers, select_modules
 from .settings import DEAD_EPS, FLUSH_EVERY, FLUSH_SECONDS, KERNEL_OPTIONS, NEAR_ZERO_EPS, ProbeSettings
 from .sink import FileSink
 
@@ -74,10 +75,12 @@ class Probe:
                                       flush_every=flush_every, flush_seconds=flush_seconds,
                                       train_only=train_only, overwrite=overwrite, meta=meta or {}, kernel=kernel)
         modules = select_modules(model, select)
+        extra = containers(model) if select is None else []
         self.path = Path(path)
         self._sink = FileSink(self.path, overwrite=overwrite)
         self._recorder = Recorder(MomentKernel(near_zero_eps, **KERNEL_OPTIONS[kernel]), dead_eps=dead_eps,
-                                  rows_per_flush=self.settings.rows_per_flush)
+                                  rows_per_flush=self.settings.rows_per_flush,
+                                  hooked=[name for name, _ in modules], containers=[name for name, _ in extra])
         self._step = 0
         self._started = time.perf_counter()
         self._last_flush = self._started
@@ -86,7 +89,7 @@ class Probe:
         self._staged_rows_valid = True  # False after a failure that may have left a row half-made
         self.closed = False
         try:
-            self._engine = HookEngine(model, modules, self._on_call, train_only=train_only)
+            self._engine = HookEngine(model, modules + extra, self._on_call, train_only=train_only)
         except BaseException:
             self._sink.release()
             raise
@@ -115,6 +118,12 @@ class Probe:
     def recording(self) -> bool:
         """Whether the current step is being recorded."""
         return self.error is None and not self.closed and self._step % self.settings.every == 0
+
+    @property
+    def graph(self) -> SiteGraph:
+        """Which sites feed which (column indices of ``sites``), traced in the first recorded step, and
+        the selected modules that were never called then; empty before that step has ended."""
+        return self._recorder.graph
 
     @property
     def rows_written(self) -> int:
@@ -192,9 +201,9 @@ class Probe:
                             f"{self.path} could not keep up; raise flush_every or record less often (every=)")
 
     # -- internals -------------------------------------------------------------------------------
-    def _on_call(self, name: str, index: int, module: nn.Module, output: object) -> None:
+    def _on_call(self, name: str, index: int, module: nn.Module, inputs: object, output: object) -> None:
         try:
-            self._recorder.observe(name, index, module, output)
+            self._recorder.observe(name, index, module, inputs, output)
         except Exception as exc:
             self._fail(exc, staged_rows_valid=True)  # the step in progress is dropped, earlier rows are whole
 
@@ -208,7 +217,8 @@ class Probe:
             settings = self.settings
             attributes = {"near_zero_eps": settings.near_zero_eps, "dead_eps": settings.dead_eps,
                           "every": settings.every, **settings.meta}
-            self._sink.open(recorder.sites, names, attributes, settings.rows_per_flush)
+            self._sink.open(recorder.sites, names, attributes, settings.rows_per_flush, recorder.graph)
+            self._engine.unhook(recorder.idle_containers)
         self._report_new_sites()
         recorder.end_step(self._step, time.perf_counter() - self._started,
                           accepted(scalars, recorder.scalar_columns, self._warn_once))

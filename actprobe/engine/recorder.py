@@ -2,6 +2,8 @@
 
 The set of sites grows during the first step that records anything and is fixed from then on;
 a site missing from a later step gets a row of NaN, and new sites are ignored (and reported).
+During that first step the recorder also traces the layer graph (``graph.GraphTracer``) and decides
+which container outputs are sites: those that no recorded site produced.
 The recorder owns the rows: it merges each step's partials into its ``RowStage`` and hands the
 filled rows out with ``take()``.
 """
@@ -9,11 +11,15 @@ filled rows out with ``take()``.
 from __future__ import annotations
 
 import torch
+from collections.abc import Collection, Sequence
+
 from torch import nn
 
+from ..runfile.format import SiteGraph
 from ..stats.arena import Arena, Partial
 from ..stats.dispatch import MomentKernel
 from ..stats.merge import Layout, PartialRing, arrangement, merge_now
+from .graph import GraphTracer
 from .sites import Site, floating_outputs, site_name, unit_dim
 from .staging import RowStage, StagedRows
 
@@ -24,7 +30,10 @@ MAX_UNITS = 1 << 16  # units per site with per-unit moments (the dead fraction);
 class Recorder:
     """Collects the partials of the current step; ``finish_step`` reduces them to a row."""
 
-    def __init__(self, kernel: MomentKernel, *, dead_eps: float, rows_per_flush: int) -> None:
+    def __init__(self, kernel: MomentKernel, *, dead_eps: float, rows_per_flush: int,
+                 hooked: Sequence[str] = (), containers: Collection[str] = ()) -> None:
+        """``hooked``: the selected modules' names; ``containers``: hooked modules whose outputs are
+        recorded only when no recorded site produced them."""
         self.kernel = kernel
         self.dead_eps = dead_eps
         self.rows_per_flush = rows_per_flush
@@ -39,26 +48,54 @@ class Recorder:
         self._layouts: dict[tuple, Layout] = {}
         self._ring: PartialRing | None = None
         self._arena: Arena | None = None
+        self._hooked = list(hooked)
+        self._containers = frozenset(containers)
+        self._tracer: GraphTracer | None = GraphTracer()
+        self._called: set[str] = set()  # modules called during the first recorded step
+        self._producers: set[str] = set()  # modules that produced a site
+        self.graph = SiteGraph(edges=())
 
-    def observe(self, module_name: str, call_index: int, module: nn.Module, output: object) -> None:
-        if type(output) is torch.Tensor and output.is_floating_point():  # the common case, kept short
+    def observe(self, module_name: str, call_index: int, module: nn.Module, inputs: object, output: object) -> None:
+        if self._tracer is not None:  # the first recorded step
+            self._discover(module_name, call_index, module, inputs, output)
+        elif type(output) is torch.Tensor and output.is_floating_point():  # the common case, kept short
             self._observe_one(site_name(module_name, call_index, ""), module, output)
-            return
-        for suffix, tensor in floating_outputs(output):
-            self._observe_one(site_name(module_name, call_index, suffix), module, tensor)
+        else:
+            for suffix, tensor in floating_outputs(output):
+                self._observe_one(site_name(module_name, call_index, suffix), module, tensor)
 
-    def _observe_one(self, name: str, module: nn.Module, tensor: torch.Tensor) -> None:
+    def _discover(self, module_name: str, call_index: int, module: nn.Module, inputs: object, output: object) -> None:
+        tracer = self._tracer
+        assert tracer is not None
+        self._called.add(module_name)
+        outputs = list(floating_outputs(output))
+        container = module_name in self._containers
+        if container:
+            outputs = [(suffix, tensor) for suffix, tensor in outputs if not tracer.produced(tensor)]
+        if not outputs:
+            return
+        sources = tracer.sources(inputs)
+        for suffix, tensor in outputs:
+            index = self._observe_one(site_name(module_name, call_index, suffix), module, tensor)
+            if index is not None:
+                # a container's output comes from the sites inside it (and its inputs): traced from the output
+                own = tracer.sources((tensor,)) if container and tensor.grad_fn is not None else sources
+                tracer.add(tensor, index, own)
+                self._producers.add(module_name)
+
+    def _observe_one(self, name: str, module: nn.Module, tensor: torch.Tensor) -> int | None:
         index = self._index.get(name)
         if index is None:
             if self.started:  # the site set is fixed
                 self.ignored.add(name)
-                return
+                return None
             index = self._add_site(name, module, tensor)
         if tensor.numel() == 0:
-            return
+            return index
         if self._arena is None:
             self._arena = Arena(self.device)
         self._partials.append((index, self.kernel(tensor.detach(), self.sites[index].unit_dim, self._arena)))
+        return index
 
     def _add_site(self, name: str, module: nn.Module, tensor: torch.Tensor) -> int:
         dim = unit_dim(module, tensor.shape, self._channel_first_shapes)
@@ -83,7 +120,13 @@ class Recorder:
         return self.stage is not None
 
     def start(self, scalar_names: list[str]) -> None:
-        """Fix the site set (later, unknown sites are ignored) and the scalar columns; make the stage."""
+        """Fix the site set (later, unknown sites are ignored), the layer graph and the scalar columns;
+        make the stage."""
+        if self._tracer is not None:
+            uncalled = tuple(name for name in self._hooked if name not in self._called)
+            self.graph = SiteGraph(edges=tuple(sorted(self._tracer.edges)), uncalled=uncalled)
+            self._tracer.clear()
+            self._tracer = None
         device = self.device or torch.device("cpu")
         self.stage = RowStage(self.rows_per_flush, len(self.sites), scalar_names, device)
 
@@ -148,8 +191,15 @@ class Recorder:
         if ring is not None and ring.filled:
             stage.set_stats(ring.first_row, ring.merge(self.dead_eps))
 
+    @property
+    def idle_containers(self) -> list[str]:
+        """Containers that produced no site in the first recorded step: their hooks can go."""
+        return sorted(self._containers - self._producers)
+
     def release_memory(self) -> None:
         self.kernel.release_memory()
+        if self._tracer is not None:
+            self._tracer.clear()
 
     def discard_step(self) -> None:
         self._partials = []

@@ -22,9 +22,11 @@ def select_modules(model: nn.Module, select: Select = None) -> list[tuple[str, n
 
     Args:
         model: the model to probe.
-        select: ``None`` picks every leaf module (one without children). Otherwise one item or a
+        select: ``None`` picks every leaf module (one without children); the probe then also hooks
+            the ``containers`` and records their outputs that no recorded site produced. Otherwise one item or a
             list of items, any of which may match: a glob on the qualified module name
-            (``"features.*"``, ``"*relu*"``), an ``nn.Module`` subclass, or a predicate
+            (``"features.*"``, ``"*relu*"``), a class name (``"ReLU"``, ``"nn.Conv2d"``: modules of that
+            class or a subclass), an ``nn.Module`` subclass, or a predicate
             ``f(name, module) -> bool``. The root module is called ``"<root>"`` and is picked only
             by that exact name or by a predicate; globs and types never pick it.
 
@@ -50,6 +52,14 @@ def select_modules(model: nn.Module, select: Select = None) -> list[tuple[str, n
     return chosen
 
 
+def containers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every module with children except the root: with the default selection they are hooked too,
+    and a container's output is recorded when no recorded site produced it (the attention of
+    ``nn.MultiheadAttention``, whose ``out_proj`` is never called; a block's ``x + f(x)``)."""
+    return [(name, module) for name, module in model.named_modules()
+            if name and next(module.children(), None) is not None]
+
+
 def _items(select: Select) -> list[SelectItem] | None:
     if select is None:
         return None
@@ -65,13 +75,19 @@ def _items(select: Select) -> list[SelectItem] | None:
     return items
 
 
+def _type_named(module: nn.Module, item: str) -> bool:
+    """``"ReLU"``, ``"nn.ReLU"`` or ``"torch.nn.ReLU"``: the module is of that class or a subclass of it."""
+    wanted = item.removeprefix("torch.").removeprefix("nn.")
+    return any(cls.__name__ == wanted for cls in type(module).__mro__)
+
+
 def _is_module_type(item: object) -> bool:
     return isinstance(item, type) and issubclass(item, nn.Module)
 
 
 def _matches(item: SelectItem, name: str, module: nn.Module, is_root: bool) -> bool:
     if isinstance(item, str):
-        return name == item if is_root else fnmatch.fnmatchcase(name, item)
+        return name == item if is_root else fnmatch.fnmatchcase(name, item) or _type_named(module, item)
     if _is_module_type(item):
         return not is_root and isinstance(module, item)
     return bool(item(name, module))

@@ -7,6 +7,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..analysis.compare import FRACTIONS, Cell, Comparison
+from .names import MIN_NAME_WIDTH, shorten
 from .text import cell as text_cell
 from .text import printable
 
@@ -28,13 +29,18 @@ def _change(stat: str, change: float, base: float) -> str:
 
 
 def matching_lines(comparison: Comparison) -> list[str]:
+    """How every site was matched: the counts, each match by position (with module types), the names
+    that were not matched by name because their module types differ, and what was left unmatched."""
     m = comparison.matching
     names = [run.path.name for run in comparison.runs]
-    lines = [f"sites matched: {len(m.sites)} ({m.by_name} by name, {m.by_position} by position among sites of the "
-             "same role)"]
+    lines = [f"sites matched: {len(m.sites)} ({m.by_name} by name with the same module type, {m.by_position} by "
+             "position in the layer graph among sites of the same role)"]
     for site in m.sites:
         if site.how == "position":
-            lines.append(f"  by position ({site.role}): " + " ↔ ".join(f"{n}:{s}" for n, s in zip(names, site.names)))
+            lines.append(f"  by position ({site.role}): " + " ↔ ".join(
+                f"{n}:{s} ({t})" for n, s, t in zip(names, site.names, site.module_types)))
+    for name, types in m.type_clashes:
+        lines.append(f"  same name, different module types (not matched by name): {name} " + " ↔ ".join(types))
     for name, unmatched in zip(names, m.unmatched):
         if unmatched:
             shown = ", ".join(unmatched[:8]) + (f", … ({len(unmatched)} in all)" if len(unmatched) > 8 else "")
@@ -71,13 +77,15 @@ def render_comparison(comparison: Comparison, console: Console, *, live: tuple[b
     for note in comparison.choice.notes:
         console.print(printable(f"note: {note}"), style="yellow", highlight=False, markup=False)
     for line in matching_lines(comparison):
-        console.print(printable(line), highlight=False, markup=False)
+        console.print(printable(line), highlight=False, markup=False, soft_wrap=True)
     if not comparison.matching.sites:
         console.print("nothing to compare: no site could be matched", style="yellow", highlight=False)
         return
     highlighted = {id(cell) for cell in comparison.largest(highlight)}
     table = Table(header_style="bold", title="largest changes in bold red", title_justify="left")
-    table.add_column("site")
+    table.add_column("site", no_wrap=True)
+    table.add_column("type")
+    table.add_column("match")
     table.add_column("stat")
     tags = [chr(ord("A") + k) for k in range(len(runs))]
     for tag in tags:
@@ -85,9 +93,11 @@ def render_comparison(comparison: Comparison, console: Console, *, live: tuple[b
     for tag in tags[1:]:
         table.add_column(f"{tag} − A", justify="right")
     keep, note = shown_sites(comparison, top)
+    labels = dict(zip((s.label for s in comparison.matching.sites),
+                      shorten([s.label for s in comparison.matching.sites], max(MIN_NAME_WIDTH, console.width // 4))))
     for cell in comparison.cells:
         if cell.site.label in keep:
-            table.add_row(*_row(cell, id(cell) in highlighted))
+            table.add_row(*_row(cell, id(cell) in highlighted, labels[cell.site.label]))
     console.print(table)
     if note:
         console.print(note, highlight=False, markup=False)
@@ -97,8 +107,8 @@ def render_comparison(comparison: Comparison, console: Console, *, live: tuple[b
             for c in comparison.largest(highlight))), highlight=False, markup=False)
 
 
-def _row(cell: Cell, highlighted: bool) -> list[str | Text]:
+def _row(cell: Cell, highlighted: bool, label: str) -> list[str | Text]:
     style = "bold red" if highlighted else ""
     values = [_value(cell.stat, v) for v in cell.values]
     changes = [Text(_change(cell.stat, c, cell.values[0]), style=style) for c in cell.changes]
-    return [text_cell(cell.site.label), cell.stat, *values, *changes]
+    return [text_cell(label), text_cell(cell.site.module_type), cell.site.how, cell.stat, *values, *changes]

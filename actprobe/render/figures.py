@@ -2,18 +2,24 @@
 
 ``actprobe plot`` and ``actprobe compare --figure`` draw ``plot_run`` and ``plot_compare``; the
 recipes draw the WIB-ReLU paper's figures from their own run files with the functions below them.
-Every function returns the PNG paths it wrote.
+Every public function returns the PNG paths it wrote; the ``*_panels`` functions draw onto axes
+they are given, so that tests can inspect what was drawn.
+
+Every panel of per-site lines goes through ``draw_sites``: a std axis is logarithmic (a ×10
+collapse is one decade), at most ``MAX_LABELLED`` sites get a colour and a legend entry naming
+the site and its module type, and steps with non-finite values get a red × at the top.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..analysis.compare import Matching
+from ..analysis.compare import MatchedSite, Matching
 from ..analysis.roles import activation_sites, mean_over_steps
 from ..runfile.format import NEAR_ZERO_EPS
 from ..runfile.reader import Run
@@ -22,6 +28,17 @@ from .text import figure_label
 DPI = 90
 RECIPE_DPI = 80
 LINESTYLES = ("-", "--", ":", "-.")
+MAX_LABELLED = 12  # coloured, labelled site lines per panel; the rest are drawn grey
+GREY = "0.78"
+NONFINITE_LABEL = "non-finite values"
+
+
+@dataclass(frozen=True)
+class SiteLine:
+    """One site of a panel, drawn once per run: ``points[r]`` is its ``(run, column)`` in run r."""
+
+    label: str
+    points: tuple[tuple[Run, int], ...]
 
 
 def pyplot() -> Any:
@@ -49,24 +66,94 @@ def save_figure(fig: Any, path: Path, dpi: int = DPI) -> Path:
     return path
 
 
-def _legend(ax: Any, count: int) -> None:
-    if count <= 16:
-        ax.legend(fontsize=6, loc="best", ncol=2 if count > 8 else 1)
+# -- per-site lines: the one helper every such panel uses ----------------------------------------
+def site_label(run: Run, column: int) -> str:
+    """``features.3 (ReLU)``: the site's name and its module's class, safe for matplotlib."""
+    return figure_label(f"{run.sites[column]} ({run.site_module_types[column]})")
 
 
+def labelled_indices(count: int, limit: int = MAX_LABELLED) -> list[int]:
+    """Which of ``count`` sites (in depth order) get a colour and a legend entry: all of them up to
+    ``limit``, else ``limit`` evenly spaced along depth, the first and the last always among them."""
+    if count <= limit:
+        return list(range(count))
+    return sorted({int(round(i)) for i in np.linspace(0, count - 1, limit)})
+
+
+def nonfinite_rows(run: Run, stat: str, column: int) -> np.ndarray:
+    """(T,) bool: the rows where the site saw NaN/Inf, or fired (count > 0) but ``stat`` is NaN."""
+    fired = run.stats["count"][:, column] > 0  # NaN (did not fire) compares False
+    return (run.stats["nonfinite"][:, column] > 0) | (fired & np.isnan(run.stats[stat][:, column]))
+
+
+def _positive(values: np.ndarray) -> np.ndarray:
+    """A copy with NaN for every value ≤ 0: a log axis has no place for them (std 0: a constant output)."""
+    values = np.array(values, dtype=np.float64)
+    values[~(values > 0)] = np.nan
+    return values
+
+
+def draw_sites(ax: Any, stat: str, lines: Sequence[SiteLine], *, by_row: bool = False,
+               run_names: Sequence[str] = ()) -> list[Any]:
+    """Draw ``stat`` of each site against step (or, with ``by_row``, against row 1..T), line style
+    per run, and return the legend handles: the coloured sites (see ``labelled_indices``), one
+    "N other sites (grey)", one "non-finite values", and one per name in ``run_names``."""
+    from matplotlib.lines import Line2D
+
+    chosen = labelled_indices(len(lines))
+    colors = dict(zip(chosen, _colors(len(chosen))))
+    handles, bad = [], []
+    for i, line in enumerate(lines):
+        style = {"color": colors[i], "lw": 1.0, "zorder": 2} if i in colors else {"color": GREY, "lw": 0.5, "zorder": 1}
+        first, steps = _draw_line(ax, stat, line, style, by_row, marked=i in colors)
+        bad.append(steps)
+        if i in colors:
+            first.set_label(line.label)
+            handles.append(first)
+    if len(lines) > len(chosen):
+        handles.append(Line2D([], [], color=GREY, lw=1, label=f"{len(lines) - len(chosen)} other sites (grey)"))
+    handles += _mark_nonfinite(ax, np.concatenate(bad) if bad else np.zeros(0))
+    handles += [Line2D([], [], color="black", lw=1, ls=LINESTYLES[r % len(LINESTYLES)], label=figure_label(name))
+                for r, name in enumerate(run_names)]
+    if stat == "std":
+        ax.set_yscale("log")
+    return handles
+
+
+def _draw_line(ax: Any, stat: str, line: SiteLine, style: dict[str, Any], by_row: bool,
+               marked: bool) -> tuple[Any, np.ndarray]:
+    """One site in each run; returns the first run's line and the x of its non-finite steps."""
+    drawn, bad = [], []
+    for r, (run, column) in enumerate(line.points):
+        x = np.arange(1, run.rows + 1) if by_row else run.step
+        values = run.stats[stat][:, column]
+        drawn += ax.plot(x, _positive(values) if stat == "std" else values, ls=LINESTYLES[r % len(LINESTYLES)],
+                         marker="." if marked and run.rows < 30 else None, label="_nolegend_", **style)
+        bad.append(x[nonfinite_rows(run, stat, column)])
+    return drawn[0], np.concatenate(bad)
+
+
+def _mark_nonfinite(ax: Any, x: np.ndarray) -> list[Any]:
+    """A red × at the top of the axes (x: data, y: axes fraction) above each step in ``x``."""
+    if not len(x):
+        return []
+    steps = np.unique(x)
+    return ax.plot(steps, np.full(len(steps), 0.97), transform=ax.get_xaxis_transform(), ls="none",
+                   marker="x", ms=5, color="red", clip_on=False, zorder=3, label=NONFINITE_LABEL)
+
+
+def _legend(ax: Any, handles: Sequence[Any]) -> None:
+    if handles:
+        ax.legend(handles=list(handles), fontsize=6, loc="best", ncol=2 if len(handles) > 8 else 1)
+
+
+# -- actprobe plot and actprobe compare --figure -------------------------------------------------
 def plot_run(run: Run, columns: Sequence[int], out_dir: Path, stem: str) -> list[Path]:
     """``<stem>-mean-std.png`` (per-layer mean and std against step, as in the paper's Fig. 7, 9, 11) and
     ``<stem>-near-zero.png`` (near-zero % per layer at the first and last recorded step, Fig. 8, 10)."""
     plt = pyplot()
-    colors = _colors(len(columns))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, stat in zip(axes, ("mean", "std")):
-        for color, c in zip(colors, columns):
-            ax.plot(run.step, run.stats[stat][:, c], color=color, lw=1, label=figure_label(run.sites[c]),
-                    marker="." if run.rows < 30 else None)
-        ax.set_title(f"{stat} per layer", fontsize=9)
-        ax.set_xlabel("step")
-        _legend(ax, len(columns))
+    run_panels(axes, run, columns)
     fig.suptitle(figure_label(run.path.name), fontsize=9)
     written = [save_figure(fig, out_dir / f"{stem}-mean-std.png")]
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(columns) + 2), 4))
@@ -74,9 +161,7 @@ def plot_run(run: Run, columns: Sequence[int], out_dir: Path, stem: str) -> list
     for k, (row, label) in enumerate(((0, "first"), (run.rows - 1, "last"))):
         values = 100 * run.stats["near_zero"][row, columns].astype(np.float64)
         ax.bar(x + (k - 0.5) * 0.4, values, 0.4, label=f"{label} recorded step ({int(run.step[row])})")
-    ax.set_xticks(x, [figure_label(run.sites[c]) for c in columns], rotation=45 if len(columns) > 6 else 0, ha="right"
-                  if len(columns) > 6 else "center", fontsize=7)
-    ax.set_ylim(0, 100)
+    _percent_by_site(ax, [figure_label(run.sites[c]) for c in columns])
     ax.set_ylabel(f"near-zero (|x| ≤ {run.attrs.get('near_zero_eps', NEAR_ZERO_EPS)}) %")
     ax.set_title(figure_label(f"{run.path.name}: near-zero activations per layer"), fontsize=9)
     ax.legend(fontsize=7)
@@ -84,34 +169,55 @@ def plot_run(run: Run, columns: Sequence[int], out_dir: Path, stem: str) -> list
     return written
 
 
+def run_panels(axes: Sequence[Any], run: Run, columns: Sequence[int]) -> None:
+    """``plot_run``'s left figure: mean (``axes[0]``) and std (``axes[1]``) of ``columns`` against step."""
+    lines = [SiteLine(site_label(run, c), ((run, c),)) for c in columns]
+    for ax, stat in zip(axes, ("mean", "std")):
+        _legend(ax, draw_sites(ax, stat, lines))
+        ax.set_title(f"{stat} per layer" + (" (log scale)" if stat == "std" else ""), fontsize=9)
+        ax.set_xlabel("step")
+
+
+def _percent_by_site(ax: Any, labels: Sequence[str]) -> None:
+    """A bar panel's axes: one x tick per site, named ``labels``; y from 0 to 100 %."""
+    tilted = len(labels) > 6
+    ax.set_xticks(np.arange(len(labels)), labels, rotation=45 if tilted else 0, ha="right" if tilted else "center",
+                  fontsize=7)
+    ax.set_ylim(0, 100)
+
+
 def plot_compare(runs: Sequence[Run], matching: Matching, rows: Sequence[int], path: Path) -> Path:
     """Overlay of the runs: per-layer mean and std against step (colour: layer, line style: run), and
     near-zero % per layer at the compared step (bars: runs)."""
-    plt = pyplot()
+    fig, axes = pyplot().subplots(1, 3, figsize=(15, 4.2))
+    compare_panels(axes, runs, matching, rows)
+    return save_figure(fig, path)
+
+
+def compare_panels(axes: Sequence[Any], runs: Sequence[Run], matching: Matching, rows: Sequence[int]) -> None:
+    """``plot_compare``'s three panels; every legend names the runs (``A: a.h5``, ``B: b.h5``, …)."""
     sites = [s for s in matching.sites if s.role == "activation"] or list(matching.sites)
-    colors = _colors(len(sites))
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    names = [f"{_tag(r)}: {run.path.name}" for r, run in enumerate(runs)]
+    lines = [SiteLine(_matched_label(site, runs), tuple(zip(runs, site.columns))) for site in sites]
     for ax, stat in zip(axes[:2], ("mean", "std")):
-        for color, site in zip(colors, sites):
-            for r, run in enumerate(runs):
-                ax.plot(run.step, run.stats[stat][:, site.columns[r]], color=color, lw=1,
-                        ls=LINESTYLES[r % len(LINESTYLES)], label=figure_label(f"{site.label} ({_tag(r)})"))
-        ax.set_title(f"{stat} per layer; line style = run", fontsize=9)
+        _legend(ax, draw_sites(ax, stat, lines, run_names=names))
+        ax.set_title(f"{stat} per layer; colour = layer, line style = run", fontsize=9)
         ax.set_xlabel("step")
-        _legend(ax, len(sites) * len(runs))
     ax = axes[2]
-    x = np.arange(len(sites))
     width = 0.8 / len(runs)
     for r, run in enumerate(runs):
         values = [100 * float(run.stats["near_zero"][rows[r], s.columns[r]]) for s in sites]
-        ax.bar(x + (r - (len(runs) - 1) / 2) * width, values, width,
-               label=figure_label(f"{_tag(r)}: {run.path.name} (step {int(run.step[rows[r]])})"))
-    ax.set_xticks(x, [figure_label(s.label) for s in sites], rotation=45 if len(sites) > 6 else 0,
-                  ha="right" if len(sites) > 6 else "center", fontsize=7)
-    ax.set_ylim(0, 100)
+        ax.bar(np.arange(len(sites)) + (r - (len(runs) - 1) / 2) * width, values, width,
+               label=figure_label(f"{names[r]} (step {int(run.step[rows[r]])})"))
+    _percent_by_site(ax, [figure_label(s.label) for s in sites])
     ax.set_title("near-zero % per layer", fontsize=9)
     ax.legend(fontsize=7)
-    return save_figure(fig, path)
+
+
+def _matched_label(site: MatchedSite, runs: Sequence[Run]) -> str:
+    """``act1 (ReLU)``; ``act1 ↔ 1 (WIBReLU/ReLU)`` when matched by position across module types."""
+    kinds = dict.fromkeys(run.site_module_types[c] for run, c in zip(runs, site.columns))
+    return figure_label(f"{site.label} ({'/'.join(kinds)})")
 
 
 def _tag(r: int) -> str:
@@ -121,11 +227,10 @@ def _tag(r: int) -> str:
 # -- the recipes' figures, in the manner of the WIB-ReLU paper's ---------------------------------
 def experiment_panels(panels: Sequence[tuple[str, Run, int]], path: Path) -> Path:
     """Fig. 3–5: one row per ``(title, run, column)``, the column's mean and std against experiment."""
-    plt = pyplot()
-    fig, axes = plt.subplots(len(panels), 2, figsize=(8, 2.6 * len(panels)), squeeze=False)
+    fig, axes = pyplot().subplots(len(panels), 2, figsize=(8, 2.6 * len(panels)), squeeze=False)
     for row, (title, run, column) in enumerate(panels):
         for ax, stat in zip(axes[row], ("mean", "std")):
-            ax.plot(np.arange(1, run.rows + 1), run.stats[stat][:, column], marker=".", lw=1)
+            _legend(ax, draw_sites(ax, stat, [SiteLine(site_label(run, column), ((run, column),))], by_row=True))
             ax.set_title(f"{title}: {stat}", fontsize=8)
             ax.set_xlabel("experiment", fontsize=8)
             ax.tick_params(labelsize=7)
@@ -134,12 +239,12 @@ def experiment_panels(panels: Sequence[tuple[str, Run, int]], path: Path) -> Pat
 
 def depth_curves(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], title: str, path: Path) -> Path:
     """Eq. 4: per ``(label, measured, theory)``, the std per layer on a log scale (dashed: theory)."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = pyplot().subplots(figsize=(7, 4))
     for label, measured, theory in curves:
         layers = np.arange(1, len(measured) + 1)
-        line = ax.semilogy(layers, measured, marker="o", ms=3, label=label)[0]
-        ax.semilogy(layers, theory, ls="--", lw=0.8, color=line.get_color())
+        line = ax.plot(layers, _positive(measured), marker="o", ms=3, label=label)[0]
+        ax.plot(layers, _positive(theory), ls="--", lw=0.8, color=line.get_color())
+    ax.set_yscale("log")
     ax.set_xlabel("layer")
     ax.set_ylabel("std of the layer's output (median)")
     ax.set_title(title, fontsize=9)
@@ -149,38 +254,51 @@ def depth_curves(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], title: st
 
 def layer_lines(runs: Mapping[str, Run], title: str, path: Path) -> Path:
     """Per-layer mean and std of the activation outputs against step; one row of panels per run."""
-    plt = pyplot()
-    fig, axes = plt.subplots(len(runs), 2, figsize=(9, 2.1 * len(runs)), squeeze=False, sharex=True)
+    fig, axes = pyplot().subplots(len(runs), 2, figsize=(9, 2.1 * len(runs)), squeeze=False, sharex=True)
     for row, (label, run) in enumerate(runs.items()):
-        columns = activation_sites(run)
-        for ax, stat in zip(axes[row], ("mean", "std")):
-            for layer, column in enumerate(columns, 1):
-                ax.plot(run.step, run.stats[stat][:, column], lw=0.8, label=f"layer {layer}",
-                        marker="." if run.rows < 30 else None)
-            ax.axhline(0.0 if stat == "mean" else 1.0, color="grey", lw=0.5, ls=":")
-            ax.set_title(f"{label}: {stat}", fontsize=8)
-            ax.tick_params(labelsize=7)
-        axes[row][1].legend(fontsize=6, loc="upper right")
+        layer_panels(axes[row], label, run)
     for ax in axes[-1]:
         ax.set_xlabel("iteration", fontsize=8)
     fig.suptitle(title, fontsize=9)
     return save_figure(fig, path, RECIPE_DPI)
 
 
-def near_zero_bars(runs: Mapping[str, Run], title: str, path: Path) -> Path:
-    """Near-zero % of each activation layer (average over the recorded steps), grouped by layer."""
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+def layer_panels(axes: Sequence[Any], label: str, run: Run) -> None:
+    """One row of ``layer_lines``: the activations' mean (``axes[0]``) and std (``axes[1]``, with the legend)."""
+    lines = [SiteLine(f"layer {k}: {site_label(run, c)}", ((run, c),)) for k, c in enumerate(activation_sites(run), 1)]
+    for ax, stat in zip(axes, ("mean", "std")):
+        handles = draw_sites(ax, stat, lines)
+        ax.axhline(0.0 if stat == "mean" else 1.0, color="grey", lw=0.5, ls=":")
+        ax.set_title(f"{label}: {stat}", fontsize=8)
+        ax.tick_params(labelsize=7)
+        if stat == "std":
+            _legend(ax, handles)
+
+
+def near_zero_bars(runs: Mapping[str, Run], title: str, path: Path, row: int | None = None) -> Path:
+    """Near-zero % of each activation layer, grouped by layer (see ``near_zero_panel``)."""
+    fig, ax = pyplot().subplots(figsize=(7, 3.2))
+    near_zero_panel(ax, runs, row)
+    ax.set_title(title, fontsize=9)
+    return save_figure(fig, path, RECIPE_DPI)
+
+
+def near_zero_panel(ax: Any, runs: Mapping[str, Run], row: int | None) -> None:
+    """Bars of each run's activation layers: near-zero % at recorded row ``row`` (0: the first), or
+    the average over the recorded steps when ``row`` is None; the y label says which."""
     width = 0.8 / max(len(runs), 1)
     for i, (label, run) in enumerate(runs.items()):
-        values = 100 * mean_over_steps(run, "near_zero", activation_sites(run))
+        columns = activation_sites(run)
+        values = 100 * (mean_over_steps(run, "near_zero", columns) if row is None
+                        else run.stats["near_zero"][row, columns].astype(np.float64))
         ax.bar(np.arange(1, len(values) + 1) + (i - (len(runs) - 1) / 2) * width, values, width, label=label)
+    when = "average over the recorded steps"
+    if row is not None:
+        when = "at step " + ", ".join(str(s) for s in sorted({int(run.step[row]) for run in runs.values()}))
     ax.set_xlabel("activation layer")
-    ax.set_ylabel("near-zero activations (%)")
+    ax.set_ylabel(f"near-zero activations (%)\n{when}", fontsize=8)
     ax.set_ylim(0, 100)
-    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=6, ncol=3)
-    return save_figure(fig, path, RECIPE_DPI)
 
 
 def epoch_curves(groups: Mapping[str, Sequence[Run]], title: str, path: Path) -> Path:

@@ -1,58 +1,68 @@
-"""The run summary of ``actprobe show`` and ``actprobe run`` in the terminal, with rich."""
+"""The run summary of ``actprobe show`` and ``actprobe run`` in the terminal, with rich, and as JSON."""
 
 from __future__ import annotations
 
-from rich.console import Console
+import io
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console, ConsoleOptions, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-from ..analysis.summary import Flag, RunSummary, Thresholds
+from ..analysis.rules import SEVERITIES, Observation, percent
+from ..analysis.rules_doc import legend
+from ..analysis.summary import RunSummary, summarize
+from ..analysis.thresholds import Thresholds
+from ..runfile.lock import writer_active
+from ..runfile.reader import Run, read
+from .names import MIN_NAME_WIDTH, shorten
 from .text import cell, printable
 
-_SEVERITY_STYLE = {"error": "bold red", "warning": "yellow"}
+STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+FIRST_OR_LAST = frozenset({"mean-shift", "saturation"})  # rules that look at the first and the last row
 
 
 def _number(value: float) -> str:
     return f"{value:.3g}" if value == value else "nan"
 
 
-def _percent(value: float) -> str:
-    if value != value:
-        return "nan"
-    if 0 < value < 0.005:
-        return "<1%"
-    return f"{value:.0%}"
-
-
 def _pair(first: str, last: str, single: bool) -> str:
     return first if single else f"{first} → {last}"
 
 
-def _flag_text(flags: tuple[Flag, ...]) -> Text:
+def _flag_text(observations: tuple[Observation, ...], summary: RunSummary) -> Text:
     text = Text()
-    for k, flag in enumerate(flags):
+    for k, obs in enumerate(observations):
         if k:
             text.append(", ")
-        suffix = "" if flag.when == "both" else f" ({flag.when})"
-        text.append(flag.detail + suffix, style=_SEVERITY_STYLE[flag.severity])
+        when = ""
+        if obs.rule in FIRST_OR_LAST and summary.rows > 1 and len(obs.steps) == 1:
+            when = " (first)" if obs.steps[0] == summary.first_step else " (last)"
+        text.append(printable(obs.detail) + when, style=STYLE[obs.severity])
     return text
 
 
-def summary_table(summary: RunSummary) -> Table:
-    """One row per site: module type, mean, std, near-zero and dead at the first → last recorded step."""
+def summary_table(summary: RunSummary, width: int = 120) -> Table:
+    """One row per site shown: module type, mean, std, near-zero and dead at the first → last recorded
+    step, and what the rules observed there. Names are shortened to fit ``width`` columns."""
     single = summary.rows == 1
     steps = f"step {summary.first_step}" if single else f"step {summary.first_step} → {summary.last_step}"
     table = Table(title=f"activations, {steps}", title_justify="left", header_style="bold")
-    for name in ("site", "module", "mean", "std", "near-zero", "dead", "flags"):
-        table.add_column(name, justify="left" if name in ("site", "module", "flags") else "right")
-    for site in summary.sites:
+    names = shorten([s.name for s in summary.sites], max(MIN_NAME_WIDTH, width // 3))
+    table.add_column("site", no_wrap=True, min_width=min(max(map(len, names), default=4), width // 2))
+    for name in ("module", "mean", "std", "near-zero", "dead", "flags"):
+        table.add_column(name, justify="left" if name in ("module", "flags") else "right")
+    for name, site in zip(names, summary.sites):
         table.add_row(
-            cell(site.name), cell(site.module_type),
+            cell(name), cell(site.module_type),
             _pair(_number(site.first["mean"]), _number(site.last["mean"]), single),
             _pair(_number(site.first["std"]), _number(site.last["std"]), single),
-            _pair(_percent(site.first["near_zero"]), _percent(site.last["near_zero"]), single),
-            _pair(_percent(site.first["dead"]), _percent(site.last["dead"]), single),
-            _flag_text(site.flags),
+            _pair(percent(site.first["near_zero"]), percent(site.last["near_zero"]), single),
+            _pair(percent(site.first["dead"]), percent(site.last["dead"]), single),
+            _flag_text(site.observations, summary),
         )
     return table
 
@@ -60,7 +70,7 @@ def summary_table(summary: RunSummary) -> Table:
 def _header(summary: RunSummary, data_line: bool) -> list[str]:
     attrs = summary.attrs
     lines = [f"{summary.path}: {summary.rows} recorded steps ({summary.first_step}..{summary.last_step}), "
-             f"{len(summary.sites)} sites, {summary.seconds:.1f} s"
+             f"{summary.total_sites} sites, {summary.seconds:.1f} s"
              + (" — still being written" if summary.live else "")
              + (" — its writer stopped without closing it (a crash or a write error); these are its "
                 "committed rows" if summary.stopped else "")]
@@ -75,23 +85,81 @@ def _header(summary: RunSummary, data_line: bool) -> list[str]:
     return lines
 
 
-def legend(thresholds: Thresholds) -> str:
-    return (f"flags: std ×r = std relative to the first site (below ×{thresholds.collapse:g} or above "
-            f"×{thresholds.explosion:g}); mean kσ after a ReLU-like module (|k| > {thresholds.mean_shift:g}); "
-            f"near-zero > {thresholds.near_zero:.0%}; dead > {thresholds.dead:.0%}; any NaN/Inf. "
-            "(first)/(last): only at that step.")
+def verdict_line(summary: RunSummary) -> tuple[str, str]:
+    """The counts line under the table and its style: errors, warnings, and how many sites they touch."""
+    counts = summary.counts()
+    touched = len({o.column for o in summary.observations if o.severity != "info"})
+    info = f"{counts['info']} info" if counts["info"] else ""
+    if not counts["error"] and not counts["warning"]:
+        return "no warnings or errors" + (f" ({info})" if info else ""), "green"
+    parts = [f"{counts[s]} {s}{'s' if counts[s] != 1 else ''}" for s in reversed(SEVERITIES[1:]) if counts[s]]
+    return (f"{', '.join(parts)} at {touched} of {summary.total_sites} sites" + (f"; {info}" if info else ""),
+            "bold red" if counts["error"] else "yellow")
 
 
-def render_summary(summary: RunSummary, console: Console, thresholds: Thresholds | None = None, *,
-                   data_line: bool = True) -> None:
-    """Print the header lines, the site table and the flag count (``data_line``: say what the data was)."""
+def render_summary(summary: RunSummary, console: Console, *, data_line: bool = True) -> None:
+    """Print the header lines, the site table, the verdict and the legend of the rules that fired."""
     for line in _header(summary, data_line):
         console.print(printable(line), highlight=False, markup=False)
-    console.print(summary_table(summary))
-    flagged = sum(1 for site in summary.sites if site.flags)
-    if flagged:
-        console.print(f"{summary.flag_count} flags at {flagged} of {len(summary.sites)} sites", style="yellow",
-                      highlight=False)
-        console.print(legend(thresholds or Thresholds()), highlight=False, markup=False)
-    else:
-        console.print("no flags", style="green", highlight=False)
+    console.print(summary_table(summary, console.width))
+    if len(summary.sites) < summary.total_sites:
+        console.print(f"showing {len(summary.sites)} of {summary.total_sites} sites", highlight=False)
+    text, style = verdict_line(summary)
+    console.print(text, style=style, highlight=False)
+    fired = dict.fromkeys(o.rule for o in summary.observations)
+    for line in legend(fired, summary.thresholds):
+        console.print(printable(line), highlight=False, markup=False, style="dim", soft_wrap=True)
+    if summary.uncalled:
+        shown = ", ".join(summary.uncalled[:6]) + (f", … ({len(summary.uncalled)} in all)"
+                                                   if len(summary.uncalled) > 6 else "")
+        console.print(printable(f"modules not called in the first recorded step (no site): {shown}"),
+                      highlight=False, markup=False, style="dim", soft_wrap=True)
+
+
+def summary_json(summary: RunSummary) -> str:
+    return json.dumps(summary.to_json(), indent=2, ensure_ascii=False, default=_plain)
+
+
+def _plain(value: Any) -> Any:
+    return float(value) if hasattr(value, "__float__") else str(value)
+
+
+class SummaryReport:
+    """A run's summary for scripts and notebooks: ``print(actprobe.summary("run.h5"))``, or the last
+    value of a notebook cell; ``.data`` is the ``RunSummary``, ``.json()`` the JSON text."""
+
+    def __init__(self, data: RunSummary, width: int = 120) -> None:
+        self.data, self.width = data, width
+
+    def json(self) -> str:
+        return summary_json(self.data)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        buffer = Console(file=io.StringIO(), width=options.max_width, force_terminal=console.is_terminal,
+                         color_system=console.color_system)
+        render_summary(self.data, buffer)
+        yield Text.from_ansi(buffer.file.getvalue())  # type: ignore[attr-defined]
+
+    def __str__(self) -> str:
+        buffer = Console(file=io.StringIO(), width=self.width, color_system=None)
+        render_summary(self.data, buffer)
+        return buffer.file.getvalue()  # type: ignore[attr-defined]
+
+    __repr__ = __str__
+
+
+def summary(source: str | os.PathLike[str] | Run, thresholds: Thresholds | None = None, *, flagged: bool = False,
+            top: int | None = None, select: Sequence[str] = ()) -> SummaryReport:
+    """The summary that ``actprobe show`` prints, for scripts and notebooks.
+
+    Args:
+        source: a run file's path, or a ``Run`` from ``actprobe.read``.
+        thresholds: the rules' thresholds (``actprobe.analysis.thresholds.Thresholds``).
+        flagged, top, select: which sites to show, as ``show --flagged/--top/--select``.
+
+    Raises:
+        FormatError: the file cannot be read; OptionError: it has no rows, or ``select`` matches nothing.
+    """
+    run = source if isinstance(source, Run) else read(source)
+    data = summarize(run, thresholds, live=writer_active(run.path))
+    return SummaryReport(data.pick(flagged=flagged, top=top, select=select))

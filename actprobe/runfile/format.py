@@ -23,6 +23,19 @@ NEAR_ZERO_EPS = 0.05
 DEAD_EPS = 1e-6
 
 
+# The source of a ``graph/edges`` entry whose call's inputs derive from no recorded site (the
+# model's input, or a computation from parameters alone).
+GRAPH_INPUT = -1
+
+
+@dataclass(frozen=True)
+class SiteGraph:
+    """Which sites feed which (``graph/edges``), and the selected modules that were never called."""
+
+    edges: tuple[tuple[int, int], ...]  # (source column or GRAPH_INPUT, target column), sorted
+    uncalled: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class Site:
     """One column of a run file: a recorded module call and output, as ``sites`` names it."""

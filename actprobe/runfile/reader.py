@@ -14,7 +14,7 @@ from .._text import one_line
 from ..errors import FormatError
 from ._swmr import open_swmr
 from .format import STATISTICS
-from .validate import Checker, check_columns, check_epochs, check_root, text
+from .validate import Checker, check_columns, check_epochs, check_graph, check_root, text
 
 LIVE_ATTEMPTS = 3  # reads of a file that a live writer is extending
 
@@ -33,6 +33,9 @@ class Run:
     stats: dict[str, np.ndarray] = field(repr=False)  # name -> (T, S) float32
     scalars: dict[str, np.ndarray] = field(repr=False)  # name -> (T,) float64
     epochs: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # recipe files: name -> (E,)
+    # (E, 2) int64: the layer graph's edges (source column or −1, target column); None: not recorded
+    edges: np.ndarray | None = field(default=None, repr=False)
+    uncalled: list[str] = field(default_factory=list)  # selected modules never called in the first step
     closed: bool = True  # False: its writer has not closed it (still writing, crashed, or stopped on an error)
 
     @property
@@ -133,6 +136,7 @@ def _load(f: Any, path: Path, closed: bool) -> Run:
     checker = Checker(f, path)
     count, steps, scalar_names = check_columns(checker)
     epoch_names = check_epochs(checker)
+    edges, uncalled = check_graph(checker, count)
     rows = len(steps)
     units = f["site_unit_dim"][()] if "site_unit_dim" in f else np.zeros(count, np.int8)
     return Run(
@@ -146,5 +150,7 @@ def _load(f: Any, path: Path, closed: bool) -> Run:
         stats={name: np.asarray(f["stats"][name][:rows], dtype=np.float32) for name in STATISTICS},
         scalars={name: np.asarray(f["scalars"][name][:rows], dtype=np.float64) for name in scalar_names},
         epochs={name: f["epochs"][name][()] for name in epoch_names},
+        edges=edges,
+        uncalled=uncalled,
         closed=closed,
     )

@@ -20,7 +20,7 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import RunFileError
-from .format import FORMAT_NAME, FORMAT_VERSION, STATISTICS, STEP_FILL, Site
+from .format import FORMAT_NAME, FORMAT_VERSION, STATISTICS, STEP_FILL, Site, SiteGraph
 from .lock import WriterLock
 
 
@@ -42,7 +42,7 @@ class RunFileWriter:
     """
 
     def __init__(self, path: Path, *, sites: Sequence[Site], scalar_names: Sequence[str],
-                 attributes: Mapping[str, Any], chunk_rows: int) -> None:
+                 attributes: Mapping[str, Any], chunk_rows: int, graph: SiteGraph | None = None) -> None:
         self.path = path
         self.scalar_names = list(scalar_names)
         self.rows = 0
@@ -53,12 +53,13 @@ class RunFileWriter:
             raise RunFileError(f"cannot create {path}: {_reason(exc)}") from None
         self._columns: dict[str, h5py.Dataset | h5py.Group] = {}
         try:
-            self._checked("creating it", lambda: self._create(sites, attributes, max(1, chunk_rows)))
+            self._checked("creating it", lambda: self._create(sites, attributes, max(1, chunk_rows), graph))
         except RunFileError:
             path.unlink(missing_ok=True)  # half-made, without a row: nothing recorded is lost
             raise
 
-    def _create(self, sites: Sequence[Site], attributes: Mapping[str, Any], chunk_rows: int) -> None:
+    def _create(self, sites: Sequence[Site], attributes: Mapping[str, Any], chunk_rows: int,
+                graph: SiteGraph | None) -> None:
         f = self._file
         f.attrs["format"] = FORMAT_NAME
         f.attrs["format_version"] = FORMAT_VERSION
@@ -80,6 +81,11 @@ class RunFileWriter:
             columns[f"stats/{name}"] = f.create_dataset(
                 f"stats/{name}", shape=(0, len(sites)), maxshape=(None, len(sites)), dtype=np.float32,
                 chunks=(chunk_rows, max(1, len(sites))), fillvalue=np.nan)
+        if graph is not None:
+            edges = np.array(graph.edges, dtype=np.int32).reshape(-1, 2)
+            columns["graph/edges"] = f.create_dataset("graph/edges", data=edges)
+            columns["graph/uncalled"] = f.create_dataset("graph/uncalled", data=_fixed_utf8(graph.uncalled))
+            columns["graph"] = f["graph"]
         columns["stats"], columns["scalars"] = f["stats"], f.require_group("scalars")
         for name in self.scalar_names:
             columns[f"scalars/{name}"] = _column(f, f"scalars/{name}", chunk_rows)

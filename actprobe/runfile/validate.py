@@ -17,7 +17,7 @@ import numpy as np
 
 from .._text import one_line
 from ..errors import FormatError
-from .format import FORMAT_NAME, FORMAT_VERSION, STATISTICS, STEP_FILL
+from .format import FORMAT_NAME, FORMAT_VERSION, GRAPH_INPUT, STATISTICS, STEP_FILL
 
 MAX_SITES = 1_000_000
 MAX_NAME_BYTES = 4096  # a fixed-length site name or module type
@@ -160,6 +160,29 @@ def check_epochs(c: Checker) -> tuple[str, ...]:
             raise c.fail(f"'epochs/{name}' declares {ds.shape[0]:,} epochs")
         c.spend(f"epochs/{name}", 8 * ds.shape[0])
     return tuple(group)
+
+
+def check_graph(c: Checker, sites: int) -> tuple[np.ndarray | None, list[str]]:
+    """The layer graph's edges ((E, 2) int64, every entry a site column or −1 as a source), and the
+    names of the modules never called; ``(None, [])`` for a file written without a graph."""
+    if c.node("graph", h5py.Group, required=False) is None:
+        return None, []
+    ds = c.dataset("graph/edges", "iu", 2)
+    if ds.shape[1] != 2:
+        raise c.fail(f"'graph/edges' has {ds.shape[1]} columns, not 2")
+    c.spend("graph/edges", 16 * ds.shape[0])
+    edges = np.asarray(ds[()], dtype=np.int64).reshape(-1, 2)
+    if len(edges) and (edges.min() < GRAPH_INPUT or edges.max() >= sites or edges[:, 1].min() < 0):
+        raise c.fail("'graph/edges' names a site column that does not exist")
+    uncalled = c.dataset("graph/uncalled", "SOU", 1, required=False)
+    names: list[str] = []
+    if uncalled is not None:
+        if uncalled.dtype.itemsize > MAX_NAME_BYTES or (uncalled.dtype.kind == "O"
+                                                        and h5py.check_string_dtype(uncalled.dtype) is None):
+            raise c.fail("'graph/uncalled' does not hold module names")
+        c.spend("graph/uncalled", uncalled.shape[0] * max(uncalled.dtype.itemsize, 64))
+        names = [text(v) for v in uncalled[()]]
+    return edges, names
 
 
 def committed(steps: np.ndarray) -> np.ndarray:

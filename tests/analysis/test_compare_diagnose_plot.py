@@ -108,7 +108,7 @@ def test_compare_the_two_inits_matches_by_name_and_reports_h5py_values(cnn_runs,
     assert top.stat == "std" and top.site.label in ("5", "6", "7", "8", "9")  # deep layers change most
     result = invoke("compare", a, b, "--step", "first", "--figure", tmp_path / "overlay.png")
     assert result.exit_code == 0, result.output
-    assert "11 by name, 0 by position" in result.output and "largest changes:" in result.output
+    assert "11 by name with the same module type, 0 by position" in result.output and "largest changes:" in result.output
     assert (tmp_path / "overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     short = invoke("compare", a, b, "--step", "first", "--top", 2, "--stats", "std")
     assert short.exit_code == 0, short.output
@@ -160,7 +160,8 @@ def test_matching_by_position_when_names_differ(tmp_path):
         ("activation", ("3", "act2")), ("linear", ("4", "head"))]
     result = invoke("compare", a, b)
     assert result.exit_code == 0, result.output
-    assert "5 by position" in result.output and "by position (activation): a.h5:1 ↔ b.h5:act1" in result.output
+    assert "5 by position" in result.output
+    assert "by position (activation): a.h5:1 (ReLU) ↔ b.h5:act1 (WIBReLU)" in result.output
 
 
 def test_partial_matching_reports_what_it_could_not_match(tmp_path):
@@ -340,6 +341,21 @@ def test_documented_thresholds_are_the_defaults():
     section = doc.split("## Thresholds", 1)[1].split("\n## ", 1)[0]
     rows = [[c.strip().strip("`") for c in line.strip("|").split("|")] for line in section.splitlines()
             if line.startswith("| `")]
-    documented = {name: float(value) for name, value, _ in rows}
+    documented = {row[0]: float(row[1]) for row in rows}
     defaults = {f.name: float(getattr(Rules(), f.name)) for f in dataclasses.fields(Rules)}
     assert documented == defaults
+
+
+def test_same_names_of_different_module_types_are_not_matched_by_name(tmp_path):
+    """`1` is a ReLU in one run and a Tanh in the other, `2` a Linear and a Dropout: never lined up by name."""
+    a = record(tmp_path / "a.h5", nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 4)), random_batches(2))
+    b = record(tmp_path / "b.h5", nn.Sequential(nn.Linear(32, 32), nn.Tanh(), nn.Dropout(0.1), nn.Linear(32, 4)),
+               random_batches(2))
+    m = match_sites([actprobe.read(a), actprobe.read(b)])
+    assert [(s.label, s.how, s.module_type) for s in m.sites] == [
+        ("0", "name", "Linear"), ("1", "position", "ReLU ↔ Tanh"), ("2 ↔ 3", "position", "Linear")]
+    assert m.type_clashes == (("1", ("ReLU", "Tanh")), ("2", ("Linear", "Dropout")))
+    assert m.unmatched == ((), ("2",))
+    result = invoke("compare", a, b)
+    assert "same name, different module types (not matched by name): 2 Linear ↔ Dropout" in result.output
+    assert "by position (linear): a.h5:2 (Linear) ↔ b.h5:3 (Linear)" in result.output

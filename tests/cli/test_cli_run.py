@@ -417,3 +417,33 @@ def test_the_readme_model_file_runs(tmp_path):
     assert actprobe.read(out).sites == ["0", "1", "2", "3"]
     result = invoke("run", path, "--init-check", "--steps", "2", "--out", tmp_path / "i.h5")
     assert result.exit_code == 0 and "of shape (64, 1, 28, 28)" in result.stdout
+
+
+RESIDUAL = """
+import torch
+from torch import nn
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc, self.act = nn.Linear(32, 32), nn.ReLU()
+
+    def forward(self, x):
+        return self.act(self.fc(x)) + x
+
+def model():
+    return nn.Sequential(nn.Linear(16, 32), Block(), Block(), nn.Linear(32, 4))
+
+input_shape = (16,)
+"""
+
+
+def test_init_check_traces_the_layer_graph_and_select_takes_class_names(tmp_path):
+    path = write(tmp_path, RESIDUAL)
+    assert invoke("run", path, "--out", tmp_path / "g.h5", "--steps", "2").exit_code == 0
+    run = actprobe.read(tmp_path / "g.h5")
+    assert run.sites == ["0", "1.fc", "1.act", "1", "2.fc", "2.act", "2", "3"]  # "1": x + act(fc(x))
+    edges = {(run.sites[a] if a >= 0 else "in", run.sites[b]) for a, b in run.edges}
+    assert {("0", "1"), ("1.act", "1"), ("1", "2"), ("2.act", "2"), ("2", "3")} <= edges  # skip and branch
+    assert invoke("run", path, "--out", tmp_path / "r.h5", "--steps", "2", "--select", "ReLU").exit_code == 0
+    assert actprobe.read(tmp_path / "r.h5").sites == ["1.act", "2.act"]

@@ -4,6 +4,7 @@ the validator of numeric options says the same thing everywhere."""
 from __future__ import annotations
 
 import importlib
+import warnings
 import sys
 
 import pytest
@@ -55,3 +56,22 @@ def test_the_validator_accepts_what_it_should():
     check_number("flush_seconds", float("inf"), allow_inf=True)
     check_number("--lr", 1e-3, minimum=0.0, strict=True)
     check_number("x", 0)
+
+
+def test_actprobe_summary_is_callable_also_after_the_old_module_was_imported(tmp_path):
+    import torch
+
+    import actprobe
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    with actprobe.Probe(model, tmp_path / "run.h5") as probe:
+        model(torch.randn(8, 4)).sum().backward()
+        probe.step()
+    with warnings.catch_warnings():  # the DeprecationWarning is tested above
+        warnings.simplefilter("ignore")
+        import actprobe.summary  # noqa: F401  (0.1 module, now actprobe.analysis.summary)
+        import actprobe.reader as old_reader
+    assert "2 sites" in str(actprobe.summary(tmp_path / "run.h5"))
+    with pytest.raises(TypeError, match="not callable"):
+        old_reader()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from actprobe.runfile.reader import Run
 from actprobe.analysis.summary import Thresholds, summarize
 from actprobe.render.summary import render_summary
 
-from conftest import bad_files as _bad_files, truncated_copy as _truncated
+from conftest import assert_one_line_error, bad_files as _bad_files, truncated_copy as _truncated
 
 STAT_ORDER = ("mean", "std", "near_zero", "dead", "nonfinite")
 
@@ -43,7 +45,7 @@ def hand_run(rows: dict[int, list[tuple[float, ...]]], kinds: list[str], scalars
 
 DEMO = hand_run({
     0: [(0.01, 1.0, 0.04, 0, 0), (0.4, 0.58, 0.5, 0, 0), (0.001, 0.05, 0.8, 0, 0), (0.2, 20.0, 0, 0, 0)],
-    1: [(-0.02, 1.0, 0.03, 0, 0), (0.1, 0.5, 0.2, 0.25, 0), (0.3, 0.5, 0.3, 0, 0), (0.0, 1.0, 0, 0, 0.001)],
+    1: [(-0.02, 1.0, 0.03, 0, 0), (0.1, 0.5, 0.2, 0.25, 0), (0.3, 0.5, 0.7, 0, 0), (0.0, 1.0, 0, 0, 0.001)],
 }, ["Conv2d", "ReLU", "Conv2d", "Linear"])
 
 EXPECTED = """\
@@ -52,73 +54,129 @@ model_file m.py, mode train, device cpu, seed 0
 data: hand-made
 loss: 2.5 at step 0 → 0.75 at step 10
 activations, step 0 → 10
-┏━━━━━━┳━━━━━━━━┳━━━━━━━━━━━━━━┳━━━━━━━━━━━━┳━━━━━━━━━━━┳━━━━━━━━━━┳━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━┓
-┃ site ┃ module ┃         mean ┃        std ┃ near-zero ┃     dead ┃ flags                                    ┃
-┡━━━━━━╇━━━━━━━━╇━━━━━━━━━━━━━━╇━━━━━━━━━━━━╇━━━━━━━━━━━╇━━━━━━━━━━╇━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━┩
-│ conv │ Conv2d │ 0.01 → -0.02 │      1 → 1 │   4% → 3% │  0% → 0% │                                          │
-│ relu │ ReLU   │    0.4 → 0.1 │ 0.58 → 0.5 │ 50% → 20% │ 0% → 25% │ mean +0.69σ (first), dead 25% (last)     │
-│ deep │ Conv2d │  0.001 → 0.3 │ 0.05 → 0.5 │ 80% → 30% │  0% → 0% │ std ×0.05 (first), near-zero 80% (first) │
-│ out  │ Linear │      0.2 → 0 │     20 → 1 │   0% → 0% │  0% → 0% │ std ×20 (first), NaN/Inf 0.1% (last)     │
-└──────┴────────┴──────────────┴────────────┴───────────┴──────────┴──────────────────────────────────────────┘
-6 flags at 3 of 4 sites
-flags: std ×r = std relative to the first site (below ×0.1 or above ×10); mean kσ after a ReLU-like module (|k| > 0.5); near-zero
-> 50%; dead > 10%; any NaN/Inf. (first)/(last): only at that step.
+┏━━━━━━┳━━━━━━━━┳━━━━━━━━━━━━━━┳━━━━━━━━━━━━┳━━━━━━━━━━━┳━━━━━━━━━━┳━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━┓
+┃ site ┃ module ┃         mean ┃        std ┃ near-zero ┃     dead ┃ flags                         ┃
+┡━━━━━━╇━━━━━━━━╇━━━━━━━━━━━━━━╇━━━━━━━━━━━━╇━━━━━━━━━━━╇━━━━━━━━━━╇━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━┩
+│ conv │ Conv2d │ 0.01 → -0.02 │      1 → 1 │   4% → 3% │  0% → 0% │                               │
+│ relu │ ReLU   │    0.4 → 0.1 │ 0.58 → 0.5 │ 50% → 20% │ 0% → 25% │ mean +0.69σ (first), dead 25% │
+│ deep │ Conv2d │  0.001 → 0.3 │ 0.05 → 0.5 │ 80% → 70% │  0% → 0% │ near-zero 80%                 │
+│ out  │ Linear │      0.2 → 0 │     20 → 1 │   0% → 0% │  0% → 0% │ NaN/Inf from step 10 (origin) │
+└──────┴────────┴──────────────┴────────────┴───────────┴──────────┴───────────────────────────────┘
+1 error, 2 warnings at 3 of 4 sites; 1 info
 """
 
 
 def render(summary, width: int = 130) -> str:
     buffer = io.StringIO()
     render_summary(summary, Console(file=buffer, width=width, color_system=None))
-    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
+    lines = [line.rstrip() for line in buffer.getvalue().splitlines()]
+    return "\n".join(line for line in lines if not line.startswith(LEGEND_PREFIXES)) + "\n"
+
+
+LEGEND_PREFIXES = ("mean-shift (", "saturation (", "dead-units (", "non-finite (", "vanishing (", "exploding (",
+                   "drift (")
 
 
 def test_summary_renders_exactly():
     assert render(summarize(DEMO)) == EXPECTED
 
 
-def test_flags_name_code_severity_and_step():
+def test_the_legend_names_the_rules_that_fired_with_their_thresholds():
+    buffer = io.StringIO()
+    render_summary(summarize(DEMO), Console(file=buffer, width=400, color_system=None))
+    legend = [line for line in buffer.getvalue().splitlines() if line.startswith(LEGEND_PREFIXES)]
+    assert [line.split(" (")[0] for line in legend] == ["mean-shift", "saturation", "dead-units", "non-finite"]
+    assert "abs(mean) > 0.5 × std" in legend[0] and "exceeds 0.2; an error above 0.5" in legend[2]
+
+
+def test_observations_name_rule_severity_and_steps():
     summary = summarize(DEMO)
-    flags = {site.name: [(f.code, f.severity, f.when) for f in site.flags] for site in summary.sites}
-    assert flags == {
+    seen = {site.name: [(o.rule, o.severity, o.steps) for o in site.observations] for site in summary.sites}
+    assert seen == {
         "conv": [],
-        "relu": [("mean-shift", "warning", "first"), ("dead", "error", "last")],
-        "deep": [("std-collapse", "warning", "first"), ("near-zero", "warning", "first")],
-        "out": [("std-explosion", "warning", "first"), ("non-finite", "error", "last")],
+        "relu": [("mean-shift", "info", (0,)), ("dead-units", "warning", (10,))],
+        "deep": [("saturation", "warning", (0, 10))],
+        "out": [("non-finite", "error", (10,))],
     }
-    assert summary.flag_count == 6
+    assert summary.counts() == {"info": 1, "warning": 2, "error": 1}
+    assert [s.name for s in summary.sites if s.flagged] == ["relu", "deep", "out"]
 
 
-@pytest.mark.parametrize("site, kind, flagged", [
-    ((0.0, 0.0999, 0, 0, 0), "Conv2d", {"std-collapse"}),
-    ((0.0, 0.1001, 0, 0, 0), "Conv2d", set()),
-    ((0.0, 10.01, 0, 0, 0), "Conv2d", {"std-explosion"}),
+@pytest.mark.parametrize("site, kind, rules", [
     ((0.51, 1.0, 0, 0, 0), "ReLU", {"mean-shift"}),
     ((0.51, 1.0, 0, 0, 0), "GELU", {"mean-shift"}),
     ((0.49, 1.0, 0, 0, 0), "ReLU", set()),
     ((0.9, 1.0, 0, 0, 0), "Conv2d", set()),  # a mean shift counts only after ReLU-like modules
-    ((0.0, 1.0, 0.51, 0, 0), "Conv2d", {"near-zero"}),
-    ((0.0, 1.0, 0.5, 0.1, 0), "Conv2d", set()),  # thresholds are strict: 50% and 10% pass
-    ((0.0, 1.0, 0, 0.11, 0), "Conv2d", {"dead"}),
+    ((0.0, 1.0, 0.51, 0, 0), "Conv2d", {"saturation"}),
+    ((0.0, 1.0, 0.74, 0, 0), "ReLU", set()),  # ReLU zeroes about half by design: 75% for it
+    ((0.0, 1.0, 0.76, 0, 0), "ReLU", {"saturation"}),
+    ((0.0, 1.0, 0.9, 0, 0), "Dropout", set()),  # passes its input on, zeroing p of it by design
+    ((0.0, 1.0, 0.9, 0, 0), "Hardsigmoid", set()),  # a gate
+    ((0.0, 1.0, 0.5, 0.2, 0), "Conv2d", set()),  # thresholds are strict: 50% and 20% pass
+    ((0.0, 1.0, 0, 0.21, 0), "Conv2d", {"dead-units"}),
     ((0.0, 1.0, 0, 0, 1e-7), "Conv2d", {"non-finite"}),
 ])
-def test_each_flag_and_its_threshold(site, kind, flagged):
-    run = hand_run({0: [(0.0, 1.0, 0, 0, 0), site]}, ["Conv2d", kind])
-    assert {f.code for f in summarize(run).sites[1].flags} == flagged
-    assert not summarize(run).sites[0].flags
+def test_each_rule_and_its_threshold(site, kind, rules):
+    """Site 1 of three in a chain (the last, a model output, is judged for less)."""
+    run = hand_run({0: [(0.0, 1.0, 0, 0, 0), site, (0.0, 1.0, 0, 0, 0)]}, ["Conv2d", kind, "Linear"])
+    assert {o.rule for o in summarize(run).sites[1].observations} == rules
+    assert not summarize(run).sites[0].observations
 
 
 def test_thresholds_are_adjustable():
-    run = hand_run({0: [(0.0, 1.0, 0, 0, 0), (0.0, 0.2, 0.3, 0, 0)]}, ["Conv2d", "Conv2d"])
-    assert not summarize(run).sites[1].flags
-    strict = summarize(run, Thresholds(collapse=0.5, near_zero=0.25))
-    assert {f.code for f in strict.sites[1].flags} == {"std-collapse", "near-zero"}
+    run = hand_run({0: [(0.0, 1.0, 0, 0, 0), (0.0, 0.2, 0.3, 0, 0), (0.0, 1.0, 0, 0, 0)]},
+                   ["Conv2d", "Conv2d", "Linear"])
+    assert not summarize(run).sites[1].observations
+    strict = summarize(run, Thresholds(saturation=0.25))
+    assert {o.rule for o in strict.sites[1].observations} == {"saturation"}
 
 
 def test_one_row_shows_one_value_per_cell():
     run = hand_run({0: [(0.5, 2.0, 0.1, 0, 0)]}, ["Linear"], scalars={})
     text = render(summarize(run))
     assert "activations, step 0\n" in text and "│ conv │ Linear │  0.5 │   2 │       10% │   0% │       │" in text
-    assert text.endswith("no flags\n")
+    assert text.endswith("no warnings or errors\n")
+
+
+def test_pick_flagged_top_and_select():
+    summary = summarize(DEMO)
+    assert [s.name for s in summary.pick(flagged=True).sites] == ["relu", "deep", "out"]
+    assert [s.name for s in summary.pick(top=1).sites] == ["out"]  # the error first
+    assert [s.name for s in summary.pick(top=2).sites] == ["relu", "out"]  # then the most observations
+    assert [s.name for s in summary.pick(select=["Conv2d"]).sites] == ["conv", "deep"]
+    assert [s.name for s in summary.pick(select=["r*", "Linear"]).sites] == ["relu", "out"]
+    with pytest.raises(actprobe.OptionError, match="matches no site"):
+        summary.pick(select=["Tanh"])
+    assert "showing 1 of 4 sites" in render(summary.pick(top=1))
+
+
+def test_long_names_are_shortened_from_the_left_keeping_what_differs():
+    names = [f"encoder.layers.encoder_layer_{i}.mlp.{j}" for i in range(12) for j in (0, 3)]
+    run = hand_run({0: [(0.0, 1.0, 0, 0, 0)] * len(names)}, ["Linear"] * len(names), scalars={})
+    run = dataclasses.replace(run, sites=names)
+    text = render(summarize(run), width=80)
+    for i in range(12):
+        assert f"│ …encoder_layer_{i}.mlp.0 " in text and f"│ …encoder_layer_{i}.mlp.3 " in text
+    assert "encoder…" not in text and "…" not in text.replace("…encoder_layer_", "")
+
+
+def test_percentages_read_well():
+    from actprobe.analysis.rules import percent
+
+    assert [percent(v) for v in (0.0, 1.0, 0.9996, 0.5, 0.004, 0.0004, float("nan"))] == [
+        "0%", "100%", "100%", "50%", "0.4%", "<0.1%", "nan"]
+
+
+def test_public_summary_prints_what_show_prints(tmp_path):
+    _paper_like_file(tmp_path / "default.h5", "default")
+    report = actprobe.summary(tmp_path / "default.h5")
+    buffer = io.StringIO()
+    render_summary(report.data, Console(file=buffer, width=120, color_system=None))
+    assert str(report) == buffer.getvalue()
+    assert "vanishing" in str(report) and report.data.counts()["error"] > 0
+    assert json.loads(report.json())["sites_total"] == 12
+    flagged = actprobe.summary(actprobe.read(tmp_path / "default.h5"), flagged=True)
+    assert all(site.flagged for site in flagged.data.sites)
 
 
 # -- actprobe show on real files --------------------------------------------------------------------------
@@ -141,11 +199,12 @@ def test_show_flags_the_default_init_and_not_kaiming(tmp_path):
     _paper_like_file(tmp_path / "kaiming.h5", "kaiming")
     default = summarize(actprobe.read(tmp_path / "default.h5"))
     kaiming = summarize(actprobe.read(tmp_path / "kaiming.h5"))
-    codes = lambda s: {f.code for site in s.sites for f in site.flags}  # noqa: E731
-    assert "std-collapse" in codes(default) and "std-collapse" not in codes(kaiming)
+    rules = lambda s: {o.rule for o in s.observations if o.severity != "info"}  # noqa: E731
+    assert "vanishing" in rules(default) and rules(kaiming) == set()
     result = CliRunner().invoke(app, ["show", str(tmp_path / "default.h5")], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert render(default, width=200).splitlines()[4:] == [line.rstrip() for line in result.stdout.splitlines()][4:]
+    shown = [line.rstrip() for line in result.stdout.splitlines() if not line.startswith(LEGEND_PREFIXES)]
+    assert render(default, width=200).splitlines()[4:] == shown[4:]
     assert "still being written" not in result.stdout
 
 
@@ -178,3 +237,26 @@ def test_show_bad_files(tmp_path, kind):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
     assert "Traceback" not in result.output
+
+
+def test_show_options_flagged_top_select_json_threshold(tmp_path):
+    _paper_like_file(tmp_path / "default.h5", "default")
+    path = str(tmp_path / "default.h5")
+    runner = CliRunner()
+    full = json.loads(runner.invoke(app, ["show", path, "--json"]).stdout)
+    flagged = json.loads(runner.invoke(app, ["show", path, "--json", "--flagged"]).stdout)
+    assert full["sites_total"] == flagged["sites_total"] == 12 and len(full["sites"]) == 12
+    assert {s["site"] for s in flagged["sites"]} == {
+        s["site"] for s in full["sites"] if any(o["severity"] != "info" for o in s["observations"])}
+    top = json.loads(runner.invoke(app, ["show", path, "--json", "--top", "3"]).stdout)
+    assert len(top["sites"]) == 3
+    relus = json.loads(runner.invoke(app, ["show", path, "--json", "--select", "ReLU"]).stdout)
+    assert [s["module_type"] for s in relus["sites"]] == ["ReLU"] * 6
+    assert full["counts"]["error"] > 0
+    lenient = json.loads(runner.invoke(app, ["show", path, "--json", "--threshold", "vanishing_factor=0.01"]).stdout)
+    assert lenient["counts"]["error"] == 0  # the same threshold table as diagnose's
+    text = runner.invoke(app, ["show", path, "--flagged"], env={"COLUMNS": "80"}).stdout
+    assert "showing" in text and "of 12 sites" in text
+    for args, message in ((["--top", "-1"], "--top"), (["--select", "Tanh"], "matches no site"),
+                          (["--threshold", "nope=1"], "NAME=VALUE")):
+        assert_one_line_error(runner.invoke(app, ["show", path, *args]), message)

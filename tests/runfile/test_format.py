@@ -31,7 +31,7 @@ def test_every_documented_dataset_exists_with_its_dtype_and_shape(run_file):
     documented = _table("Datasets")
     with h5py.File(run_file, "r", libver="latest", swmr=True) as f:
         T, S = f["step"].shape[0], f["sites"].shape[0]
-        dims = {"T": T, "S": S}
+        dims = {"T": T, "S": S, "E": f["graph/edges"].shape[0], "U": f["graph/uncalled"].shape[0], "2": 2}
         names_in_file = set()
         f.visititems(lambda name, obj: names_in_file.add(name) if isinstance(obj, h5py.Dataset) else None)
         documented_names = set()

@@ -1,0 +1,337 @@
+"""The rule engine: every rule evaluated once per site into observations, under one thresholds table.
+
+``evaluate(run)`` is the only judgement of a run: ``show`` groups its observations by site
+(``summary``), ``diagnose`` by rule with advice (``diagnose``), so the two can never disagree.
+``RULES`` is the table that docs/DIAGNOSE.md and ``show``'s legend are generated from.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..runfile.reader import Run
+from .graph import LayerGraph, unique_paths
+from .roles import GATES, PASS_THROUGH, RELU_LIKE, ZEROING, role
+from .rows import distinct_first_and_last
+from .thresholds import Thresholds, as_stored
+
+SEVERITIES = ("info", "warning", "error")
+
+
+def rank(severity: str) -> int:
+    return SEVERITIES.index(severity)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What one rule saw at one site: how bad, at which steps, the number behind it, in a few words."""
+
+    rule: str
+    severity: str
+    column: int
+    site: str
+    steps: tuple[int, ...]
+    value: float
+    detail: str  # e.g. "near-zero 93%", "std ×0.05 along the path (×0.46/layer)"
+    evidence: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class Context:
+    """A run and what the rules know about it: thresholds, layer graph, roles, whether it trained."""
+
+    run: Run
+    thresholds: Thresholds
+    graph: LayerGraph
+    roles: tuple[str, ...]
+    untrained: bool  # an init check (or the toy recipe): every row is at initialisation
+    gate_branch: frozenset[int]  # sites whose outputs only feed gates: they compute a multiplier, not the signal
+
+    @classmethod
+    def of(cls, run: Run, thresholds: Thresholds) -> Context:
+        attrs = run.attrs
+        untrained = attrs.get("mode") == "init-check" or attrs.get("optimizer") == "none"
+        graph, roles = LayerGraph.of(run), tuple(role(t) for t in run.site_module_types)
+        branch: set[int] = set()
+        for c in reversed(range(len(roles))):  # columns are in topological order
+            succ = graph.successors[c]
+            if succ and all(roles[s] == "gate" or s in branch for s in succ):
+                branch.add(c)
+        return cls(run, thresholds, graph, roles, untrained, frozenset(branch))
+
+    def stat(self, name: str, row: int, column: int) -> float:
+        return float(self.run.stats[name][row, column])
+
+    def at_init(self, row: int) -> bool:
+        """Whether the row shows the model before any update (step 0 comes before the first optimizer step)."""
+        return self.untrained or int(self.run.step[row]) == 0
+
+    def constant(self, row: int, column: int) -> bool:
+        """Whether the site's whole output was one value (std 0) at that row."""
+        return self.stat("std", row, column) == 0.0
+
+    def inherited(self, row: int, column: int) -> bool:
+        """Whether none of the site's inputs varied over the batch at that row (each was constant, or had
+        every unit dead): what the site shows was decided upstream."""
+        preds = self.graph.predecessors[column]
+        return bool(preds) and all(self.constant(row, p) or self.stat("dead", row, p) >= 1.0 for p in preds)
+
+    def scale_free(self, column: int) -> bool:
+        """A Conv/Linear output read only by normalisation layers: its scale does not matter."""
+        succ = self.graph.successors[column]
+        return self.roles[column] in ("conv", "linear") and bool(succ) and all(self.roles[s] == "norm" for s in succ)
+
+    def steps(self, rows: list[int]) -> tuple[int, ...]:
+        return tuple(sorted({int(self.run.step[r]) for r in rows}))
+
+
+def _observe(ctx: Context, rule: str, severity: str, column: int, rows: list[int], value: float, detail: str,
+             **evidence: Any) -> Observation:
+    return Observation(rule, severity, column, ctx.run.sites[column], ctx.steps(rows), value, detail, evidence)
+
+
+def chain_members(ctx: Context) -> list[int]:
+    """The sites whose std follows the signal layer by layer: the activations (gates left out) when a
+    path has two of them, else the Conv and Linear layers."""
+    acts = [c for c, r in enumerate(ctx.roles) if r == "activation"]
+    if any(len(p) >= 2 for p in ctx.graph.paths(acts, _norms(ctx))):
+        return acts
+    return [c for c, r in enumerate(ctx.roles) if r in ("conv", "linear")]
+
+
+def _norms(ctx: Context) -> list[int]:
+    return [c for c, r in enumerate(ctx.roles) if r == "norm"]
+
+
+def _paths(ctx: Context) -> list[tuple[list[int], np.ndarray]]:
+    """The judged paths and their stds at the first recorded step (sites without a finite std left out)."""
+    judged = []
+    for path in unique_paths(ctx.graph.paths(chain_members(ctx), _norms(ctx))):
+        stds = np.array([ctx.stat("std", 0, c) for c in path])
+        keep = np.isfinite(stds) & (stds > 0)
+        if keep.sum() >= ctx.thresholds.min_layers:
+            judged.append(([c for c, k in zip(path, keep) if k], stds[keep]))
+    return judged
+
+
+def _check_path(ctx: Context, rule: str, falls: bool) -> list[Observation]:
+    """vanishing (``falls``) or exploding: the std along each path at the first recorded step.
+
+    A path is judged on its longest start that meets the rule (at least ``min_layers`` layers): a
+    signal that collapses over the first layers and then sits at the level of the biases has vanished,
+    although the factor over the whole path is mild.
+    """
+    found = []
+    for path, stds in _paths(ctx):
+        span = _longest_start(ctx.thresholds, stds, falls)
+        if span is None:
+            continue
+        factor = float((stds[span - 1] / stds[0]) ** (1.0 / (span - 1)))
+        names = [ctx.run.sites[c] for c in path]
+        found += [_observe(ctx, rule, "error", c, [0], factor, f"std ×{s / stds[0]:.2g} along the path "
+                           f"(×{factor:.2f}/layer)", path=names[:span], std=[round(float(v), 6) for v in stds[:span]],
+                           path_sites=len(path))
+                  for c, s in zip(path, stds)]
+    return found
+
+
+def _longest_start(t: Thresholds, stds: np.ndarray, falls: bool) -> int | None:
+    """The most layers k ≥ min_layers such that the path's first k layers vanish (or explode)."""
+    for k in range(len(stds), t.min_layers - 1, -1):
+        ratios = stds[1:k] / stds[:k - 1]
+        factor = (stds[k - 1] / stds[0]) ** (1.0 / (k - 1))
+        if falls and factor < t.vanishing_factor and np.mean(ratios < 1) >= t.steady:
+            return k
+        if not falls and factor > t.exploding_factor and np.mean(ratios > 1) >= t.steady:
+            return k
+    return None
+
+
+def check_vanishing(ctx: Context) -> list[Observation]:
+    return _check_path(ctx, "vanishing", falls=True)
+
+
+def check_exploding(ctx: Context) -> list[Observation]:
+    return _check_path(ctx, "exploding", falls=False)
+
+
+def check_mean_shift(ctx: Context) -> list[Observation]:
+    found = []
+    for c, kind in enumerate(ctx.run.site_module_types):
+        if kind not in RELU_LIKE:
+            continue
+        hits = {}
+        for row in distinct_first_and_last(ctx.run):
+            mean, std = ctx.stat("mean", row, c), ctx.stat("std", row, c)
+            if std > 0 and abs(mean) > ctx.thresholds.mean_shift * std:
+                hits[row] = mean / std
+        if hits:
+            worst = max(hits.values(), key=abs)
+            found.append(_observe(ctx, "mean-shift", "info", c, list(hits), abs(worst), f"mean {worst:+.2f}σ"))
+    return found
+
+
+def check_saturation(ctx: Context) -> list[Observation]:
+    """saturation on activations and Conv/Linear layers; a trained run that grew out of it is info."""
+    found, rows = [], distinct_first_and_last(ctx.run)
+    for c, kind in enumerate(ctx.run.site_module_types):
+        if not _judged_for_saturation(ctx, c):
+            continue
+        limit = as_stored(ctx.thresholds.saturation_zeroing if kind in ZEROING else ctx.thresholds.saturation)
+        hits = {row: ctx.stat("near_zero", row, c) for row in rows
+                if ctx.stat("near_zero", row, c) > limit and not ctx.constant(row, c) and not ctx.inherited(row, c)}
+        if not hits:
+            continue
+        worst = max(hits.values())
+        last = rows[-1]
+        if last in hits or ctx.untrained:
+            found.append(_observe(ctx, "saturation", "warning", c, list(hits), worst, f"near-zero {percent(worst)}"))
+        else:
+            found.append(_observe(ctx, "saturation", "info", c, list(hits), worst, f"near-zero {percent(worst)} at "
+                                  f"init, {percent(ctx.stat('near_zero', last, c))} by the last step", kind="healed"))
+    return found
+
+
+def _judged_for_saturation(ctx: Context, c: int) -> bool:
+    """Activations (not gates) and Conv/Linear layers, except model outputs, scale-free layers and the
+    branches that compute a gate (a squeeze-excitation's pool → fc → ReLU → fc → Hardsigmoid)."""
+    return (ctx.roles[c] in ("activation", "conv", "linear") and not ctx.graph.is_output(c)
+            and not ctx.scale_free(c) and c not in ctx.gate_branch)
+
+
+def check_dead(ctx: Context) -> list[Observation]:
+    """dead-units at the last row, where they start: not at a site whose inputs were all constant."""
+    t, row, found = ctx.thresholds, ctx.run.rows - 1, []
+    for c, kind in enumerate(ctx.run.site_module_types):
+        value = ctx.stat("dead", row, c)
+        if not value > as_stored(t.dead) or kind in PASS_THROUGH or ctx.roles[c] == "dropout":
+            continue
+        if ctx.inherited(row, c):
+            continue  # none of its inputs varied over the batch: the units died upstream
+        if ctx.at_init(row) and ctx.roles[c] in ("conv", "linear") and ctx.constant(row, c):
+            found.append(_observe(ctx, "dead-units", "info", c, [row], value, "constant output at init",
+                                  kind="constant-at-init"))
+            continue
+        severity = "error" if value > as_stored(t.dead_error) else "warning"
+        found.append(_observe(ctx, "dead-units", severity, c, [row], value, f"dead {percent(value)}",
+                              kind="at-init" if ctx.at_init(row) else "trained"))
+    return found
+
+
+def check_non_finite(ctx: Context) -> list[Observation]:
+    bad = ctx.run.stats["nonfinite"] > 0
+    if not bad.any():
+        return []
+    first_row = int(np.flatnonzero(bad.any(axis=1))[0])
+    found = []
+    for c in np.flatnonzero(bad.any(axis=0)):
+        rows = np.flatnonzero(bad[:, c]).tolist()
+        # where they appeared first: at the first such row, in a site none of whose inputs had them
+        origin = bool(bad[first_row, c]) and not any(bad[first_row, p] for p in ctx.graph.predecessors[c])
+        found.append(_observe(ctx, "non-finite", "error", int(c), [rows[0]], float(len(rows)),
+                              f"NaN/Inf from step {int(ctx.run.step[rows[0]])}" + (" (origin)" if origin else ""),
+                              origin=origin, bad_rows=len(rows)))
+    return found
+
+
+def check_drift(ctx: Context) -> list[Observation]:
+    """drift: a site's std over training, the median of the first rows against the last ones."""
+    t, run = ctx.thresholds, ctx.run
+    if ctx.untrained or run.rows < t.drift_min_rows:
+        return []
+    window = max(1, int(round(t.drift_window * run.rows)))
+    std = run.stats["std"].astype(np.float64)
+    found = []
+    for c, kind in enumerate(run.site_module_types):
+        if ctx.graph.is_output(c) or ctx.scale_free(c) or kind in GATES:
+            continue
+        start, end = _median(std[:window, c]), _median(std[-window:, c])
+        if start > 0 and end > 0 and math.isfinite(start) and math.isfinite(end):
+            ratio = end / start
+            if ratio > t.drift_factor or ratio < 1.0 / t.drift_factor:
+                found.append(_observe(ctx, "drift", "warning", c, [0, run.rows - 1], ratio,
+                                      f"std ×{ratio:.3g} over training", window=window))
+    return found
+
+
+def _median(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(np.median(finite)) if len(finite) else math.nan
+
+
+def percent(value: float) -> str:
+    """A fraction as a percentage that reads well: ``93%``, ``0.4%``, ``<0.1%``, ``100%``, ``nan``."""
+    if value != value:
+        return "nan"
+    if value == 0 or value >= 0.995:
+        return f"{100 * value:.0f}%"
+    if value < 0.001:
+        return "<0.1%"
+    if value < 0.01:
+        return f"{100 * value:.1f}%"
+    return f"{100 * value:.0f}%"
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One rule: its name, severity, when it fires (``{name}`` marks a threshold) and the short advice."""
+
+    name: str
+    severity: str
+    fires_when: str
+    advice: str
+    check: Callable[[Context], list[Observation]] = field(repr=False)
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("vanishing", "error",
+         "at the first recorded step, along a path of the layer graph, the std falls by a geometric-mean factor "
+         "per layer below {vanishing_factor}, and falls between at least {steady} of the consecutive layers "
+         "(judged on the longest start of the path, of at least {min_layers} layers, that does; a normalisation "
+         "layer ends a path, a residual merge starts one)",
+         "init gain too small (PyTorch's default `kaiming_uniform_(a=√5)`): use Kaiming/He init, or normalise",
+         check_vanishing),
+    Rule("exploding", "error", "the same factor is above {exploding_factor}, rising between at least {steady} "
+         "of the layers", "init gain too large: Kaiming for ReLU, Xavier for tanh", check_exploding),
+    Rule("mean-shift", "info", "after a ReLU-like module, abs(mean) > {mean_shift} × std at the first or last "
+         "recorded step", "a mean-centred activation (WIB-ReLU) or normalisation after it", check_mean_shift),
+    Rule("saturation", "warning, info", "at an activation (gates such as Sigmoid, Hardsigmoid, Softmax left out) "
+         "or a Conv/Linear layer, the near-zero fraction > {saturation} at the first or last recorded step "
+         "(> {saturation_zeroing} after ReLU, ReLU6, RReLU, LeakyReLU, PReLU); info when a trained run grew out of "
+         "it by the last step; not judged: model outputs (logits), a Conv/Linear read only by normalisation "
+         "layers, branches that only feed a gate (a squeeze-excitation), constant outputs, and sites none of "
+         "whose inputs varied over the batch", "check init gain, input scaling, learning rate", check_saturation),
+    Rule("dead-units", "warning, error", "at the last recorded step, the fraction of units whose std over the "
+         "batch is ≤ `dead_eps` (the file's) exceeds {dead}; an error above {dead_error}; reported where the "
+         "units die, not at sites none of whose inputs varied over the batch (nor is saturation); a Conv/Linear whose output is constant at initialisation (a zero-initialised "
+         "head) is info", "at init: biases and init; after training: lower lr, a leaky activation", check_dead),
+    Rule("non-finite", "error", "any NaN or ±Inf at any recorded step; names the first step and the sites "
+         "where they appeared first (in the layer graph: none of their inputs had them)", "lr, log/sqrt/division of zero, low-precision overflow", check_non_finite),
+    Rule("drift", "warning", "in a trained run with at least {drift_min_rows} rows, a site's std (median over "
+         "the first and over the last {drift_window} of the rows) changes by more than × {drift_factor} either "
+         "way; model outputs (sites nothing recorded reads, such as logits) and Conv/Linear outputs read only by "
+         "normalisation layers are left out", "lr too high, missing normalisation", check_drift),
+)
+
+
+def evaluate(run: Run, thresholds: Thresholds | None = None) -> list[Observation]:
+    """Every observation of every rule, in rule order, then column order; none for a run without rows."""
+    if run.rows == 0:
+        return []
+    ctx = Context.of(run, thresholds or Thresholds())
+    found: list[Observation] = []
+    seen: set[tuple[str, int]] = set()
+    for rule in RULES:
+        for obs in sorted(rule.check(ctx), key=lambda o: (RULE_ORDER[o.rule], o.column)):
+            if (obs.rule, obs.column) not in seen:  # a site on two paths is judged once per rule
+                seen.add((obs.rule, obs.column))
+                found.append(obs)
+    return sorted(found, key=lambda o: (RULE_ORDER[o.rule], o.column))
+
+
+RULE_ORDER = {rule.name: k for k, rule in enumerate(RULES)}
