@@ -151,9 +151,9 @@ def _non_finite(run: Run, group: Sequence[Observation], fired: set[str], t: Thre
 
 
 def _drift(run: Run, group: Sequence[Observation], fired: set[str], t: Thresholds) -> tuple[str, str, dict]:
-    window = group[0].evidence["window"]
-    return (f"drift: the std changed by more than ×{t.drift_factor:g} over training (median of the first vs the "
-            f"last {window} recorded steps): {_shown(group, lambda o: f'×{o.value:.3g}')}",
+    window, first = group[0].evidence["window"], group[0].evidence["first"]
+    return (f"drift: the std changed by more than ×{t.drift_factor:g} over training (median of {window} recorded "
+            f"steps from step {int(run.step[first])} vs the last {window}): {_shown(group, lambda o: f'×{o.value:.3g}')}",
             "activations that keep growing or shrinking during training point to a too-high learning rate or "
             "missing normalisation; lower the lr, add warm-up or weight decay, or normalise",
             {"std_ratio": {o.site: round(o.value, 4) for o in group}})

@@ -58,7 +58,7 @@ class Context:
         untrained = attrs.get("mode") == "init-check" or attrs.get("optimizer") == "none"
         graph, roles = LayerGraph.of(run), tuple(role(t) for t in run.site_module_types)
         branch: set[int] = set()
-        for c in reversed(range(len(roles))):  # columns are in topological order
+        for c in reversed(graph.order):
             succ = graph.successors[c]
             if succ and all(roles[s] == "gate" or s in branch for s in succ):
                 branch.add(c)
@@ -245,17 +245,18 @@ def check_drift(ctx: Context) -> list[Observation]:
     if ctx.untrained or run.rows < t.drift_min_rows:
         return []
     window = max(1, int(round(t.drift_window * run.rows)))
+    first = min(int(round(t.drift_from * run.rows)), run.rows - window)
     std = run.stats["std"].astype(np.float64)
     found = []
     for c, kind in enumerate(run.site_module_types):
-        if ctx.graph.is_output(c) or ctx.scale_free(c) or kind in GATES:
+        if ctx.graph.is_output(c) or ctx.scale_free(c) or kind in GATES or kind in PASS_THROUGH:
             continue
-        start, end = _median(std[:window, c]), _median(std[-window:, c])
+        start, end = _median(std[first:first + window, c]), _median(std[-window:, c])
         if start > 0 and end > 0 and math.isfinite(start) and math.isfinite(end):
             ratio = end / start
             if ratio > t.drift_factor or ratio < 1.0 / t.drift_factor:
-                found.append(_observe(ctx, "drift", "warning", c, [0, run.rows - 1], ratio,
-                                      f"std ×{ratio:.3g} over training", window=window))
+                found.append(_observe(ctx, "drift", "warning", c, [first, run.rows - 1], ratio,
+                                      f"std ×{ratio:.3g} over training", window=window, first=first))
     return found
 
 
@@ -312,9 +313,10 @@ RULES: tuple[Rule, ...] = (
          "head) is info", "at init: biases and init; after training: lower lr, a leaky activation", check_dead),
     Rule("non-finite", "error", "any NaN or ±Inf at any recorded step; names the first step and the sites "
          "where they appeared first (in the layer graph: none of their inputs had them)", "lr, log/sqrt/division of zero, low-precision overflow", check_non_finite),
-    Rule("drift", "warning", "in a trained run with at least {drift_min_rows} rows, a site's std (median over "
-         "the first and over the last {drift_window} of the rows) changes by more than × {drift_factor} either "
-         "way; model outputs (sites nothing recorded reads, such as logits) and Conv/Linear outputs read only by "
+    Rule("drift", "warning", "in a trained run with at least {drift_min_rows} rows, a site's std changes by "
+         "more than × {drift_factor} either way between the median over {drift_window} of the rows from "
+         "{drift_from} of the way in and the median over the last {drift_window}; model outputs (sites nothing "
+         "recorded reads, such as logits), Dropout/Flatten/Identity and Conv/Linear outputs read only by "
          "normalisation layers are left out", "lr too high, missing normalisation", check_drift),
 )
 

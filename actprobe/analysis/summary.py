@@ -66,16 +66,23 @@ class RunSummary:
         """Observations per severity, over the whole run."""
         return {s: sum(o.severity == s for o in self.observations) for s in SEVERITIES}
 
-    def pick(self, *, flagged: bool = False, top: int | None = None, select: Sequence[str] = ()) -> RunSummary:
-        """The sites to show: matching ``select`` (globs on names, or class names), with a warning or an
-        error (``flagged``), the ``top`` K most severe (most severe first)."""
+    def pick(self, *, flagged: bool = False, top: int | None = None, select: str | Sequence[str] = ()) -> RunSummary:
+        """The sites to show: matching ``select`` (globs on names, or exact class names; one string or a
+        list), with a warning or an error (``flagged``), the ``top`` K most severe (0: all).
+
+        Raises:
+            OptionError: ``top`` is negative, or ``select`` matches no site.
+        """
+        if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 0):
+            raise OptionError(f"--top must be a whole number ≥ 0 (0 shows all), got {top!r}")
+        select = [select] if isinstance(select, str) else list(select)
         sites = list(self.sites)
         if select:
             names = set(self._matching(select))
             sites = [s for s in sites if s.name in names]
         if flagged:
             sites = [s for s in sites if s.flagged]
-        if top is not None:
+        if top:
             order = sorted(range(len(sites)), key=lambda k: (-rank(sites[k].worst or "info") - bool(sites[k].worst),
                                                              -len(sites[k].observations), k))
             sites = [sites[k] for k in sorted(order[:top])]

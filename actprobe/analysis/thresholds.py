@@ -29,7 +29,7 @@ class Thresholds:
     exploding_factor: float = _threshold(1.33, "exploding", "the same factor above which the path explodes")
     steady: float = _threshold(0.75, "vanishing, exploding",
                                "the fraction of consecutive layers along the path that must fall (or rise)")
-    min_layers: int = _threshold(3, "vanishing, exploding", "the fewest layers a path needs to be judged")
+    min_layers: int = _threshold(3, "vanishing, exploding", "the fewest layers (at least 2) a path needs to be judged")
     mean_shift: float = _threshold(0.5, "mean-shift", "abs(mean) above this many stds after a ReLU-like module")
     saturation: float = _threshold(0.5, "saturation", "the near-zero fraction above which a site is saturated")
     saturation_zeroing: float = _threshold(
@@ -38,12 +38,21 @@ class Thresholds:
     dead: float = _threshold(0.2, "dead-units", "the dead fraction above which a site is reported")
     dead_error: float = _threshold(0.5, "dead-units", "the dead fraction above which it is an error")
     drift_factor: float = _threshold(5.0, "drift", "the change of a site's std over training, either way")
-    drift_window: float = _threshold(0.1, "drift", "the fraction of the rows at each end whose median std is compared")
+    drift_window: float = _threshold(0.1, "drift", "the fraction (at most 0.5) of the rows in each window whose median std is compared")
     drift_min_rows: int = _threshold(10, "drift", "the fewest rows a run needs to be judged for drift")
+    drift_from: float = _threshold(0.25, "drift", "where the first window starts, as a fraction of the rows: "
+                                   "the early growth out of a small init is not drift")
 
     def __post_init__(self) -> None:
         for f in fields(self):
             non_negative(f"threshold {f.name}", getattr(self, f.name))
+        if self.min_layers < 2:
+            raise OptionError(f"threshold min_layers must be at least 2 (a path of one layer has no factor), "
+                              f"got {self.min_layers}")
+        if not self.drift_from < 1:
+            raise OptionError(f"threshold drift_from must be a fraction below 1, got {self.drift_from}")
+        if not 0 < self.drift_window <= 0.5:
+            raise OptionError(f"threshold drift_window must be a fraction in (0, 0.5], got {self.drift_window}")
 
     @classmethod
     def parse(cls, assignments: Sequence[str]) -> Thresholds:

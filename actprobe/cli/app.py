@@ -90,7 +90,8 @@ THRESHOLD_HELP = "NAME=VALUE to change a rule's threshold; repeatable (docs/DIAG
 def show(
     path: Path = typer.Argument(..., help="A run file written by actprobe, finished or still growing."),
     flagged: bool = typer.Option(False, "--flagged", help="Only the sites with a warning or an error."),
-    top: int | None = typer.Option(None, "--top", help="Only the K sites with the most severe findings."),
+    top: int | None = typer.Option(None, "--top", help="Only the K sites with the most severe findings "
+                                   "(0: all)."),
     select: list[str] = typer.Option([], "--select", help="Site name glob or module class name (ReLU) to show; "
                                      "repeatable."),
     json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),

@@ -4,7 +4,8 @@ A call's inputs are traced back to the nearest site outputs they derive from: by
 (the same tensor object, unchanged since the site produced it, or a view of one), else through the
 autograd graph (``grad_fn.next_functions``), which sees the functional code between modules —
 ``x + identity``, ``torch.cat``, ``flatten``. Forwards made without autograd (``torch.no_grad``)
-have no such graph: only identity and views connect their sites.
+have no such graph: only identity (an in-place module's input included) and views connect their
+sites; under ``torch.inference_mode`` views do not know their base either.
 
 The tracer holds tensors only through weak references and autograd nodes only until ``clear()``,
 which the recorder calls when the first recorded step ends; nothing here runs after that.
@@ -56,15 +57,18 @@ class GraphTracer:
         """Whether ``tensor`` is a recorded site's output (or a view of one), unchanged."""
         return self._identity(tensor) is not None
 
-    def sources(self, inputs: object) -> set[int]:
-        """The sites that a call's inputs derive from; ``{GRAPH_INPUT}`` when none does."""
+    def sources(self, inputs: object, outputs: Iterable[torch.Tensor] = ()) -> set[int]:
+        """The sites that a call's inputs derive from; ``{GRAPH_INPUT}`` when none does. An input that
+        is also one of the call's ``outputs`` was changed in place by the call (``ReLU(inplace=True)``):
+        its identity counts whatever its version now is."""
         found: set[int] = set()
+        in_place = {id(t) for t in outputs}
         for tensor in input_tensors(inputs):
-            found |= self._sources_of(tensor)
+            found |= self._sources_of(tensor, any_version=id(tensor) in in_place)
         return found or {GRAPH_INPUT}
 
-    def add(self, tensor: torch.Tensor, site: int, sources: Iterable[int]) -> None:
-        """Record that ``site`` produced ``tensor`` from ``sources``."""
+    def add(self, tensor: torch.Tensor, site: int, sources: Iterable[int], inputs: object = ()) -> None:
+        """Record that ``site`` produced ``tensor`` from ``sources`` (its call's ``inputs``)."""
         self.edges.update((source, site) for source in sources if source != site)
         try:
             self._by_identity[id(tensor)] = (weakref.ref(tensor), _version(tensor), site)
@@ -73,10 +77,11 @@ class GraphTracer:
         if tensor.grad_fn is not None:
             self._by_node[(tensor.grad_fn, tensor.output_nr)] = site
         base = tensor._base
-        if base is not None and base.grad_fn is not None:
+        if base is not None and base.grad_fn is not None and not any(base is t for t in input_tensors(inputs)):
             # an in-place change of a view (``out += x`` on a Linear's 3-D output) gives the view a new
-            # grad_fn that reaches the base's node, not the view's: that node stands for this site too
-            # (unless it stands for another site already, as the input of a Flatten does)
+            # grad_fn that reaches the base's node, not the view's: the base, made inside this call,
+            # stands for this site too (not a base that came in as an input, nor one that stands for
+            # another site already)
             self._by_node.setdefault((base.grad_fn, base.output_nr), site)
 
     def clear(self) -> None:
@@ -84,16 +89,20 @@ class GraphTracer:
         self._by_node.clear()
         self._memo.clear()
 
-    def _identity(self, tensor: torch.Tensor) -> int | None:
+    def _identity(self, tensor: torch.Tensor, any_version: bool = False) -> int | None:
         for candidate in (tensor, tensor._base):
             if candidate is None:
                 continue
             entry = self._by_identity.get(id(candidate))
-            if entry is not None and entry[0]() is candidate and entry[1] == _version(candidate):
+            if entry is not None and entry[0]() is candidate and (any_version or entry[1] == _version(candidate)):
                 return entry[2]
         return None
 
-    def _sources_of(self, tensor: torch.Tensor) -> frozenset[int]:
+    def _sources_of(self, tensor: torch.Tensor, any_version: bool = False) -> frozenset[int]:
+        if any_version and tensor.grad_fn is None:
+            site = self._identity(tensor, any_version=True)
+            if site is not None:
+                return frozenset((site,))
         site = self._identity(tensor)
         if site is not None:
             return frozenset((site,))

@@ -53,6 +53,7 @@ class Recorder:
         self._tracer: GraphTracer | None = GraphTracer()
         self._called: set[str] = set()  # modules called during the first recorded step
         self._producers: set[str] = set()  # modules that produced a site
+        self._passed_on: set[str] = set()  # container outputs that a recorded site produced: not sites
         self.graph = SiteGraph(edges=())
 
     def observe(self, module_name: str, call_index: int, module: nn.Module, inputs: object, output: object) -> None:
@@ -71,23 +72,26 @@ class Recorder:
         outputs = list(floating_outputs(output))
         container = module_name in self._containers
         if container:
-            outputs = [(suffix, tensor) for suffix, tensor in outputs if not tracer.produced(tensor)]
+            produced = {suffix for suffix, tensor in outputs if tracer.produced(tensor)}
+            self._passed_on.update(site_name(module_name, call_index, suffix) for suffix in produced)
+            outputs = [(suffix, tensor) for suffix, tensor in outputs if suffix not in produced]
         if not outputs:
             return
-        sources = tracer.sources(inputs)
+        sources = tracer.sources(inputs, (tensor for _, tensor in outputs))
         for suffix, tensor in outputs:
             index = self._observe_one(site_name(module_name, call_index, suffix), module, tensor)
             if index is not None:
                 # a container's output comes from the sites inside it (and its inputs): traced from the output
                 own = tracer.sources((tensor,)) if container and tensor.grad_fn is not None else sources
-                tracer.add(tensor, index, own)
+                tracer.add(tensor, index, own, inputs)
                 self._producers.add(module_name)
 
     def _observe_one(self, name: str, module: nn.Module, tensor: torch.Tensor) -> int | None:
         index = self._index.get(name)
         if index is None:
             if self.started:  # the site set is fixed
-                self.ignored.add(name)
+                if name not in self._passed_on:  # not a container's output that a child produced
+                    self.ignored.add(name)
                 return None
             index = self._add_site(name, module, tensor)
         if tensor.numel() == 0:

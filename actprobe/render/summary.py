@@ -149,7 +149,7 @@ class SummaryReport:
 
 
 def summary(source: str | os.PathLike[str] | Run, thresholds: Thresholds | None = None, *, flagged: bool = False,
-            top: int | None = None, select: Sequence[str] = ()) -> SummaryReport:
+            top: int | None = None, select: str | Sequence[str] = ()) -> SummaryReport:
     """The summary that ``actprobe show`` prints, for scripts and notebooks.
 
     Args:

@@ -37,3 +37,13 @@ def test_update_doc_makes_the_tables_anew_and_leaves_the_rest():
     stale = DOC.read_text().replace("| `dead` | 0.2 |", "| `dead` | 0.1 |")
     assert stale != DOC.read_text()
     assert update_doc(stale) == DOC.read_text()
+
+
+def test_thresholds_that_make_no_sense_are_refused():
+    import pytest
+
+    from actprobe.errors import OptionError
+
+    for bad in ("min_layers=1", "min_layers=0", "drift_window=0", "drift_window=0.9", "drift_from=1"):
+        with pytest.raises(OptionError, match=bad.split("=")[0]):
+            Thresholds.parse([bad])

@@ -118,3 +118,35 @@ def test_show_and_diagnose_agree(zoo_files, name):
         worst_diagnose[f["rule"]] = max(worst_diagnose.get(f["rule"], 0), rank(f["severity"]))
     assert worst_show == worst_diagnose
     assert shown["counts"]["error"] > 0 if name in BROKEN else shown["counts"]["error"] == 0
+
+
+def test_a_module_skipped_in_the_first_forward_gives_a_column_out_of_order(tmp_path):
+    """Gradient accumulation with a block skipped in the first micro-batch (LayerDrop): the block's
+    sites come after those it feeds; the analysis orders the graph itself."""
+    import torch
+    from torch import nn
+
+    class Drop(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.r1, self.b, self.r2 = nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU()
+            self.c, self.r3, self.out = nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)
+
+        def forward(self, x, skip=False):
+            h = self.r1(self.a(x))
+            if not skip:
+                h = self.r2(self.b(h))
+            return self.out(self.r3(self.c(h)))
+
+    torch.manual_seed(0)
+    model = Drop()
+    with actprobe.Probe(model, tmp_path / "drop.h5") as probe:
+        for _ in range(3):
+            model(torch.randn(8, 16), skip=True).sum().backward()
+            model(torch.randn(8, 16)).sum().backward()
+            probe.step()
+    run = actprobe.read(tmp_path / "drop.h5")
+    assert run.sites.index("r2") > run.sites.index("c")  # a later column than the site it feeds
+    vanishing = {f.rule: f for f in diagnose(run)}["vanishing"]  # PyTorch's default init
+    assert vanishing.evidence["path"] == ["r1", "r2", "r3"]
+    assert CliRunner().invoke(app, ["show", str(tmp_path / "drop.h5")]).exit_code == 0

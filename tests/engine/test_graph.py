@@ -3,6 +3,8 @@ the default selection's container sites; selection by class name."""
 
 from __future__ import annotations
 
+import warnings
+
 import h5py
 import numpy as np
 import pytest
@@ -154,3 +156,53 @@ def test_probe_graph_property_and_files_without_a_graph(tmp_path):
     with h5py.File(tmp_path / "g.h5", "a") as f:  # as an actprobe 0.1 file: no graph group
         del f["graph"]
     assert actprobe.read(tmp_path / "g.h5").edges is None
+
+
+def test_in_place_modules_without_autograd_keep_their_edges(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(inplace=True), nn.Linear(4, 4), nn.ReLU(inplace=True))
+    _, edges = traced(model, tmp_path / "inplace.h5", torch.randn(3, 4), grad=False)
+    assert edges == {(IN, "0"), ("0", "1"), ("1", "2"), ("2", "3")}
+
+
+def test_a_view_of_an_input_does_not_take_over_its_producer():
+    class View(nn.Module):
+        def forward(self, t):
+            return t.view(-1)
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.v, self.c = nn.Linear(4, 4), View(), nn.Linear(4, 4)
+
+        def forward(self, x):
+            t = self.a(x) + 1.0  # not a site's output: a's output plus a constant
+            self.v(t)
+            return self.c(t)
+
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        _, edges = traced(Net(), Path(folder) / "view.h5", torch.randn(3, 4))
+    assert edges == {(IN, "a"), ("a", "v"), ("a", "c")}
+
+
+def test_a_container_returning_a_child_output_and_its_own_warns_nothing(tmp_path):
+    class Pair(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x):
+            h = self.fc(x)
+            return h, h * 2  # [0] is fc's output, [1] is the pair's own
+
+    model = nn.Sequential(Pair())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", actprobe.ActprobeWarning)
+        with actprobe.Probe(model, tmp_path / "pair.h5") as probe:
+            for _ in range(3):
+                sum(t.sum() for t in model(torch.randn(2, 4))).backward()
+                probe.step()
+    run = actprobe.read(tmp_path / "pair.h5")
+    assert run.sites == ["0.fc", "0[1]"] and np.isfinite(run.stats["mean"]).all()

@@ -260,3 +260,19 @@ def test_show_options_flagged_top_select_json_threshold(tmp_path):
     for args, message in ((["--top", "-1"], "--top"), (["--select", "Tanh"], "matches no site"),
                           (["--threshold", "nope=1"], "NAME=VALUE")):
         assert_one_line_error(runner.invoke(app, ["show", path, *args]), message)
+
+
+def test_pick_takes_one_string_refuses_negative_top_and_zero_shows_all():
+    summary = summarize(DEMO)
+    assert [s.name for s in summary.pick(select="r*").sites] == ["relu"]
+    assert len(summary.pick(top=0).sites) == 4
+    with pytest.raises(actprobe.OptionError, match="--top"):
+        summary.pick(top=-1)
+
+
+def test_shortened_names_stay_distinct():
+    from actprobe.render.names import shorten
+
+    names = ["encoder.block1_" + "a" * 30 + ".mlp.fc", "encoder.block2_" + "a" * 30 + ".mlp.fc"]
+    short = shorten(names, 24)
+    assert len(set(short)) == 2 and all(len(s) <= 24 for s in short)
