@@ -51,10 +51,11 @@ def summary_table(summary: RunSummary, width: int = 120) -> Table:
     single = summary.rows == 1
     steps = f"step {summary.first_step}" if single else f"step {summary.first_step} → {summary.last_step}"
     table = Table(title=f"activations, {steps}", title_justify="left", header_style="bold")
-    names = shorten([s.name for s in summary.sites], max(MIN_NAME_WIDTH, width // 3))
+    names = shorten([s.name for s in summary.sites], max(MIN_NAME_WIDTH, width // 4))
     table.add_column("site", no_wrap=True, min_width=min(max(map(len, names), default=4), width // 2))
     for name in ("module", "mean", "std", "near-zero", "dead", "flags"):
-        table.add_column(name, justify="left" if name in ("module", "flags") else "right")
+        # narrow terminals wrap a cell onto more lines; a number or a name is never cut short
+        table.add_column(name, justify="left" if name in ("module", "flags") else "right", overflow="fold")
     for name, site in zip(names, summary.sites):
         table.add_row(
             cell(name), cell(site.module_type),
