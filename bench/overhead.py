@@ -16,10 +16,10 @@ parameters (the reference harness of the GPU targets); ``leaves`` (default) ever
 actprobe's default.
 
 ``--before DIR`` adds the actprobe of another checkout (a git worktree of an earlier commit, say),
-imported under another name, recording every step on its own copy of the model: the code before
-and after a change, timed side by side in the same rounds.
+imported under another name, recording every step and every 10th step on its own copies of the
+model: the code before and after a change, timed side by side in the same rounds.
 
-    python bench/overhead.py [--model paper-cnn|resnet50|transformer|all] [--device cpu|cuda]
+    python bench/overhead.py [--model paper-cnn|resnet50|transformer|wide-100|wide-1000|all] [--device cpu|cuda]
                              [--select leaves|params] [--rounds 60] [--steps 5] [--torch-kernel]
                              [--before DIR]
 """
@@ -111,6 +111,8 @@ def build_modes(name: str, device: torch.device, args, tmp: Path) -> tuple[dict,
     if args.before is not None:
         probed("actprobe before, every step", package=load_before(args.before))
     probed("actprobe every 10th step", every=10)
+    if args.before is not None:
+        probed("actprobe before, every 10th", package=load_before(args.before), every=10)
     if args.torch_kernel:
         probed("actprobe, torch kernel", kernel="torch")
     for label, hook in (("fastai-style .item()", fastai_style), ("naive on-device", naive_on_device),
@@ -141,10 +143,12 @@ def bench(name: str, device: torch.device, args) -> None:
         print(f"{mode:28s} {median_ms(values):9.2f} {100 * median:+8.1f}%  ({100 * q1:+5.1f}% .. {100 * q3:+5.1f}%)")
     print(f"{'memory floor (computed)':28s} {floor_ms:9.2f} {100 * floor_ms / base_ms:+8.1f}%  "
           f"({floor_bytes / 2**20:.1f} MiB of hooked activations per step at the copy bandwidth)")
-    if "actprobe before, every step" in samples:
-        median, q1, q3 = paired_overhead(samples["actprobe every step"], samples["actprobe before, every step"])
-        print(f"{'this actprobe vs before':28s} {'':9s} {100 * median:+8.1f}%  ({100 * q1:+5.1f}% .. {100 * q3:+5.1f}%)"
-              "  (paired per round: every step, this code / the code of --before)")
+    for now, before, what in (("actprobe every step", "actprobe before, every step", "every step"),
+                               ("actprobe every 10th step", "actprobe before, every 10th", "every 10th step")):
+        if before in samples:
+            median, q1, q3 = paired_overhead(samples[now], samples[before])
+            print(f"{'this actprobe vs before':28s} {'':9s} {100 * median:+8.1f}%  ({100 * q1:+5.1f}% .. "
+                  f"{100 * q3:+5.1f}%)  (paired per round: {what}, this code / the code of --before)")
     print(f"actprobe wrote {run.rows} rows x {len(run.sites)} sites with the {kernel} kernel")
 
 

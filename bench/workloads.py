@@ -19,7 +19,8 @@ from torch import nn
 from actprobe.models import paper_cnn
 from actprobe.training import LoopResult, TrainStep, run_loop
 
-WORKLOADS = ("paper-cnn", "resnet50", "transformer")
+WORKLOADS = ("paper-cnn", "resnet50", "transformer", "wide-100", "wide-1000")
+# many small sites: 50 or 500 × (Linear 64, ReLU), batch 32 — where per-site Python dominates
 
 
 @dataclass
@@ -68,6 +69,14 @@ def make(name: str, device: torch.device, batch: int | None = None, *, smoke: bo
                            autocast=True, channels_last=True, sgd=True)
     if name == "transformer":
         return _transformer(device, batch or 16, smoke)
+    if name in ("wide-100", "wide-1000"):
+        pairs = int(name.split("-")[1]) // 2
+        model = nn.Sequential(*[m for _ in range(pairs) for m in (nn.Linear(64, 64), nn.ReLU())]).to(device)
+        for module in model:
+            if isinstance(module, nn.Linear):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+        return _classifier(name, model, (batch or 32, 64), 64, device, autocast=False, channels_last=False,
+                           sgd=False)
     raise ValueError(f"unknown workload {name!r}; available: {', '.join(WORKLOADS)}")
 
 

@@ -36,13 +36,12 @@ class HookEngine:
         self._capturing = False
         self.active = True
         self.skipped = 0  # calls left out by train_only (eval mode, or gradients disabled)
-        self._handles: list[RemovableHandle] = [
-            model.register_forward_pre_hook(torch.compiler.disable(self._new_forward))]
-        self._by_name: dict[str, RemovableHandle] = {}
-        for name, module in modules:
-            handle = module.register_forward_hook(self._hook_for(name), with_kwargs=True)
-            self._handles.append(handle)
-            self._by_name[name] = handle
+        self._model = weakref.ref(model)
+        self._modules = [(name, weakref.ref(module)) for name, module in modules]
+        self._pre_hook = torch.compiler.disable(self._new_forward)
+        self._hooks = {name: self._hook_for(name) for name, _ in modules}
+        self._handles: list[RemovableHandle] = []
+        self.attach()
 
     def _new_forward(self, module: nn.Module, args: object) -> None:
         self._calls.clear()
@@ -72,15 +71,38 @@ class HookEngine:
     def new_step(self) -> None:
         self._calls.clear()
 
-    def unhook(self, names: Sequence[str]) -> None:
-        """Remove the hooks of these modules (containers whose outputs their children produce)."""
-        for name in names:
-            handle = self._by_name.pop(name, None)
-            if handle is not None:
-                handle.remove()
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
 
-    def remove(self) -> None:
+    def attach(self) -> None:
+        """Register the hooks (a no-op when they are registered). Steps that are not recorded run
+        without them: a module with no hooks takes PyTorch's fast call path, so they cost nothing."""
+        model = self._model()
+        if self._handles or model is None:
+            return
+        self._handles.append(model.register_forward_pre_hook(self._pre_hook))
+        for name, ref in self._modules:
+            module = ref()
+            if module is not None:
+                self._handles.append(module.register_forward_hook(self._hooks[name], with_kwargs=True))
+
+    def detach(self) -> None:
+        """Remove every hook until the next ``attach``."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+    def unhook(self, names: Sequence[str]) -> None:
+        """Stop hooking these modules (containers whose outputs their children produce)."""
+        dropped = set(names)
+        if dropped:
+            self._modules = [(name, ref) for name, ref in self._modules if name not in dropped]
+            if self.attached:
+                self.detach()
+                self.attach()
+
+    def remove(self) -> None:
+        self.detach()
+        self._modules.clear()
         self.active = False

@@ -151,6 +151,10 @@ class Probe:
             self._engine.new_step()
             self._step += 1
             self._engine.active = self.recording
+            if self.recording:
+                self._engine.attach()
+            else:  # an unrecorded step runs without hooks: PyTorch's fast path, no cost per module
+                self._engine.detach()
             self._check_writer()
             if self._recorder.started and (self._recorder.full or self._flush_due()):
                 self._flush()

@@ -1,0 +1,52 @@
+"""Steps that are not recorded run without hooks (PyTorch's fast call path); recorded steps get them
+back and record exactly what they would have, eager or compiled."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import actprobe
+from conftest import reference_statistics
+
+
+def hooked(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_unrecorded_steps_have_no_hooks_and_recorded_ones_do(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    counts = []
+    with actprobe.Probe(model, tmp_path / "r.h5", every=3) as probe:
+        for _ in range(7):
+            counts.append(hooked(model))
+            model(torch.randn(5, 4)).sum().backward()
+            probe.step()
+    assert counts == [4, 0, 0, 4, 0, 0, 4]  # 3 forward hooks and the root's pre-hook, on steps 0, 3, 6
+    assert hooked(model) == 0 and actprobe.read(tmp_path / "r.h5").step.tolist() == [0, 3, 6]
+
+
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_recorded_steps_after_idle_ones_record_the_same_numbers(tmp_path, compiled):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    run_model = torch.compile(model) if compiled else model
+    inputs = [torch.randn(32, 8, generator=torch.Generator().manual_seed(k)) for k in range(5)]
+    want = []
+    with actprobe.Probe(model, tmp_path / "c.h5", every=2) as probe:
+        for k, x in enumerate(inputs):
+            if k % 2 == 0:
+                with torch.no_grad():
+                    hidden = model[1](model[0](x))
+                want.append(reference_statistics(hidden, -1))
+            run_model(x).sum().backward()
+            model.zero_grad()
+            probe.step()
+    run = actprobe.read(tmp_path / "c.h5")
+    assert run.step.tolist() == [0, 2, 4]
+    column = run.sites.index("1")
+    for row, reference in enumerate(want):
+        for name in ("mean", "std", "min", "max", "near_zero"):
+            np.testing.assert_allclose(run.stats[name][row, column], reference[name], rtol=1e-5, atol=1e-6)
