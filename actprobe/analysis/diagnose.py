@@ -142,7 +142,7 @@ def _dead(run: Run, group: Sequence[Observation], fired: set[str], t: Thresholds
 def _non_finite(run: Run, group: Sequence[Observation], fired: set[str], t: Thresholds) -> tuple[str, str, dict]:
     origin = [o.site for o in group if o.evidence["origin"]]
     first = min(s for o in group for s in o.steps)
-    rows = int((run.stats["nonfinite"] > 0).any(axis=1).sum())
+    rows = group[0].evidence["rows_with_nonfinite"]
     return (f"non-finite values (NaN/Inf): first at step {first} in {', '.join(origin[:4])}"
             f"{' …' if len(origin) > 4 else ''}; {len(group)} site(s), {rows} recorded step(s) in all",
             "look at the first site that had them: a too-large learning rate, a log/sqrt/division of zero, or "

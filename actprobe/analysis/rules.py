@@ -8,12 +8,14 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from ..runfile.lazy import row_blocks
 from ..runfile.reader import Run
 from .graph import LayerGraph, unique_paths
 from .roles import GATES, PASS_THROUGH, RELU_LIKE, ZEROING, role
@@ -224,18 +226,29 @@ def check_dead(ctx: Context) -> list[Observation]:
 
 
 def check_non_finite(ctx: Context) -> list[Observation]:
-    bad = ctx.run.stats["nonfinite"] > 0
-    if not bad.any():
-        return []
-    first_row = int(np.flatnonzero(bad.any(axis=1))[0])
+    """non-finite at any row: one scan of the statistic in blocks, so memory does not grow with the rows."""
+    sites = len(ctx.run.sites)
+    first_bad = np.full(sites, -1, dtype=np.int64)  # per site: the first row with NaN/Inf
+    bad_rows = np.zeros(sites, dtype=np.int64)
+    rows_any, first_row, origin_row = 0, -1, np.zeros(sites, dtype=bool)
+    for start, block in row_blocks(ctx.run.stats["nonfinite"]):
+        bad = block > 0
+        bad_rows += bad.sum(axis=0)
+        any_row = bad.any(axis=1)
+        rows_any += int(any_row.sum())
+        new = (first_bad < 0) & bad.any(axis=0)
+        first_bad[new] = start + bad[:, new].argmax(axis=0)
+        if first_row < 0 and any_row.any():
+            first_row = start + int(any_row.argmax())
+            origin_row = bad[first_row - start]
     found = []
-    for c in np.flatnonzero(bad.any(axis=0)):
-        rows = np.flatnonzero(bad[:, c]).tolist()
+    for c in np.flatnonzero(first_bad >= 0):
+        row = int(first_bad[c])
         # where they appeared first: at the first such row, in a site none of whose inputs had them
-        origin = bool(bad[first_row, c]) and not any(bad[first_row, p] for p in ctx.graph.predecessors[c])
-        found.append(_observe(ctx, "non-finite", "error", int(c), [rows[0]], float(len(rows)),
-                              f"NaN/Inf from step {int(ctx.run.step[rows[0]])}" + (" (origin)" if origin else ""),
-                              origin=origin, bad_rows=len(rows)))
+        origin = bool(origin_row[c]) and not any(origin_row[p] for p in ctx.graph.predecessors[c])
+        found.append(_observe(ctx, "non-finite", "error", int(c), [row], float(bad_rows[c]),
+                              f"NaN/Inf from step {int(ctx.run.step[row])}" + (" (origin)" if origin else ""),
+                              origin=origin, bad_rows=int(bad_rows[c]), rows_with_nonfinite=rows_any))
     return found
 
 
@@ -246,12 +259,13 @@ def check_drift(ctx: Context) -> list[Observation]:
         return []
     window = max(1, int(round(t.drift_window * run.rows)))
     first = min(int(round(t.drift_from * run.rows)), run.rows - window)
-    std = run.stats["std"].astype(np.float64)
+    starts = _medians(run.stats["std"][first:first + window])  # (S,): two reads of window rows
+    ends = _medians(run.stats["std"][run.rows - window:])
     found = []
     for c, kind in enumerate(run.site_module_types):
         if ctx.graph.is_output(c) or ctx.scale_free(c) or kind in GATES or kind in PASS_THROUGH:
             continue
-        start, end = _median(std[first:first + window, c]), _median(std[-window:, c])
+        start, end = float(starts[c]), float(ends[c])
         if start > 0 and end > 0 and math.isfinite(start) and math.isfinite(end):
             ratio = end / start
             if ratio > t.drift_factor or ratio < 1.0 / t.drift_factor:
@@ -260,9 +274,12 @@ def check_drift(ctx: Context) -> list[Observation]:
     return found
 
 
-def _median(values: np.ndarray) -> float:
-    finite = values[np.isfinite(values)]
-    return float(np.median(finite)) if len(finite) else math.nan
+def _medians(rows: np.ndarray) -> np.ndarray:
+    """(S,) float64: each column's median over its finite values (NaN for a column without one)."""
+    rows = np.where(np.isfinite(rows), rows, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a column with no finite value: NaN
+        return np.nanmedian(rows, axis=0).astype(np.float64)
 
 
 def percent(value: float) -> str:

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+
 from ..errors import OptionError
 from ..runfile.reader import Run
 from .roles import matching
@@ -119,8 +121,10 @@ def summarize(run: Run, thresholds: Thresholds | None = None, *, live: bool = Fa
     observations = evaluate(run, thresholds)
     rows = first_and_last(run)
     first_row, last_row = rows["first"], rows["last"]
-    values = {when: [{s: float(run.stats[s][row, i]) for s in SUMMARY_STATS} for i in range(len(run.sites))]
-              for when, row in rows.items()}
+    values = {}
+    for when, row in rows.items():
+        read = {s: np.asarray(run.stats[s][row], dtype=np.float64) for s in SUMMARY_STATS}  # one row each
+        values[when] = [{s: float(read[s][i]) for s in SUMMARY_STATS} for i in range(len(run.sites))]
     by_site: dict[int, list[Observation]] = {}
     for obs in observations:
         by_site.setdefault(obs.column, []).append(obs)

@@ -17,7 +17,16 @@ import torch
 
 from ..runfile.format import STATISTICS
 
-HOST_SLOTS = 3
+HOST_SLOTS = 3  # at least this many host slots; more when they are small, up to MAX_HOST_SLOTS
+MAX_HOST_SLOTS = 32
+HOST_SLOT_BUDGET = 8 << 20  # bytes of host slots beyond the first HOST_SLOTS: small flushes get more slots
+
+
+def host_slots(capacity: int, sites: int, scalars: int) -> int:
+    """How many host slots a stage gets: more when each is small (``flush_every=1`` at a fast step
+    rate), so that the writer thread, which commits whatever queued up as one append, can catch up."""
+    slot_bytes = 8 * capacity * (sites * len(STATISTICS) + scalars)
+    return max(HOST_SLOTS, min(MAX_HOST_SLOTS, HOST_SLOT_BUDGET // max(slot_bytes, 1)))
 
 
 def _wait_for(event: torch.cuda.Event) -> None:
@@ -78,7 +87,7 @@ class RowStage:
         self.rows = 0
         self.dropped_rows = 0
         self._free: queue.SimpleQueue[_HostSlot] = queue.SimpleQueue()
-        for _ in range(HOST_SLOTS):
+        for _ in range(host_slots(capacity, sites, m)):
             self._free.put(_HostSlot(capacity, sites, m, device))
 
     @property

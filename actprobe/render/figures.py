@@ -21,6 +21,7 @@ import numpy as np
 
 from ..analysis.compare import MatchedSite, Matching
 from ..analysis.roles import activation_sites, mean_over_steps
+from ..analysis.series import Series, series
 from ..runfile.format import NEAR_ZERO_EPS
 from ..runfile.reader import Run
 from .text import figure_label
@@ -80,12 +81,6 @@ def labelled_indices(count: int, limit: int = MAX_LABELLED) -> list[int]:
     return sorted({int(round(i)) for i in np.linspace(0, count - 1, limit)})
 
 
-def nonfinite_rows(run: Run, stat: str, column: int) -> np.ndarray:
-    """(T,) bool: the rows where the site saw NaN/Inf, or fired (count > 0) but ``stat`` is NaN."""
-    fired = run.stats["count"][:, column] > 0  # NaN (did not fire) compares False
-    return (run.stats["nonfinite"][:, column] > 0) | (fired & np.isnan(run.stats[stat][:, column]))
-
-
 def _positive(values: np.ndarray) -> np.ndarray:
     """A copy with NaN for every value ≤ 0: a log axis has no place for them (std 0: a constant output)."""
     values = np.array(values, dtype=np.float64)
@@ -100,6 +95,7 @@ def draw_sites(ax: Any, stat: str, lines: Sequence[SiteLine], *, by_row: bool = 
     "N other sites (grey)", one "non-finite values", and one per name in ``run_names``."""
     from matplotlib.lines import Line2D
 
+    _drawing(lines)
     chosen = labelled_indices(len(lines))
     colors = dict(zip(chosen, _colors(len(chosen))))
     handles, bad = [], []
@@ -122,15 +118,49 @@ def draw_sites(ax: Any, stat: str, lines: Sequence[SiteLine], *, by_row: bool = 
 
 def _draw_line(ax: Any, stat: str, line: SiteLine, style: dict[str, Any], by_row: bool,
                marked: bool) -> tuple[Any, np.ndarray]:
-    """One site in each run; returns the first run's line and the x of its non-finite steps."""
+    """One site in each run; returns the first run's line and the x of its non-finite steps. A long
+    run is drawn decimated (``analysis.series``): the bucket means, and their min–max envelope shaded."""
     drawn, bad = [], []
     for r, (run, column) in enumerate(line.points):
-        x = np.arange(1, run.rows + 1) if by_row else run.step
-        values = run.stats[stat][:, column]
-        drawn += ax.plot(x, _positive(values) if stat == "std" else values, ls=LINESTYLES[r % len(LINESTYLES)],
+        data, k = _series(run, stat, column)
+        x = data.row if by_row else data.step
+        shown = (lambda v: _positive(v) if stat == "std" else v)
+        drawn += ax.plot(x, shown(data.mean[:, k]), ls=LINESTYLES[r % len(LINESTYLES)],
                          marker="." if marked and run.rows < 30 else None, label="_nolegend_", **style)
-        bad.append(x[nonfinite_rows(run, stat, column)])
+        if data.decimated and marked:
+            ax.fill_between(x, shown(data.low[:, k]), shown(data.high[:, k]), color=style["color"],
+                            alpha=0.15, lw=0, label="_nolegend_")
+        bad.append(x[data.nonfinite[:, k]])
     return drawn[0], np.concatenate(bad)
+
+
+# the columns a figure draws of each run, set by ``_drawing``; their series are read once per statistic
+_COLUMNS: dict[int, list[int]] = {}
+_SERIES: dict[tuple[int, str], tuple[Run, Series, dict[int, int]]] = {}
+
+
+def _drawing(lines: Sequence[SiteLine]) -> None:
+    """Before a figure's panels: which columns of which runs it draws (so each statistic is read once)."""
+    wanted: dict[int, list[int]] = {}
+    for line in lines:
+        for run, column in line.points:
+            wanted.setdefault(id(run), []).append(column)
+    if wanted != _COLUMNS:  # another figure: what was read for the last one is of no use
+        _COLUMNS.clear()
+        _COLUMNS.update(wanted)
+        _SERIES.clear()
+
+
+def _series(run: Run, stat: str, column: int) -> tuple[Series, int]:
+    """``analysis.series`` of the figure's columns of ``run``, and where ``column`` is in it."""
+    kept = _SERIES.get((id(run), stat))
+    if kept is None or kept[0] is not run or column not in kept[2]:
+        columns = sorted(set(_COLUMNS.get(id(run), [])) | {column})
+        other = next((v for (rid, _), v in _SERIES.items() if rid == id(run) and v[0] is run
+                      and sorted(v[2]) == columns), None)
+        data = series(run, stat, columns, nonfinite=None if other is None else other[1].nonfinite)
+        kept = _SERIES[(id(run), stat)] = (run, data, {c: k for k, c in enumerate(columns)})
+    return kept[1], kept[2][column]
 
 
 def _mark_nonfinite(ax: Any, x: np.ndarray) -> list[Any]:
@@ -142,9 +172,14 @@ def _mark_nonfinite(ax: Any, x: np.ndarray) -> list[Any]:
                    marker="x", ms=5, color="red", clip_on=False, zorder=3, label=NONFINITE_LABEL)
 
 
+BEST_LEGEND_POINTS = 20_000  # above this many drawn points, "best" placement costs seconds: fixed corner
+
+
 def _legend(ax: Any, handles: Sequence[Any]) -> None:
     if handles:
-        ax.legend(handles=list(handles), fontsize=6, loc="best", ncol=2 if len(handles) > 8 else 1)
+        points = sum(len(line.get_xdata()) for line in ax.get_lines())
+        ax.legend(handles=list(handles), fontsize=6, loc="best" if points <= BEST_LEGEND_POINTS else "upper right",
+                  ncol=2 if len(handles) > 8 else 1)
 
 
 # -- actprobe plot and actprobe compare --figure -------------------------------------------------

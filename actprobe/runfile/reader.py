@@ -1,4 +1,8 @@
-"""Reading a run file into NumPy arrays: ``read(path) -> Run``. Works on files still being written."""
+"""Reading a run file: ``read(path) -> Run``. Works on files still being written.
+
+The file's structure, its sites, steps, times, scalars, epochs and layer graph are read at once; the
+statistics, the bulk of a file (T × S × 8 values), are read on demand (``lazy``), so that a command
+that shows two rows reads two rows."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from .._text import one_line
 from ..errors import FormatError
 from ._swmr import open_swmr
 from .format import STATISTICS
+from .lazy import Source, Statistic
 from .validate import Checker, check_columns, check_epochs, check_graph, check_root, text
 
 LIVE_ATTEMPTS = 3  # reads of a file that a live writer is extending
@@ -30,7 +35,9 @@ class Run:
     site_unit_dims: np.ndarray  # (S,) int8: 1, -1, or 0 for no units
     step: np.ndarray  # (T,) int64
     time: np.ndarray  # (T,) float64, seconds since the probe started
-    stats: dict[str, np.ndarray] = field(repr=False)  # name -> (T, S) float32
+    # name -> (T, S) float32, read from the file on demand (``lazy.Statistic``: index it like an array,
+    # ``np.asarray`` reads it all); a plain array in a Run made by hand
+    stats: dict[str, Any] = field(repr=False)
     scalars: dict[str, np.ndarray] = field(repr=False)  # name -> (T,) float64
     epochs: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # recipe files: name -> (E,)
     # (E, 2) int64: the layer graph's edges (source column or −1, target column); None: not recorded
@@ -53,11 +60,11 @@ class Run:
             raise FormatError(f"{self.path} has no site {site!r}; its sites are: {', '.join(self.sites)}") from None
 
     def stat(self, name: str, site: str | None = None) -> np.ndarray:
-        """One statistic: (T, S), or (T,) for one site."""
+        """One statistic as an array: (T, S), or (T,) for one site (read from the file now)."""
         if name not in self.stats:
             raise FormatError(f"unknown statistic {name!r}; available: {', '.join(self.stats)}")
         values = self.stats[name]
-        return values if site is None else values[:, self.site_index(site)]
+        return np.asarray(values) if site is None else np.asarray(values[:, self.site_index(site)])
 
 
 def read(path: str | os.PathLike[str]) -> Run:
@@ -105,6 +112,12 @@ def _read_once(h5py: Any, path: Path) -> Run:
         raise FormatError(f"{path} is damaged or incomplete: {one_line(exc)}") from None
 
 
+def _h5py() -> Any:
+    import h5py
+
+    return h5py
+
+
 def _live(path: Path) -> bool:
     from .lock import writer_active
 
@@ -139,6 +152,7 @@ def _load(f: Any, path: Path, closed: bool) -> Run:
     edges, uncalled = check_graph(checker, count)
     rows = len(steps)
     units = f["site_unit_dim"][()] if "site_unit_dim" in f else np.zeros(count, np.int8)
+    source = Source(path, rows, count, lambda p: _open(_h5py(), p)[0], attrs.get("run_id"))
     return Run(
         path=path,
         attrs=attrs,
@@ -147,7 +161,7 @@ def _load(f: Any, path: Path, closed: bool) -> Run:
         site_unit_dims=np.asarray(units, dtype=np.int8),
         step=steps,
         time=np.asarray(f["time"][:rows], dtype=np.float64),
-        stats={name: np.asarray(f["stats"][name][:rows], dtype=np.float32) for name in STATISTICS},
+        stats={name: Statistic(source, name) for name in STATISTICS},
         scalars={name: np.asarray(f["scalars"][name][:rows], dtype=np.float64) for name in scalar_names},
         epochs={name: f["epochs"][name][()] for name in epoch_names},
         edges=edges,

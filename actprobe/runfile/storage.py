@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,11 @@ def _fixed_utf8(values: Sequence[str]) -> np.ndarray:
     length = max([len(e) for e in encoded] + [1])
     dtype = h5py.string_dtype("utf-8", length=length)
     return np.array(encoded, dtype=dtype)
+
+
+# Rows per chunk at least: a chunk per row (flush_every=1) makes every append extend an index of tens
+# of thousands of chunks per dataset; a row written into a larger chunk is a change in HDF5's cache.
+MIN_CHUNK_ROWS = 64
 
 
 class RunFileWriter:
@@ -53,7 +59,8 @@ class RunFileWriter:
             raise RunFileError(f"cannot create {path}: {_reason(exc)}") from None
         self._columns: dict[str, h5py.Dataset | h5py.Group] = {}
         try:
-            self._checked("creating it", lambda: self._create(sites, attributes, max(1, chunk_rows), graph))
+            self._checked("creating it", lambda: self._create(sites, attributes, max(MIN_CHUNK_ROWS, chunk_rows),
+                                                              graph))
         except RunFileError:
             path.unlink(missing_ok=True)  # half-made, without a row: nothing recorded is lost
             raise
@@ -66,6 +73,7 @@ class RunFileWriter:
         f.attrs["actprobe_version"] = __version__
         f.attrs["torch_version"] = _torch_version()
         f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).astimezone().isoformat(timespec="seconds")
+        f.attrs["run_id"] = uuid.uuid4().hex
         for key, value in attributes.items():
             f.attrs[key] = value
         columns = self._columns  # every object is kept open: closing one writes, and must not fail unseen

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
@@ -27,8 +28,13 @@ class Batch(Protocol):
     def release(self) -> None: ...
 
 
+MAX_GROUP = 64  # batches committed together when they queued up while the last commit was written
+MIN_COMMIT_SECONDS = 0.02  # a batch that finds the queue empty waits this long for others to join it
+
+
 class BackgroundWriter:
-    """Writes batches on its own thread, which creates the file at once (with no rows yet).
+    """Writes batches on its own thread, which creates the file at once (with no rows yet). Batches
+    that queued up while a commit was being written are committed together, as one append.
 
     An error stops the thread; it is kept in ``error`` for the probe to report. Batches queued
     after an error are released without being written.
@@ -63,26 +69,46 @@ class BackgroundWriter:
             self._file = self._open_file()
         except BaseException as exc:  # reported by the probe, never raised into training
             self.error = exc
+        waiting: list[Batch | threading.Event | None] = []  # an item taken out of turn: handled next
         while True:
-            item = self._queue.get()
+            item = waiting.pop() if waiting else self._queue.get()
             if item is None:
                 break
             if isinstance(item, threading.Event):  # put by wait(): everything before it is done
                 item.set()
                 continue
-            try:
-                if self.error is None:
-                    self._write(item)
-            except BaseException as exc:  # reported by the probe, never raised into training
-                self.error = exc
-            finally:
-                item.release()
+            if self._queue.empty() and MIN_COMMIT_SECONDS > 0:
+                # at most ~50 commits a second: the rows of the next few steps join this commit (a commit
+                # is two file flushes, and HDF5 holds Python's lock while it writes: fewer, larger commits
+                # leave the training thread more time)
+                time.sleep(MIN_COMMIT_SECONDS)
+            group = [item]
+            while len(group) < MAX_GROUP:  # what queued up meanwhile goes into the same commit
+                try:
+                    queued = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if queued is None or isinstance(queued, threading.Event):
+                    waiting.append(queued)
+                    break
+                group.append(queued)
+            self._write_group(group)
         self._close_file()
 
-    def _write(self, batch: Batch) -> None:
-        batch.ready()
-        self._file.append(batch.steps, batch.times, batch.stats(), batch.scalars())
-        self.rows_written = self._file.rows
+    def _write_group(self, group: list[Batch]) -> None:
+        """Commit the batches as one append (one two-phase commit for all their rows); release them always."""
+        try:
+            if self.error is None:
+                for batch in group:
+                    batch.ready()
+                parts = [(b.steps, b.times, b.stats(), b.scalars()) for b in group]
+                self._file.append(*(np.concatenate(column) for column in zip(*parts)))
+                self.rows_written = self._file.rows
+        except BaseException as exc:  # reported by the probe, never raised into training
+            self.error = exc
+        finally:
+            for batch in group:
+                batch.release()
 
     def _close_file(self) -> None:
         if self._file is not None:

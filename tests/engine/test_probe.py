@@ -403,13 +403,16 @@ def test_nothing_recorded_leaves_no_file(tmp_path):
     assert not (tmp_path / "run.h5").exists()
 
 
-def test_file_is_chunked_by_the_flush_interval(tmp_path):
+def test_file_is_chunked_by_the_flush_interval_and_at_least_64_rows(tmp_path):
     model = paper_cnn()
     with actprobe.Probe(model, tmp_path / "run.h5", flush_every=6, every=2) as probe:
         train_steps(model, 7, probe=probe)
     with h5py.File(tmp_path / "run.h5", "r") as f:
-        assert f["stats/mean"].chunks[0] == 3
-        assert f["step"].chunks == (3,)
+        assert f["stats/mean"].chunks[0] == 64 and f["step"].chunks == (64,)  # 3 rows per flush: 64
+    with actprobe.Probe(model, tmp_path / "long.h5", flush_every=200, every=2) as probe:
+        train_steps(model, 3, probe=probe)
+    with h5py.File(tmp_path / "long.h5", "r") as f:
+        assert f["stats/mean"].chunks[0] == 100 and f["step"].chunks == (100,)
 
 
 def test_unit_dimension_rule(tmp_path):
