@@ -1,7 +1,8 @@
 """The hook engine: what a ``Probe`` attaches to a model and how module calls become rows.
 
 Owns: the public ``Probe`` and its failure policy (``probe``), its validated options
-(``settings``), which modules are hooked (``selection``), the forward hooks (``hooks``), site
+(``settings``), which modules are hooked (``selection``), the forward hooks (``hooks``: attached on
+recorded steps only), the layer graph traced in the first recorded step (``graph``), site
 naming and unit layout (``sites``), per-step partials merged into rows (``recorder``), their
 asynchronous trip to the host (``staging``), the ``step()`` scalars (``scalars``) and the run
 file a probe writes (``sink``).

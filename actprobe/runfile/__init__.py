@@ -2,7 +2,7 @@
 
 Owns: the format's names (``format``), the single-writer lock (``lock``), creating a file and
 committing rows (``storage``), the background writer thread (``writer``) and reading a file back
-(``reader``). The only layer that imports h5py (``storage``, and ``reader`` on first use): ``format``
+(``reader``, its statistics on demand: ``lazy``). The only layer that imports h5py (``storage``, and ``reader`` on first use): ``format``
 and ``lock`` load without it, and this ``__init__`` imports nothing.
 
 May import: ``actprobe.errors``, ``actprobe._version``, ``actprobe._text``, NumPy, h5py (torch only for
