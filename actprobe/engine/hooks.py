@@ -40,7 +40,8 @@ class HookEngine:
         self._modules = [(name, weakref.ref(module)) for name, module in modules]
         self._pre_hook = torch.compiler.disable(self._new_forward)
         self._hooks = {name: self._hook_for(name) for name, _ in modules}
-        self._handles: list[RemovableHandle] = []
+        self._root_handle: RemovableHandle | None = None
+        self._handles: dict[str, RemovableHandle] = {}
         self.attach()
 
     def _new_forward(self, module: nn.Module, args: object) -> None:
@@ -73,36 +74,42 @@ class HookEngine:
 
     @property
     def attached(self) -> bool:
-        return bool(self._handles)
+        return self._root_handle is not None
 
     def attach(self) -> None:
-        """Register the hooks (a no-op when they are registered). Steps that are not recorded run
-        without them: a module with no hooks takes PyTorch's fast call path, so they cost nothing."""
+        """Register the hooks that are not registered. Steps that are not recorded run without them
+        (``detach``): a module with no hooks takes PyTorch's fast call path, so they cost nothing."""
         model = self._model()
-        if self._handles or model is None:
+        if model is None:
             return
-        self._handles.append(model.register_forward_pre_hook(self._pre_hook))
+        if self._root_handle is None:
+            self._root_handle = model.register_forward_pre_hook(self._pre_hook)
         for name, ref in self._modules:
             module = ref()
-            if module is not None:
-                self._handles.append(module.register_forward_hook(self._hooks[name], with_kwargs=True))
+            if module is not None and name not in self._handles:
+                self._handles[name] = module.register_forward_hook(self._hooks[name], with_kwargs=True)
 
-    def detach(self) -> None:
-        """Remove every hook until the next ``attach``."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+    def detach(self, *, all_hooks: bool = False) -> None:
+        """Remove the hooks until the next ``attach``: all of them with ``all_hooks``, else those of the
+        modules that have no other forward hook. A module that has one keeps the probe's (inactive) in
+        its place, so that re-attaching can never change which of the two runs first."""
+        if self._root_handle is not None:
+            self._root_handle.remove()
+            self._root_handle = None
+        modules = dict(self._modules)
+        for name in list(self._handles):
+            module = modules.get(name, lambda: None)()
+            if all_hooks or module is None or len(module._forward_hooks) <= 1:
+                self._handles.pop(name).remove()
 
     def unhook(self, names: Sequence[str]) -> None:
         """Stop hooking these modules (containers whose outputs their children produce)."""
         dropped = set(names)
-        if dropped:
-            self._modules = [(name, ref) for name, ref in self._modules if name not in dropped]
-            if self.attached:
-                self.detach()
-                self.attach()
+        self._modules = [(name, ref) for name, ref in self._modules if name not in dropped]
+        for name in dropped & set(self._handles):
+            self._handles.pop(name).remove()
 
     def remove(self) -> None:
-        self.detach()
+        self.detach(all_hooks=True)
         self._modules.clear()
         self.active = False

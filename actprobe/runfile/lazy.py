@@ -79,7 +79,7 @@ class Source:
         if block is None:
             return self.rows_of(name, np.array([row]))[0]
         self._cache.move_to_end((name, row // BLOCK_ROWS))
-        return block[row % BLOCK_ROWS]
+        return block[row % BLOCK_ROWS].copy()  # the caller's to change: never a view of the cache
 
     def span(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows ``start`` … ``stop − 1`` in one read (not cached)."""
@@ -115,21 +115,23 @@ class Statistic:
         return self.shape[0]
 
     def __getitem__(self, key: Any) -> Any:
+        rows, columns = key if isinstance(key, tuple) and len(key) == 2 else (key, slice(None))
         if isinstance(key, tuple) and len(key) == 1:
-            key = key[0]
-        rows, columns = key if isinstance(key, tuple) else (key, slice(None))
-        if isinstance(rows, slice) and rows.step in (None, 1):
-            start, stop, _ = rows.indices(self.shape[0])
-            if stop - start > CACHED_BLOCKS * BLOCK_ROWS // 2:  # a long span: one read, not through the cache
-                return self._source.span(self.name, start, max(start, stop))[:, columns]
-        if isinstance(rows, (int, np.integer)):  # one row: the common case, without an index array
+            rows = key[0]
+        if not _simple(rows) or columns is Ellipsis or columns is None or isinstance(columns, tuple):
+            return np.asarray(self)[key]  # anything else: NumPy's own rules, on the whole array
+        if isinstance(rows, (int, np.integer)) and not isinstance(rows, (bool, np.bool_)):
             row = int(rows) + (self.shape[0] if rows < 0 else 0)
             if not 0 <= row < self.shape[0]:
                 raise IndexError(f"row {rows} is out of range for {self.shape[0]} rows")
             return self._source.row(self.name, row)[columns]
         if isinstance(rows, slice):
+            if rows.step in (None, 1):
+                start, stop, _ = rows.indices(self.shape[0])
+                if stop - start > CACHED_BLOCKS * BLOCK_ROWS // 2:  # a long span: one read, not via the cache
+                    return self._source.span(self.name, start, max(start, stop))[:, columns]
             index = np.arange(*rows.indices(self.shape[0]))
-        else:  # NumPy's rules for an index array: negative rows count from the end
+        else:  # a 1-D index array or mask: NumPy's rules (negative rows count from the end)
             index = np.arange(self.shape[0])[np.asarray(rows)]
         return self._source.rows_of(self.name, np.atleast_1d(index))[:, columns]
 
@@ -140,6 +142,16 @@ class Statistic:
     def astype(self, dtype: Any) -> np.ndarray:
         return np.asarray(self).astype(dtype)
 
+    def __getattr__(self, name: str) -> Any:
+        # every other array attribute (tolist, mean, T, size, copy, reshape, …): on the whole array
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(np.asarray(self), name)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for row in range(self.shape[0]):
+            yield self[row]
+
     def blocks(self, multiple: int = 1) -> Iterator[tuple[int, np.ndarray]]:
         """Every row, block by block with bounded memory: ``(first row, (n, S) rows)``, each block but the
         last a multiple of ``multiple`` rows."""
@@ -147,6 +159,31 @@ class Statistic:
 
     def __repr__(self) -> str:
         return f"<statistic {self.name!r} of {self._source.path}: {self.shape[0]} rows × {self.shape[1]} sites, read on demand>"
+
+
+def _simple(rows: Any) -> bool:
+    """Whether a row index is one the block reads serve: an int, a slice, or a 1-D int or bool array."""
+    if isinstance(rows, (bool, np.bool_)):
+        return False
+    if isinstance(rows, (int, np.integer, slice)):
+        return True
+    if isinstance(rows, (list, np.ndarray)):
+        array = np.asarray(rows)
+        return array.ndim == 1 and array.dtype.kind in "iub" and len(array) > 0
+    return False
+
+
+def _operator(name: str) -> Callable[..., Any]:
+    def apply(self: Statistic, *other: Any) -> Any:
+        return getattr(np.asarray(self), name)(*other)
+    apply.__name__ = name
+    return apply
+
+
+for _name in ("__lt__", "__le__", "__gt__", "__ge__", "__eq__", "__ne__", "__add__", "__radd__", "__sub__",
+              "__rsub__", "__mul__", "__rmul__", "__truediv__", "__rtruediv__", "__neg__", "__abs__"):
+    setattr(Statistic, _name, _operator(_name))
+Statistic.__hash__ = None  # type: ignore[assignment]  # == compares values, as an array's does
 
 
 def row_blocks(values: Any, multiple: int = 1) -> Iterator[tuple[int, np.ndarray]]:

@@ -29,7 +29,8 @@ class Batch(Protocol):
 
 
 MAX_GROUP = 64  # batches committed together when they queued up while the last commit was written
-MIN_COMMIT_SECONDS = 0.02  # a batch that finds the queue empty waits this long for others to join it
+MIN_COMMIT_SECONDS = 0.02  # a batch waits at most this long for others to join its commit
+GROUP_TARGET = 4  # … and no longer once this many more are queued
 
 
 class BackgroundWriter:
@@ -77,11 +78,12 @@ class BackgroundWriter:
             if isinstance(item, threading.Event):  # put by wait(): everything before it is done
                 item.set()
                 continue
-            if self._queue.empty() and MIN_COMMIT_SECONDS > 0:
-                # at most ~50 commits a second: the rows of the next few steps join this commit (a commit
-                # is two file flushes, and HDF5 holds Python's lock while it writes: fewer, larger commits
-                # leave the training thread more time)
-                time.sleep(MIN_COMMIT_SECONDS)
+            # a lone batch waits up to MIN_COMMIT_SECONDS for GROUP_TARGET more to join its commit (a commit
+            # is two file flushes, and HDF5 holds Python's lock while it writes: fewer, larger commits leave
+            # the training thread more time); fast steps fill the group at once and never wait long
+            deadline = time.monotonic() + MIN_COMMIT_SECONDS
+            while self._queue.qsize() < GROUP_TARGET and time.monotonic() < deadline:
+                time.sleep(0.001)
             group = [item]
             while len(group) < MAX_GROUP:  # what queued up meanwhile goes into the same commit
                 try:

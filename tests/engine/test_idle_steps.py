@@ -50,3 +50,34 @@ def test_recorded_steps_after_idle_ones_record_the_same_numbers(tmp_path, compil
     for row, reference in enumerate(want):
         for name in ("mean", "std", "min", "max", "near_zero"):
             np.testing.assert_allclose(run.stats[name][row, column], reference[name], rtol=1e-5, atol=1e-6)
+
+
+def test_the_probe_hook_keeps_its_place_before_a_users_hook(tmp_path):
+    """A user's hook registered after the probe changes the output: with every=3 the probe must still
+    see what it sees with every=1 (its hook runs first), so it is never moved behind the user's."""
+    maxima = {}
+    for every in (1, 3):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+        with actprobe.Probe(model, tmp_path / f"e{every}.h5", every=every) as probe:
+            model[1].register_forward_hook(lambda module, args, output: output * 100)
+            for k in range(7):
+                model(torch.randn(8, 4, generator=torch.Generator().manual_seed(k))).sum().backward()
+                probe.step()
+        run = actprobe.read(tmp_path / f"e{every}.h5")
+        maxima[every] = {int(s): float(run.stats["max"][r, 1]) for r, s in enumerate(run.step)}
+    assert maxima[3] == {s: maxima[1][s] for s in (0, 3, 6)}
+
+
+def test_rows_read_are_the_callers_to_change(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 4))
+    with actprobe.Probe(model, tmp_path / "r.h5") as probe:
+        model(torch.randn(2, 4)).sum().backward()
+        probe.step()
+    run = actprobe.read(tmp_path / "r.h5")
+    row = run.stats["mean"][0]
+    want = row.copy()
+    row[:] = 123.0
+    np.testing.assert_array_equal(run.stats["mean"][0], want)
+    stat = run.stats["mean"]
+    assert (stat > -1e9).all() and stat.tolist() == np.asarray(stat).tolist() and stat[...].shape == (1, 1)

@@ -30,6 +30,7 @@ from actprobe.runfile import storage, writer
 # one commit per flush, whatever the timing: the fault points of each commit cycle are then fixed
 # (grouping batches that queued up changes how many rows a commit holds, not the calls it makes)
 writer.MAX_GROUP = 1
+writer.MIN_COMMIT_SECONDS = 0.0
 
 STEPS, FLUSH_EVERY = 40, 10
 OPS_PER_CYCLE = 1 + 8 + 2 + 1 + 1 + 1
