@@ -12,7 +12,7 @@ from typing import Any
 
 from ..runfile.format import NEAR_ZERO_EPS
 from ..runfile.reader import Run
-from .rules import RULES, SEVERITIES, Context, Observation, evaluate, percent, rank
+from .rules import RULES, SEVERITIES, Observation, evaluate, percent, rank, untrained
 from .thresholds import Thresholds
 
 Rules = Thresholds  # the name diagnose's thresholds had before the one table (actprobe 0.1)
@@ -106,7 +106,7 @@ def _saturation(run: Run, group: Sequence[Observation], fired: set[str], t: Thre
     cause = ("the signal shrinks layer by layer (see vanishing): fix the init gain first"
              if "vanishing" in fired else "the signal is too small to carry information: check the init gain "
              "(Kaiming/He for ReLU networks)")
-    trained = "" if Context.of(run, t).untrained else ", and the learning rate"
+    trained = "" if untrained(run) else ", and the learning rate"
     return (f"saturation: most activations are near zero (|x| ≤ {eps}) at {len(group)} site(s): "
             f"{_shown(group, lambda o: percent(o.value))}",
             f"{cause}, the input scaling (standardise inputs to mean 0, std 1){trained}", evidence)

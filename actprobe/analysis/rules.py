@@ -11,6 +11,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,11 @@ class Observation:
     evidence: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
+def untrained(run: Run) -> bool:
+    """An init check (or the toy recipe, which has no optimizer): every row is at initialisation."""
+    return run.attrs.get("mode") == "init-check" or run.attrs.get("optimizer") == "none"
+
+
 @dataclass(frozen=True)
 class Context:
     """A run and what the rules know about it: thresholds, layer graph, roles, whether it trained."""
@@ -56,15 +62,25 @@ class Context:
 
     @classmethod
     def of(cls, run: Run, thresholds: Thresholds) -> Context:
-        attrs = run.attrs
-        untrained = attrs.get("mode") == "init-check" or attrs.get("optimizer") == "none"
         graph, roles = LayerGraph.of(run), tuple(role(t) for t in run.site_module_types)
         branch: set[int] = set()
         for c in reversed(graph.order):
             succ = graph.successors[c]
             if succ and all(roles[s] == "gate" or s in branch for s in succ):
                 branch.add(c)
-        return cls(run, thresholds, graph, roles, untrained, frozenset(branch))
+        return cls(run, thresholds, graph, roles, untrained(run), frozenset(branch))
+
+    @cached_property
+    def judged_paths(self) -> list[tuple[list[int], np.ndarray]]:
+        """The paths vanishing and exploding judge, and their stds at the first recorded step (sites
+        without a finite std left out); found once for both rules."""
+        judged = []
+        for path in unique_paths(self.graph.paths(chain_members(self), _norms(self))):
+            stds = np.array([self.stat("std", 0, c) for c in path])
+            keep = np.isfinite(stds) & (stds > 0)
+            if keep.sum() >= self.thresholds.min_layers:
+                judged.append(([c for c, k in zip(path, keep) if k], stds[keep]))
+        return judged
 
     def stat(self, name: str, row: int, column: int) -> float:
         return float(self.run.stats[name][row, column])
@@ -110,17 +126,6 @@ def _norms(ctx: Context) -> list[int]:
     return [c for c, r in enumerate(ctx.roles) if r == "norm"]
 
 
-def _paths(ctx: Context) -> list[tuple[list[int], np.ndarray]]:
-    """The judged paths and their stds at the first recorded step (sites without a finite std left out)."""
-    judged = []
-    for path in unique_paths(ctx.graph.paths(chain_members(ctx), _norms(ctx))):
-        stds = np.array([ctx.stat("std", 0, c) for c in path])
-        keep = np.isfinite(stds) & (stds > 0)
-        if keep.sum() >= ctx.thresholds.min_layers:
-            judged.append(([c for c, k in zip(path, keep) if k], stds[keep]))
-    return judged
-
-
 def _check_path(ctx: Context, rule: str, falls: bool) -> list[Observation]:
     """vanishing (``falls``) or exploding: the std along each path at the first recorded step.
 
@@ -129,7 +134,7 @@ def _check_path(ctx: Context, rule: str, falls: bool) -> list[Observation]:
     although the factor over the whole path is mild.
     """
     found = []
-    for path, stds in _paths(ctx):
+    for path, stds in ctx.judged_paths:
         span = _longest_start(ctx.thresholds, stds, falls)
         if span is None:
             continue

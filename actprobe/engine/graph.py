@@ -20,9 +20,7 @@ from typing import Any
 import torch
 
 from ..runfile.format import GRAPH_INPUT
-
-MAX_INPUT_DEPTH = 4
-
+from .sites import floating_outputs
 
 def _version(tensor: torch.Tensor) -> int:
     try:
@@ -31,17 +29,10 @@ def _version(tensor: torch.Tensor) -> int:
         return -1
 
 
-def input_tensors(value: object, depth: int = 0) -> Iterator[torch.Tensor]:
-    """Every floating-point tensor in a call's positional and keyword inputs (nested up to 4 deep)."""
-    if isinstance(value, torch.Tensor):
-        if value.is_floating_point():
-            yield value
-    elif depth < MAX_INPUT_DEPTH and isinstance(value, (tuple, list)):
-        for item in value:
-            yield from input_tensors(item, depth + 1)
-    elif depth < MAX_INPUT_DEPTH and isinstance(value, dict):
-        for item in value.values():
-            yield from input_tensors(item, depth + 1)
+def input_tensors(value: object) -> Iterator[torch.Tensor]:
+    """Every floating-point tensor in a call's positional and keyword inputs, found as the outputs'
+    are (``sites.floating_outputs``: tuples, lists and dicts, nested up to 4 deep)."""
+    return (tensor for _, tensor in floating_outputs(value))
 
 
 class GraphTracer:

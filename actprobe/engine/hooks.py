@@ -80,10 +80,9 @@ class HookEngine:
         """Register the hooks that are not registered. Steps that are not recorded run without them
         (``detach``): a module with no hooks takes PyTorch's fast call path, so they cost nothing."""
         model = self._model()
-        if model is None:
+        if model is None or self._root_handle is not None:  # attached already (called every recorded step)
             return
-        if self._root_handle is None:
-            self._root_handle = model.register_forward_pre_hook(self._pre_hook)
+        self._root_handle = model.register_forward_pre_hook(self._pre_hook)
         for name, ref in self._modules:
             module = ref()
             if module is not None and name not in self._handles:
@@ -93,6 +92,8 @@ class HookEngine:
         """Remove the hooks until the next ``attach``: all of them with ``all_hooks``, else those of the
         modules that have no other forward hook. A module that has one keeps the probe's (inactive) in
         its place, so that re-attaching can never change which of the two runs first."""
+        if self._root_handle is None and not all_hooks:  # detached already (called every idle step)
+            return
         if self._root_handle is not None:
             self._root_handle.remove()
             self._root_handle = None

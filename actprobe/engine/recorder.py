@@ -10,9 +10,9 @@ filled rows out with ``take()``.
 
 from __future__ import annotations
 
-import torch
 from collections.abc import Collection, Sequence
 
+import torch
 from torch import nn
 
 from ..runfile.format import SiteGraph

@@ -57,7 +57,7 @@ class ProbeSettings:
 
 
 RESERVED_ATTRIBUTES = frozenset({
-    "format", "format_version", "actprobe_version", "torch_version", "created",
+    "format", "format_version", "actprobe_version", "torch_version", "created", "run_id",
     "near_zero_eps", "dead_eps", "every",
 })
 

@@ -89,19 +89,20 @@ def _positive(values: np.ndarray) -> np.ndarray:
 
 
 def draw_sites(ax: Any, stat: str, lines: Sequence[SiteLine], *, by_row: bool = False,
-               run_names: Sequence[str] = ()) -> list[Any]:
+               run_names: Sequence[str] = (), reads: SeriesReads | None = None) -> list[Any]:
     """Draw ``stat`` of each site against step (or, with ``by_row``, against row 1..T), line style
     per run, and return the legend handles: the coloured sites (see ``labelled_indices``), one
-    "N other sites (grey)", one "non-finite values", and one per name in ``run_names``."""
+    "N other sites (grey)", one "non-finite values", and one per name in ``run_names``. ``reads``:
+    the figure's ``SeriesReads`` when several panels draw the same lines."""
     from matplotlib.lines import Line2D
 
-    _drawing(lines)
+    reads = reads or SeriesReads(lines)
     chosen = labelled_indices(len(lines))
     colors = dict(zip(chosen, _colors(len(chosen))))
     handles, bad = [], []
     for i, line in enumerate(lines):
         style = {"color": colors[i], "lw": 1.0, "zorder": 2} if i in colors else {"color": GREY, "lw": 0.5, "zorder": 1}
-        first, steps = _draw_line(ax, stat, line, style, by_row, marked=i in colors)
+        first, steps = _draw_line(ax, stat, line, style, by_row, reads, marked=i in colors)
         bad.append(steps)
         if i in colors:
             first.set_label(line.label)
@@ -116,13 +117,13 @@ def draw_sites(ax: Any, stat: str, lines: Sequence[SiteLine], *, by_row: bool = 
     return handles
 
 
-def _draw_line(ax: Any, stat: str, line: SiteLine, style: dict[str, Any], by_row: bool,
+def _draw_line(ax: Any, stat: str, line: SiteLine, style: dict[str, Any], by_row: bool, reads: SeriesReads,
                marked: bool) -> tuple[Any, np.ndarray]:
     """One site in each run; returns the first run's line and the x of its non-finite steps. A long
     run is drawn decimated (``analysis.series``): the bucket means, and their min–max envelope shaded."""
     drawn, bad = [], []
     for r, (run, column) in enumerate(line.points):
-        data, k = _series(run, stat, column)
+        data, k = reads.get(run, stat, column)
         x = data.row if by_row else data.step
         shown = (lambda v: _positive(v) if stat == "std" else v)
         drawn += ax.plot(x, shown(data.mean[:, k]), ls=LINESTYLES[r % len(LINESTYLES)],
@@ -134,33 +135,27 @@ def _draw_line(ax: Any, stat: str, line: SiteLine, style: dict[str, Any], by_row
     return drawn[0], np.concatenate(bad)
 
 
-# the columns a figure draws of each run, set by ``_drawing``; their series are read once per statistic
-_COLUMNS: dict[int, list[int]] = {}
-_SERIES: dict[tuple[int, str], tuple[Run, Series, dict[int, int]]] = {}
+class SeriesReads:
+    """The series of one figure's lines, read once per run and statistic for all their columns; the
+    non-finite buckets of a run are read once for all its statistics (the mean and the std panel)."""
 
+    def __init__(self, lines: Sequence[SiteLine]) -> None:
+        self._columns: dict[int, list[int]] = {}
+        for line in lines:
+            for run, column in line.points:
+                self._columns.setdefault(id(run), []).append(column)
+        self._read: dict[tuple[int, str], tuple[Series, dict[int, int]]] = {}
+        self._nonfinite: dict[int, np.ndarray] = {}
 
-def _drawing(lines: Sequence[SiteLine]) -> None:
-    """Before a figure's panels: which columns of which runs it draws (so each statistic is read once)."""
-    wanted: dict[int, list[int]] = {}
-    for line in lines:
-        for run, column in line.points:
-            wanted.setdefault(id(run), []).append(column)
-    if wanted != _COLUMNS:  # another figure: what was read for the last one is of no use
-        _COLUMNS.clear()
-        _COLUMNS.update(wanted)
-        _SERIES.clear()
-
-
-def _series(run: Run, stat: str, column: int) -> tuple[Series, int]:
-    """``analysis.series`` of the figure's columns of ``run``, and where ``column`` is in it."""
-    kept = _SERIES.get((id(run), stat))
-    if kept is None or kept[0] is not run or column not in kept[2]:
-        columns = sorted(set(_COLUMNS.get(id(run), [])) | {column})
-        other = next((v for (rid, _), v in _SERIES.items() if rid == id(run) and v[0] is run
-                      and sorted(v[2]) == columns), None)
-        data = series(run, stat, columns, nonfinite=None if other is None else other[1].nonfinite)
-        kept = _SERIES[(id(run), stat)] = (run, data, {c: k for k, c in enumerate(columns)})
-    return kept[1], kept[2][column]
+    def get(self, run: Run, stat: str, column: int) -> tuple[Series, int]:
+        """``stat`` of ``run`` for every column of the figure, and where ``column`` is in it."""
+        kept = self._read.get((id(run), stat))
+        if kept is None:
+            columns = sorted(set(self._columns.get(id(run), [column])))
+            data = series(run, stat, columns, nonfinite=self._nonfinite.get(id(run)))
+            self._nonfinite[id(run)] = data.nonfinite
+            kept = self._read[(id(run), stat)] = (data, {c: k for k, c in enumerate(columns)})
+        return kept[0], kept[1][column]
 
 
 def _mark_nonfinite(ax: Any, x: np.ndarray) -> list[Any]:
@@ -207,8 +202,9 @@ def plot_run(run: Run, columns: Sequence[int], out_dir: Path, stem: str) -> list
 def run_panels(axes: Sequence[Any], run: Run, columns: Sequence[int]) -> None:
     """``plot_run``'s left figure: mean (``axes[0]``) and std (``axes[1]``) of ``columns`` against step."""
     lines = [SiteLine(site_label(run, c), ((run, c),)) for c in columns]
+    reads = SeriesReads(lines)
     for ax, stat in zip(axes, ("mean", "std")):
-        _legend(ax, draw_sites(ax, stat, lines))
+        _legend(ax, draw_sites(ax, stat, lines, reads=reads))
         ax.set_title(f"{stat} per layer" + (" (log scale)" if stat == "std" else ""), fontsize=9)
         ax.set_xlabel("step")
 
@@ -234,8 +230,9 @@ def compare_panels(axes: Sequence[Any], runs: Sequence[Run], matching: Matching,
     sites = [s for s in matching.sites if s.role == "activation"] or list(matching.sites)
     names = [f"{_tag(r)}: {run.path.name}" for r, run in enumerate(runs)]
     lines = [SiteLine(_matched_label(site, runs), tuple(zip(runs, site.columns))) for site in sites]
+    reads = SeriesReads(lines)
     for ax, stat in zip(axes[:2], ("mean", "std")):
-        _legend(ax, draw_sites(ax, stat, lines, run_names=names))
+        _legend(ax, draw_sites(ax, stat, lines, run_names=names, reads=reads))
         ax.set_title(f"{stat} per layer; colour = layer, line style = run", fontsize=9)
         ax.set_xlabel("step")
     ax = axes[2]
@@ -301,8 +298,9 @@ def layer_lines(runs: Mapping[str, Run], title: str, path: Path) -> Path:
 def layer_panels(axes: Sequence[Any], label: str, run: Run) -> None:
     """One row of ``layer_lines``: the activations' mean (``axes[0]``) and std (``axes[1]``, with the legend)."""
     lines = [SiteLine(f"layer {k}: {site_label(run, c)}", ((run, c),)) for k, c in enumerate(activation_sites(run), 1)]
+    reads = SeriesReads(lines)
     for ax, stat in zip(axes, ("mean", "std")):
-        handles = draw_sites(ax, stat, lines)
+        handles = draw_sites(ax, stat, lines, reads=reads)
         ax.axhline(0.0 if stat == "mean" else 1.0, color="grey", lw=0.5, ls=":")
         ax.set_title(f"{label}: {stat}", fontsize=8)
         ax.tick_params(labelsize=7)

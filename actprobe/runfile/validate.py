@@ -123,11 +123,7 @@ def check_columns(c: Checker) -> tuple[int, np.ndarray, tuple[str, ...]]:
         ds = c.dataset(name, "SOU", 1)  # sites again: its dtype is checked here, with its twin's
         if ds.shape[0] != count:
             raise c.fail(f"{name!r} has {ds.shape[0]} entries for {count} sites")
-        if ds.dtype.kind == "O" and h5py.check_string_dtype(ds.dtype) is None:
-            raise c.fail(f"{name!r} holds objects that are not strings")
-        if ds.dtype.itemsize > MAX_NAME_BYTES:
-            raise c.fail(f"{name!r} declares names of {ds.dtype.itemsize:,} bytes")
-        c.spend(name, count * max(ds.dtype.itemsize, 64))
+        check_names(c, name, ds)
     units = c.dataset("site_unit_dim", "iu", 1, required=False)
     if units is not None and units.shape[0] != count:
         raise c.fail(f"'site_unit_dim' has {units.shape[0]} entries for {count} sites")
@@ -175,14 +171,19 @@ def check_graph(c: Checker, sites: int) -> tuple[np.ndarray | None, list[str]]:
     if len(edges) and (edges.min() < GRAPH_INPUT or edges.max() >= sites or edges[:, 1].min() < 0):
         raise c.fail("'graph/edges' names a site column that does not exist")
     uncalled = c.dataset("graph/uncalled", "SOU", 1, required=False)
-    names: list[str] = []
-    if uncalled is not None:
-        if uncalled.dtype.itemsize > MAX_NAME_BYTES or (uncalled.dtype.kind == "O"
-                                                        and h5py.check_string_dtype(uncalled.dtype) is None):
-            raise c.fail("'graph/uncalled' does not hold module names")
-        c.spend("graph/uncalled", uncalled.shape[0] * max(uncalled.dtype.itemsize, 64))
-        names = [text(v) for v in uncalled[()]]
-    return edges, names
+    if uncalled is None:
+        return edges, []
+    check_names(c, "graph/uncalled", uncalled)
+    return edges, [text(v) for v in uncalled[()]]
+
+
+def check_names(c: Checker, name: str, ds: h5py.Dataset) -> None:
+    """A dataset of names: strings (not other objects) of at most MAX_NAME_BYTES, counted against the budget."""
+    if ds.dtype.kind == "O" and h5py.check_string_dtype(ds.dtype) is None:
+        raise c.fail(f"{name!r} holds objects that are not strings")
+    if ds.dtype.itemsize > MAX_NAME_BYTES:
+        raise c.fail(f"{name!r} declares names of {ds.dtype.itemsize:,} bytes")
+    c.spend(name, ds.shape[0] * max(ds.dtype.itemsize, 64))
 
 
 def committed(steps: np.ndarray) -> np.ndarray:
