@@ -39,7 +39,8 @@ def _flag_text(observations: tuple[Observation, ...], summary: RunSummary) -> Te
         if k:
             text.append(", ")
         when = ""
-        if obs.rule in FIRST_OR_LAST and summary.rows > 1 and len(obs.steps) == 1:
+        # "(first)"/"(last)": only at that row (a saturation grown out of says "at init" itself)
+        if obs.rule in FIRST_OR_LAST and summary.rows > 1 and len(obs.steps) == 1 and "kind" not in obs.evidence:
             when = " (first)" if obs.steps[0] == summary.first_step else " (last)"
         text.append(printable(obs.detail) + when, style=STYLE[obs.severity])
     return text

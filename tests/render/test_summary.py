@@ -276,3 +276,11 @@ def test_shortened_names_stay_distinct():
     names = ["encoder.block1_" + "a" * 30 + ".mlp.fc", "encoder.block2_" + "a" * 30 + ".mlp.fc"]
     short = shorten(names, 24)
     assert len(set(short)) == 2 and all(len(s) <= 24 for s in short)
+
+
+def test_saturation_grown_out_of_is_info_and_says_when_once():
+    run = hand_run({0: [(0.0, 1.0, 0, 0, 0), (0.0, 0.05, 0.8, 0, 0), (0.0, 1.0, 0, 0, 0)],
+                    1: [(0.0, 1.0, 0, 0, 0), (0.0, 0.5, 0.3, 0, 0), (0.0, 1.0, 0, 0, 0)]}, ["Conv2d", "Conv2d", "Linear"])
+    (obs,) = summarize(run).sites[1].observations
+    assert (obs.rule, obs.severity) == ("saturation", "info")
+    assert "│ near-zero 80% at init, 30% by the last step │" in render(summarize(run), width=200)
