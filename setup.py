@@ -1,6 +1,7 @@
-"""Builds the optional C kernel (actprobe/stats/_cstats.c); all other metadata lives in pyproject.toml.
+"""Builds the optional C extensions (actprobe/stats/_cstats.c: the CPU kernel; actprobe/stats/_cmerge.c:
+merging partials into rows on the CPU); all other metadata lives in pyproject.toml.
 
-The extension is optional: without a C compiler actprobe installs and uses its torch kernel.
+Both are optional: without a C compiler actprobe installs and uses torch operations instead.
 """
 
 from setuptools import Extension, setup
@@ -17,6 +18,9 @@ setup(
             # integers only (tests/stats/test_compilers.py builds it with GCC and with clang)
             extra_compile_args=CFLAGS,
             optional=True,
-        )
+        ),
+        # IEEE arithmetic (no -ffast-math): the partials it merges carry NaN and Inf
+        Extension("actprobe.stats._cmerge", ["actprobe/stats/_cmerge.c"], extra_compile_args=["-O3", "-std=c11"],
+                  optional=True),
     ]
 )

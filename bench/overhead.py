@@ -20,7 +20,7 @@ imported under another name, recording every step and every 10th step on its own
 model: the code before and after a change, timed side by side in the same rounds.
 
     python bench/overhead.py [--model paper-cnn|resnet50|transformer|wide-100|wide-1000|all] [--device cpu|cuda]
-                             [--select leaves|params] [--rounds 60] [--steps 5] [--torch-kernel]
+                             [--select leaves|params] [--rounds 60] [--steps 10] [--torch-kernel]
                              [--before DIR]
 """
 
@@ -176,7 +176,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="paper-cnn", choices=[*WORKLOADS, "all"])
     parser.add_argument("--rounds", type=int, default=60)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10,
+                        help="steps per mode and round (a multiple of 10: each round records the same share of every 10th)")
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps per mode first")
     parser.add_argument("--batch", type=int, default=None, help="override the workload's batch size")
     parser.add_argument("--device", default="cpu")

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -280,11 +279,24 @@ def check_drift(ctx: Context) -> list[Observation]:
 
 
 def _medians(rows: np.ndarray) -> np.ndarray:
-    """(S,) float64: each column's median over its finite values (NaN for a column without one)."""
-    rows = np.where(np.isfinite(rows), rows, np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a column with no finite value: NaN
-        return np.nanmedian(rows, axis=0).astype(np.float64)
+    """(S,) float64: each column's median over its finite values (NaN for a column without one).
+
+    Vectorised over the columns (``np.nanmedian`` loops over them in Python when any value is NaN), and
+    one partition instead of ``np.median``'s two."""
+    rows = np.asarray(rows)
+    if not rows.shape[0]:
+        return np.full(rows.shape[1:], np.nan)
+    finite = np.isfinite(rows)
+    if finite.all():
+        k = rows.shape[0] // 2
+        parted = np.partition(rows, k, axis=0)
+        high = parted[k].astype(np.float64)
+        return high if rows.shape[0] % 2 else (parted[:k].max(axis=0).astype(np.float64) + high) / 2
+    ordered = np.sort(np.where(finite, rows, np.inf), axis=0).astype(np.float64)  # finite values first
+    count = finite.sum(axis=0)
+    low = np.take_along_axis(ordered, np.maximum(count - 1, 0)[None] // 2, axis=0)[0]
+    high = np.take_along_axis(ordered, count[None] // 2, axis=0)[0]
+    return np.where(count > 0, (low + high) / 2, np.nan)
 
 
 def percent(value: float) -> str:

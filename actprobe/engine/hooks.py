@@ -17,6 +17,7 @@ from torch.utils.hooks import RemovableHandle
 
 # on_call(module_name, call_index, module, inputs, output); inputs = (args, kwargs) of the call
 OnCall = Callable[[str, int, nn.Module, object, object], None]
+OnError = Callable[[Exception], None]
 
 
 class HookEngine:
@@ -24,13 +25,15 @@ class HookEngine:
 
     A module's calls are numbered from 0 within each forward of the root (and within each step,
     for models whose submodules are called directly). With ``train_only``, calls made while the
-    root is in eval mode or while gradients are disabled are skipped.
+    root is in eval mode or while gradients are disabled are skipped. An exception raised by
+    ``on_call`` goes to ``on_error``, never into the model's forward.
     """
 
     def __init__(self, model: nn.Module, modules: Sequence[tuple[str, nn.Module]], on_call: OnCall,
-                 *, train_only: bool) -> None:
+                 on_error: OnError, *, train_only: bool) -> None:
         self._root = weakref.ref(model)
         self._on_call = on_call
+        self._on_error = on_error
         self._train_only = train_only
         self._calls: dict[str, int] = {}
         self._capturing = False
@@ -53,21 +56,24 @@ class HookEngine:
     def _hook_for(self, name: str) -> Callable[[nn.Module, object, object, object], None]:
         # torch.compile must not trace the hooks (their bookkeeping would make it recompile at
         # every call): each runs eagerly, at a graph break, on the output the compiled code made.
+        # The body runs once per recorded module call: kept flat, one Python call into the recorder.
         @torch.compiler.disable
         def hook(module: nn.Module, args: object, kwargs: object, output: object) -> None:
-            if self.active and not self._capturing:
-                self._called(name, module, (args, kwargs), output)
-        return hook
-
-    def _called(self, name: str, module: nn.Module, inputs: object, output: object) -> None:
-        if self._train_only:
-            root = self._root()
-            if root is None or not root.training or not torch.is_grad_enabled():
-                self.skipped += 1
+            if not self.active or self._capturing:
                 return
-        index = self._calls.get(name, 0)
-        self._calls[name] = index + 1
-        self._on_call(name, index, module, inputs, output)
+            if self._train_only:
+                root = self._root()
+                if root is None or not root.training or not torch.is_grad_enabled():
+                    self.skipped += 1
+                    return
+            calls = self._calls
+            index = calls.get(name, 0)
+            calls[name] = index + 1
+            try:
+                self._on_call(name, index, module, (args, kwargs), output)
+            except Exception as exc:
+                self._on_error(exc)
+        return hook
 
     def new_step(self) -> None:
         self._calls.clear()

@@ -89,7 +89,8 @@ class Probe:
         self._staged_rows_valid = True  # False after a failure that may have left a row half-made
         self.closed = False
         try:
-            self._engine = HookEngine(model, modules + extra, self._on_call, train_only=train_only)
+            self._engine = HookEngine(model, modules + extra, self._recorder.observe, self._on_call_error,
+                                      train_only=train_only)
         except BaseException:
             self._sink.release()
             raise
@@ -205,11 +206,8 @@ class Probe:
                             f"{self.path} could not keep up; raise flush_every or record less often (every=)")
 
     # -- internals -------------------------------------------------------------------------------
-    def _on_call(self, name: str, index: int, module: nn.Module, inputs: object, output: object) -> None:
-        try:
-            self._recorder.observe(name, index, module, inputs, output)
-        except Exception as exc:
-            self._fail(exc, staged_rows_valid=True)  # the step in progress is dropped, earlier rows are whole
+    def _on_call_error(self, exc: Exception) -> None:
+        self._fail(exc, staged_rows_valid=True)  # the step in progress is dropped, earlier rows are whole
 
     def _end_recorded_step(self, scalars: Mapping[str, Any]) -> None:
         recorder = self._recorder

@@ -18,7 +18,7 @@ from torch import nn
 from ..runfile.format import SiteGraph
 from ..stats.arena import Arena, Partial
 from ..stats.dispatch import MomentKernel
-from ..stats.merge import Layout, PartialRing, arrangement, merge_now
+from ..stats.merge import RING_BUFFERS, Layout, PartialRing, arrangement, merge_now
 from .graph import GraphTracer
 from .sites import Site, floating_outputs, site_name, unit_dim
 from .staging import RowStage, StagedRows
@@ -60,7 +60,8 @@ class Recorder:
         if self._tracer is not None:  # the first recorded step
             self._discover(module_name, call_index, module, inputs, output)
         elif type(output) is torch.Tensor and output.is_floating_point():  # the common case, kept short
-            self._observe_one(site_name(module_name, call_index, ""), module, output)
+            self._observe_one(module_name if call_index == 0 else site_name(module_name, call_index, ""),
+                              module, output)
         else:
             for suffix, tensor in floating_outputs(output):
                 self._observe_one(site_name(module_name, call_index, suffix), module, tensor)
@@ -98,7 +99,7 @@ class Recorder:
             return index
         if self._arena is None:
             self._arena = Arena(self.device)
-        self._partials.append((index, self.kernel(tensor.detach(), self.sites[index].unit_dim, self._arena)))
+        self._partials.append((index, self.kernel(tensor, self.sites[index].unit_dim, self._arena)))
         return index
 
     def _add_site(self, name: str, module: nn.Module, tensor: torch.Tensor) -> int:
@@ -147,8 +148,9 @@ class Recorder:
 
     @property
     def full(self) -> bool:
-        """Whether the stage holds as many rows as a flush takes."""
-        return self.stage is not None and self.stage.full
+        """Whether a flush is due: the stage holds as many rows as a flush takes, or the ring that gathers
+        them is full."""
+        return self.stage is not None and (self.stage.full or self.ring_full)
 
     @property
     def dropped_rows(self) -> int:
@@ -163,37 +165,55 @@ class Recorder:
         return self.stage.take()
 
     def _finish_step(self, stage: RowStage, index: int) -> None:
-        """Merge this step's partials into ``stage`` row ``index``, now or (batched) at ``drain``."""
+        """Gather this step's partials in the ring, to be merged into ``stage`` row ``index`` later: by
+        the writer thread on the CPU, by kernels launched at ``_drain`` on other devices."""
         partials, self._partials = self._partials, []
         assert self._arena is not None
         row = self._arena.row()
         key = arrangement(partials)
-        layout = self._layouts.get(key)
-        if layout is None:
-            if len(self._layouts) >= 64:
-                self._layouts.clear()
-            layout = self._layouts[key] = Layout.build(partials, len(self.sites), stage.device)
         ring = self._ring
         if ring is not None and ring.filled and (
                 ring.key != key or ring.full or ring.first_row + ring.filled != index):
             self._drain(stage)
         if ring is None or ring.key != key:
-            capacity = PartialRing.capacity_for(layout, stage.capacity)
-            if capacity < 2:  # too wide to batch: merge this step on its own
+            layout = self._layouts.get(key)
+            if layout is None:
+                if len(self._layouts) >= 64:
+                    self._layouts.clear()
+                layout = self._layouts[key] = Layout.build(partials, len(self.sites), stage.device)
+            buffers = RING_BUFFERS if self._hands_over(stage) else 1
+            capacity = PartialRing.capacity_for(layout, stage.capacity, buffers)
+            if capacity < (1 if buffers > 1 else 2):  # too wide to gather: merge this step on its own
                 stage.set_stats(index, merge_now(layout, row, self.dead_eps))
                 self._arena.clear()
                 return
-            ring = self._ring = PartialRing(key, layout, capacity, stage.device)
+            ring = self._ring = PartialRing(key, layout, capacity, stage.device, buffers)
         if not ring.filled:
             ring.first_row = index
         ring.add(row)
         self._arena.clear()
 
+    @staticmethod
+    def _hands_over(stage: RowStage) -> bool:
+        """Whether rows are merged by the writer thread (CPU rows) instead of at ``_drain``."""
+        return stage.device.type == "cpu"
+
     def _drain(self, stage: RowStage) -> None:
-        """Merge the rows waiting in the ring into ``stage``."""
+        """Hand the rows waiting in the ring to ``stage``: as a segment the writer thread merges, or
+        merged now (on the device, or when every buffer is still out)."""
         ring = self._ring
-        if ring is not None and ring.filled:
+        if ring is None or not ring.filled:
+            return
+        segment = ring.hand_over(self.dead_eps) if self._hands_over(stage) else None
+        if segment is not None:
+            stage.defer(segment)
+        else:
             stage.set_stats(ring.first_row, ring.merge(self.dead_eps))
+
+    @property
+    def ring_full(self) -> bool:
+        """Whether the ring's buffer is full: flushing now hands it over before the next step needs room."""
+        return self._ring is not None and self._ring.full
 
     @property
     def idle_containers(self) -> list[str]:

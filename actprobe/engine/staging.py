@@ -4,6 +4,9 @@ Each recorded step writes one row into a device buffer. A flush copies the fille
 host slot (pinned memory on CUDA) with ``non_blocking=True``, records an event, and hands the slot to
 the writer thread, which waits on the event. The training thread never waits: when every slot is
 still busy (the disk is slower than training), the rows are dropped and counted.
+
+Rows of CPU tensors arrive as ``Segment``s of packed partials instead (``defer``): the writer thread
+merges them into the host slot before it writes, so that the training thread does no merging.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 import torch
 
 from ..runfile.format import STATISTICS
+from ..stats.merge import Segment
 
 HOST_SLOTS = 3  # at least this many host slots; more when they are small, up to MAX_HOST_SLOTS
 MAX_HOST_SLOTS = 32
@@ -47,17 +51,23 @@ class _HostSlot:
 class StagedRows:
     """Rows on their way to the host, as the writer thread takes them (``runfile.writer.Batch``)."""
 
-    def __init__(self, stage: RowStage, slot: _HostSlot, n: int, event: torch.cuda.Event | None) -> None:
+    def __init__(self, stage: RowStage, slot: _HostSlot, n: int, event: torch.cuda.Event | None,
+                 segments: list[Segment]) -> None:
         self.steps = stage._steps[:n].copy()
         self.times = stage._times[:n].copy()
         self._host_scalars = stage._host_scalars[:n].copy()
         self._from_device = stage._from_device[:n].copy()
         self._free = stage._free
-        self._slot, self._n, self._event = slot, n, event
+        self._slot, self._n, self._event, self._segments = slot, n, event, segments
 
     def ready(self) -> None:
+        """On the writer thread: wait for the copies, then merge the segments into the slot. Once."""
         if self._event is not None:
             _wait_for(self._event)
+            self._event = None
+        stats = self._slot.stats.numpy()
+        while self._segments:
+            self._segments.pop(0).merge_into(stats)
 
     def stats(self) -> np.ndarray:
         return self._slot.stats[:self._n].numpy()
@@ -66,6 +76,8 @@ class StagedRows:
         return np.where(self._from_device, self._slot.scalars[:self._n].numpy(), self._host_scalars)
 
     def release(self) -> None:
+        for segment in self._segments:
+            segment.release()
         self._free.put(self._slot)
 
 
@@ -86,6 +98,7 @@ class RowStage:
         self._times = np.zeros(capacity, dtype=np.float64)
         self.rows = 0
         self.dropped_rows = 0
+        self._segments: list[Segment] = []
         self._free: queue.SimpleQueue[_HostSlot] = queue.SimpleQueue()
         for _ in range(host_slots(capacity, sites, m)):
             self._free.put(_HostSlot(capacity, sites, m, device))
@@ -113,25 +126,33 @@ class RowStage:
         """Statistics (n, S, 8) of rows first_row … first_row + n − 1."""
         self._stats[first_row:first_row + stats.shape[0]].copy_(stats)
 
+    def defer(self, segment: Segment) -> None:
+        """Rows whose statistics the writer thread merges from packed partials (CPU rows only)."""
+        self._segments.append(segment)
+
     def take(self) -> StagedRows | None:
         """Start copying the filled rows to the host; None if nothing is filled or no slot is free."""
         n = self.rows
         if n == 0:
             return None
         self.rows = 0
+        segments, self._segments = self._segments, []
         try:
             slot = self._free.get_nowait()
         except queue.Empty:
             self.dropped_rows += n
             self._reset_scalars(n)
+            for segment in segments:
+                segment.release()
             return None
-        slot.stats[:n].copy_(self._stats[:n], non_blocking=True)
+        if sum(segment.n for segment in segments) != n:  # rows merged at once are copied; deferred ones, not
+            slot.stats[:n].copy_(self._stats[:n], non_blocking=True)
         slot.scalars[:n].copy_(self._device_scalars[:n], non_blocking=True)
         event = None
         if self.device.type == "cuda":
             event = torch.cuda.Event()
             event.record()
-        rows = StagedRows(self, slot, n, event)
+        rows = StagedRows(self, slot, n, event, segments)
         self._reset_scalars(n)
         return rows
 

@@ -43,12 +43,17 @@ class SiteLine:
 
 
 def pyplot() -> Any:
-    """matplotlib.pyplot on the Agg backend: files, never windows."""
+    """matplotlib.pyplot on the Agg backend: files, never windows. A matplotlib installed without its
+    STIX and Computer Modern fonts falls back to DejaVu Sans for the log axes' labels; it says so in
+    a dozen ``findfont`` lines on every run, which are kept out of the user's terminal."""
+    import logging
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
     return plt
 
 
@@ -100,13 +105,13 @@ def draw_sites(ax: Any, stat: str, lines: Sequence[SiteLine], *, by_row: bool = 
     chosen = labelled_indices(len(lines))
     colors = dict(zip(chosen, _colors(len(chosen))))
     handles, bad = [], []
-    for i, line in enumerate(lines):
-        style = {"color": colors[i], "lw": 1.0, "zorder": 2} if i in colors else {"color": GREY, "lw": 0.5, "zorder": 1}
-        first, steps = _draw_line(ax, stat, line, style, by_row, reads, marked=i in colors)
+    for i in chosen:
+        first, steps = _draw_line(ax, stat, lines[i], {"color": colors[i], "lw": 1.0, "zorder": 2}, by_row, reads,
+                                  marked=True)
         bad.append(steps)
-        if i in colors:
-            first.set_label(line.label)
-            handles.append(first)
+        first.set_label(lines[i].label)
+        handles.append(first)
+    bad += _draw_grey(ax, stat, [line for i, line in enumerate(lines) if i not in colors], by_row, reads)
     if len(lines) > len(chosen):
         handles.append(Line2D([], [], color=GREY, lw=1, label=f"{len(lines) - len(chosen)} other sites (grey)"))
     handles += _mark_nonfinite(ax, np.concatenate(bad) if bad else np.zeros(0))
@@ -117,6 +122,29 @@ def draw_sites(ax: Any, stat: str, lines: Sequence[SiteLine], *, by_row: bool = 
     return handles
 
 
+def _draw_grey(ax: Any, stat: str, lines: Sequence[SiteLine], by_row: bool, reads: SeriesReads) -> list[np.ndarray]:
+    """The unlabelled sites, grey: one line per run (line style) through all of them, NaN between two
+    sites, so that hundreds of sites cost one artist, not hundreds. Returns their non-finite x."""
+    pieces: dict[int, tuple[list[np.ndarray], list[np.ndarray]]] = {}
+    bad = []
+    for line in lines:
+        for r, (run, column) in enumerate(line.points):
+            data, k = reads.get(run, stat, column)
+            x = data.row if by_row else data.step
+            xs, ys = pieces.setdefault(r, ([], []))
+            xs += [x.astype(np.float64), [np.nan]]
+            ys += [_shown(stat, data.mean[:, k]), [np.nan]]
+            bad.append(x[data.nonfinite[:, k]])
+    for r, (xs, ys) in pieces.items():
+        ax.plot(np.concatenate(xs), np.concatenate(ys), ls=LINESTYLES[r % len(LINESTYLES)], color=GREY, lw=0.5,
+                zorder=1, label="_nolegend_")
+    return bad
+
+
+def _shown(stat: str, values: np.ndarray) -> np.ndarray:
+    return _positive(values) if stat == "std" else values
+
+
 def _draw_line(ax: Any, stat: str, line: SiteLine, style: dict[str, Any], by_row: bool, reads: SeriesReads,
                marked: bool) -> tuple[Any, np.ndarray]:
     """One site in each run; returns the first run's line and the x of its non-finite steps. A long
@@ -125,11 +153,10 @@ def _draw_line(ax: Any, stat: str, line: SiteLine, style: dict[str, Any], by_row
     for r, (run, column) in enumerate(line.points):
         data, k = reads.get(run, stat, column)
         x = data.row if by_row else data.step
-        shown = (lambda v: _positive(v) if stat == "std" else v)
-        drawn += ax.plot(x, shown(data.mean[:, k]), ls=LINESTYLES[r % len(LINESTYLES)],
+        drawn += ax.plot(x, _shown(stat, data.mean[:, k]), ls=LINESTYLES[r % len(LINESTYLES)],
                          marker="." if marked and run.rows < 30 else None, label="_nolegend_", **style)
         if data.decimated and marked:
-            ax.fill_between(x, shown(data.low[:, k]), shown(data.high[:, k]), color=style["color"],
+            ax.fill_between(x, _shown(stat, data.low[:, k]), _shown(stat, data.high[:, k]), color=style["color"],
                             alpha=0.15, lw=0, label="_nolegend_")
         bad.append(x[data.nonfinite[:, k]])
     return drawn[0], np.concatenate(bad)
@@ -186,7 +213,7 @@ def plot_run(run: Run, columns: Sequence[int], out_dir: Path, stem: str) -> list
     run_panels(axes, run, columns)
     fig.suptitle(figure_label(run.path.name), fontsize=9)
     written = [save_figure(fig, out_dir / f"{stem}-mean-std.png")]
-    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(columns) + 2), 4))
+    fig, ax = plt.subplots(figsize=(min(MAX_BAR_INCHES, max(6, 0.45 * len(columns) + 2)), 4))
     x = np.arange(len(columns))
     for k, (row, label) in enumerate(((0, "first"), (run.rows - 1, "last"))):
         values = 100 * run.stats["near_zero"][row, columns].astype(np.float64)
@@ -209,11 +236,20 @@ def run_panels(axes: Sequence[Any], run: Run, columns: Sequence[int]) -> None:
         ax.set_xlabel("step")
 
 
+MAX_BAR_INCHES = 28  # the near-zero bar figure grows with the sites up to this width (≈ MAX_TICK_LABELS names)
+MAX_TICK_LABELS = 60  # a bar panel names at most this many sites (every k-th one beyond)
+
+
 def _percent_by_site(ax: Any, labels: Sequence[str]) -> None:
-    """A bar panel's axes: one x tick per site, named ``labels``; y from 0 to 100 %."""
+    """A bar panel's axes: one x tick per site, named ``labels`` (every k-th one when there are more than
+    MAX_TICK_LABELS); y from 0 to 100 %."""
     tilted = len(labels) > 6
-    ax.set_xticks(np.arange(len(labels)), labels, rotation=45 if tilted else 0, ha="right" if tilted else "center",
-                  fontsize=7)
+    every = -(-len(labels) // MAX_TICK_LABELS) if labels else 1
+    ticks = np.arange(0, len(labels), every)
+    ax.set_xticks(ticks, [labels[t] for t in ticks], rotation=45 if tilted else 0,
+                  ha="right" if tilted else "center", fontsize=7)
+    if every > 1:
+        ax.set_xlabel(f"sites (one in {every} named)", fontsize=7)
     ax.set_ylim(0, 100)
 
 

@@ -60,10 +60,11 @@ def summary_table(summary: RunSummary, width: int = 120) -> Table:
     for name, site in zip(names, summary.sites):
         table.add_row(
             cell(name), cell(site.module_type),
-            _pair(_number(site.first["mean"]), _number(site.last["mean"]), single),
-            _pair(_number(site.first["std"]), _number(site.last["std"]), single),
-            _pair(percent(site.first["near_zero"]), percent(site.last["near_zero"]), single),
-            _pair(percent(site.first["dead"]), percent(site.last["dead"]), single),
+            # Text, not str: a plain string would be parsed for markup and highlighted, cell by cell
+            Text(_pair(_number(site.first["mean"]), _number(site.last["mean"]), single)),
+            Text(_pair(_number(site.first["std"]), _number(site.last["std"]), single)),
+            Text(_pair(percent(site.first["near_zero"]), percent(site.last["near_zero"]), single)),
+            Text(_pair(percent(site.first["dead"]), percent(site.last["dead"]), single)),
             _flag_text(site.observations, summary),
         )
     return table

@@ -15,9 +15,10 @@ if TYPE_CHECKING:
 
 
 class Batch(Protocol):
-    """Rows staged on the host by the engine. The writer thread calls ``ready()`` (returns once the
-    host copies are complete), reads ``stats()`` and ``scalars()``, then ``release()`` (always, also
-    after an error) so that their memory can be reused."""
+    """Rows staged on the host by the engine. The writer thread calls ``ready()`` as soon as it takes
+    the batch (it returns once the rows are complete on the host; a second call does nothing), reads
+    ``stats()`` and ``scalars()``, then ``release()`` (always, also after an error) so that their
+    memory can be reused."""
 
     steps: np.ndarray  # (n,) int64
     times: np.ndarray  # (n,) float64
@@ -78,9 +79,11 @@ class BackgroundWriter:
             if isinstance(item, threading.Event):  # put by wait(): everything before it is done
                 item.set()
                 continue
+            self._prepare(item)
             # a lone batch waits up to MIN_COMMIT_SECONDS for GROUP_TARGET more to join its commit (a commit
             # is two file flushes, and HDF5 holds Python's lock while it writes: fewer, larger commits leave
             # the training thread more time); fast steps fill the group at once and never wait long
+            # (each batch is made ready as soon as it is taken: the engine gets its buffers back meanwhile)
             deadline = time.monotonic() + MIN_COMMIT_SECONDS
             while self._queue.qsize() < GROUP_TARGET and time.monotonic() < deadline:
                 time.sleep(0.001)
@@ -93,9 +96,18 @@ class BackgroundWriter:
                 if queued is None or isinstance(queued, threading.Event):
                     waiting.append(queued)
                     break
+                self._prepare(queued)
                 group.append(queued)
             self._write_group(group)
         self._close_file()
+
+    def _prepare(self, batch: Batch) -> None:
+        """Make the batch ready now (its rows complete on the host); an error is kept, and stops the writer."""
+        try:
+            if self.error is None:
+                batch.ready()
+        except BaseException as exc:  # reported by the probe, never raised into training
+            self.error = exc
 
     def _write_group(self, group: list[Batch]) -> None:
         """Commit the batches as one append (one two-phase commit for all their rows); release them always."""

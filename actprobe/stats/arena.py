@@ -8,16 +8,17 @@ sums of (x − shift) and (x − shift)²; then rows of four scalars: min, max, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 
-@dataclass(slots=True)
-class Partial:
+class Partial(NamedTuple):
     """Moments of one tensor, packed as float64 in the step's ``Arena`` from ``offset`` on:
-    count[E] shift[E] sum[E] sumsq[E], then ``scalar_rows`` times (min max far nonfinite)."""
+    count[E] shift[E] sum[E] sumsq[E], then ``scalar_rows`` times (min max far nonfinite).
+
+    A tuple, so that a step's arrangement (``merge.arrangement``) is hashed and compared in C."""
 
     offset: int
     entries: int  # E: the units, or 1 pseudo-unit
@@ -39,6 +40,7 @@ class Arena:
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
+        self.on_cpu = device.type == "cpu"
         self.buffer = torch.zeros(4096, dtype=torch.float64, device=device)
         self.used = 0
         self.zero_on_clear = False  # set by kernels that add into the arena (atomics need zeros)

@@ -35,23 +35,29 @@ class CBackend:
         self._scratch: dict[torch.dtype, torch.Tensor] = {}
 
     def __call__(self, x: torch.Tensor, plan: Plan, arena: Arena) -> Partial:
-        width = 4 * plan.entries + 4
+        """The kernel reads ``x``'s memory through its pointer: no autograd, so no ``detach()`` needed."""
+        a, entries, b = plan.view_shape
+        width = 4 * entries + 4
         offset = arena.reserve(width)
-        if arena.device.type == "cpu":
+        if arena.on_cpu and plan.contiguous and x.dtype is plan.dtype:  # the common case, kept flat
+            args = (plan.is_double, x.data_ptr(), a, entries, b, plan.near_bound, arena.buffer.data_ptr() + 8 * offset)
+            if not _cstats.moments(*args):
+                _cstats.masked(*args)
+        elif arena.on_cpu:
             self._moments(x, plan, arena.buffer.data_ptr() + 8 * offset)
         else:  # a CPU tensor recorded into a device arena (a model split across devices)
             packed = torch.empty(width, dtype=torch.float64)
             self._moments(x, plan, packed.data_ptr())
             arena.buffer[offset:offset + width].copy_(packed, non_blocking=True)
-        return Partial(offset, plan.entries, plan.units, x.numel())
+        return Partial(offset, entries, plan.units, x.numel())
 
     def _moments(self, x: torch.Tensor, plan: Plan, out_pointer: int) -> None:
         copied = x.dtype != plan.dtype or not plan.contiguous
         if copied:
-            view = plan.view(x)
+            view = plan.view(x.detach())
             x = self._scratch_for(view.numel(), plan.dtype).view(view.shape).copy_(view)
         a, e, b = plan.view_shape
-        args = (plan.dtype == torch.float64, x.data_ptr(), a, e, b, plan.near_bound, out_pointer)
+        args = (plan.is_double, x.data_ptr(), a, e, b, plan.near_bound, out_pointer)
         if not _cstats.moments(*args):
             _cstats.masked(*args)
         if copied and x.numel() * x.element_size() > SCRATCH_KEEP_BYTES:

@@ -62,7 +62,8 @@ class MomentKernel:
         self.backends_used: set[str] = set()  # names of the backends that served a tensor so far
 
     def __call__(self, x: torch.Tensor, unit_dim: int | None, arena: Arena) -> Partial:
-        """Write the moments of ``x`` (detached) into ``arena``; return where they are."""
+        """Write the moments of ``x`` into ``arena``; return where they are. ``x`` need not be detached:
+        each backend reads it without recording anything for autograd."""
         key = (x.shape, x.dtype, x.device, unit_dim, x.is_contiguous())
         plan = self._plans.get(key)
         if plan is None:

@@ -7,27 +7,39 @@ accumulation) is merged over all its calls, units included.
 
 Steps whose partials have the same arrangement are gathered in a ``PartialRing`` — one copy of
 the step's arena per step — and merged together, many rows at once, before the rows are flushed.
+On a CUDA device the merge is a fixed number of kernel launches (``merge_rows``). On the CPU the
+ring's rows are handed over (``PartialRing.hand_over``) and merged by the writer thread with the C
+extension ``_cmerge`` (``merge_into``), which computes the same formulas in one pass per row.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import queue
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .arena import Partial
 
+try:
+    from . import _cmerge
+except ImportError:  # built without a C compiler: torch operations merge on the CPU too
+    _cmerge = None
 
-# The most memory one ring may take; steps that need more are merged one at a time.
+
+# The most memory one ring may take (all its buffers together); steps that need more are merged one at a time.
 RING_BYTES = 64 << 20
+RING_BUFFERS = 3  # buffers of a ring whose rows are handed over: one filling, others being merged
 
 Partials = Sequence[tuple[int, Partial]]
 
 
 def arrangement(partials: Partials) -> tuple:
-    """A key that is equal for two steps exactly when their partials can share a layout."""
-    return tuple((site, p.offset, p.entries, p.units, p.numel, p.scalar_rows) for site, p in partials)
+    """A key that is equal for two steps exactly when their partials can share a layout: the
+    (site, ``Partial``) pairs themselves, tuples all the way down."""
+    return tuple(partials)
 
 
 @dataclass
@@ -44,6 +56,11 @@ class Layout:
     group_is_unit: torch.Tensor  # (G,) 1.0 for real units, 0.0 for pseudo-units
     part_site: torch.Tensor  # (P,) site of each partial
     site_numel: torch.Tensor  # (S,) elements seen per site
+    # the same on the host, for _cmerge: (P, 4) site, offset, entries, scalar rows of each partial;
+    # (S, 3) first group, groups and whether they are units, of each site; (S,) elements per site
+    host_parts: np.ndarray
+    host_sites: np.ndarray
+    host_numel: np.ndarray
 
     @classmethod
     def build(cls, partials: Partials, sites: int, device: torch.device) -> Layout:
@@ -67,6 +84,9 @@ class Layout:
         scalars = torch.cat([torch.arange(p.offset + 4 * p.entries, p.offset + p.width).view(p.scalar_rows, 4)
                              for _, p in partials])
         width = partials[-1][1].offset + partials[-1][1].width
+        host_sites = np.zeros((sites, 3), dtype=np.int64)
+        for site in order:
+            host_sites[site] = (start[site], group_count[site], has_units[site])
         return cls(
             sites=sites, width=width, parts=scalars.shape[0],
             moments=moments.to(device, non_blocking=True),
@@ -77,6 +97,9 @@ class Layout:
             group_is_unit=group_is_unit.to(device, non_blocking=True),
             part_site=_to_device([s for s, p in partials for _ in range(p.scalar_rows)], torch.int64, device),
             site_numel=_to_device(numel, torch.float64, device),
+            host_parts=np.array([(s, p.offset, p.entries, p.scalar_rows) for s, p in partials], dtype=np.int64),
+            host_sites=host_sites,
+            host_numel=np.array(numel, dtype=np.float64),
         )
 
 
@@ -122,25 +145,46 @@ def merge_rows(layout: Layout, rows: torch.Tensor, dead_eps: float) -> torch.Ten
     ), dim=-1)
 
 
+def merge_into(layout: Layout, rows: torch.Tensor, dead_eps: float, out: np.ndarray) -> None:
+    """Statistics of n steps of CPU rows (n, width) into ``out`` (n, S, len(STATISTICS)) float64: with
+    ``_cmerge`` (no lock held, no allocation per row) when it was built, else with ``merge_rows``."""
+    if _cmerge is None or rows.device.type != "cpu":
+        out[...] = merge_rows(layout, rows, dead_eps).cpu().numpy()
+        return
+    rows = rows.contiguous()
+    assert out.flags.c_contiguous and out.dtype == np.float64 and out.shape == (rows.shape[0], layout.sites, 8)
+    _cmerge.merge(rows.data_ptr(), rows.shape[0], rows.shape[1], layout.host_parts.ctypes.data,
+                  layout.host_parts.shape[0], layout.host_sites.ctypes.data, layout.host_numel.ctypes.data,
+                  layout.sites, layout.group_site.numel(), dead_eps, out.ctypes.data)
+
+
 def merge_now(layout: Layout, row: torch.Tensor, dead_eps: float) -> torch.Tensor:
     """Statistics (1, S, 8) of one step from its (width,) row of packed partials."""
     return merge_rows(layout, row[None], dead_eps)
 
 
 class PartialRing:
-    """Packed partials of consecutive steps with one arrangement, kept until merged together."""
+    """Packed partials of consecutive steps with one arrangement, kept until merged together.
 
-    def __init__(self, key: tuple, layout: Layout, capacity: int, device: torch.device) -> None:
+    With ``buffers`` > 1 the filled rows can be handed over to be merged on another thread
+    (``hand_over``) while the ring goes on filling another buffer; a buffer comes back when the
+    ``Segment`` made of it is released.
+    """
+
+    def __init__(self, key: tuple, layout: Layout, capacity: int, device: torch.device, buffers: int = 1) -> None:
         self.key = key
         self.layout = layout
         self.capacity = capacity
         self.rows = torch.empty((capacity, layout.width), dtype=torch.float64, device=device)
         self.first_row = 0
         self.filled = 0
+        self._buffers = buffers
+        self._made = 1
+        self._returned: queue.SimpleQueue[torch.Tensor] = queue.SimpleQueue()
 
     @staticmethod
-    def capacity_for(layout: Layout, rows: int) -> int:
-        return max(0, min(rows, RING_BYTES // (8 * layout.width)))
+    def capacity_for(layout: Layout, rows: int, buffers: int = 1) -> int:
+        return max(0, min(rows, RING_BYTES // (buffers * 8 * layout.width)))
 
     @property
     def full(self) -> bool:
@@ -154,6 +198,44 @@ class PartialRing:
         """(filled, S, 8) statistics of the rows gathered so far; empties the ring."""
         n, self.filled = self.filled, 0
         return merge_rows(self.layout, self.rows[:n], dead_eps)
+
+    def hand_over(self, dead_eps: float) -> Segment | None:
+        """The rows gathered so far, to be merged elsewhere; the ring goes on in a free buffer. None
+        (and the ring unchanged) when every buffer is still out."""
+        try:
+            fresh = self._returned.get_nowait()
+        except queue.Empty:
+            if self._made >= self._buffers:
+                return None
+            fresh = torch.empty_like(self.rows)
+            self._made += 1
+        segment = Segment(self.layout, self.rows, self.first_row, self.filled, dead_eps, self._returned.put)
+        self.rows, self.filled = fresh, 0
+        return segment
+
+
+@dataclass
+class Segment:
+    """Rows first_row … first_row + n − 1 of a flush interval, as packed partials still to merge."""
+
+    layout: Layout
+    buffer: torch.Tensor | None  # (capacity, width): the first n rows are this segment's; None once released
+    first_row: int
+    n: int
+    dead_eps: float
+    _give_back: Callable[[torch.Tensor], None]
+
+    def merge_into(self, stats: np.ndarray) -> None:
+        """Write the statistics into ``stats`` (the flush interval's rows, (rows, S, 8)); release the buffer."""
+        try:
+            merge_into(self.layout, self.buffer[:self.n], self.dead_eps, stats[self.first_row:self.first_row + self.n])
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        if self.buffer is not None:
+            self._give_back(self.buffer)
+            self.buffer = None
 
 
 def _index_sum(values: torch.Tensor, index: torch.Tensor, size: int) -> torch.Tensor:

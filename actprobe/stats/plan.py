@@ -22,6 +22,7 @@ class Plan:
     units: int
     dtype: torch.dtype  # the dtype the values are summed in
     near_bound: float  # the largest value of dtype that is ≤ near_zero_eps
+    is_double: bool = False  # dtype is float64
     backend: object = None  # the backend chosen by the dispatcher
     triton: object | None = None  # a triton_kernel.TritonPlan when the Triton backend serves this tensor
 
@@ -40,7 +41,7 @@ def make_plan(x: torch.Tensor, unit_dim: int | None, near_zero_eps: float) -> Pl
     dtype = compute_dtype(x.dtype)
     contiguous = x.is_contiguous() or (channels_last and x.is_contiguous(memory_format=torch.channels_last))
     return Plan(view_shape=shape, channels_last=channels_last, contiguous=contiguous, units=units, dtype=dtype,
-                near_bound=near_zero_bound(near_zero_eps, dtype))
+                near_bound=near_zero_bound(near_zero_eps, dtype), is_double=dtype == torch.float64)
 
 
 def entries_shape(x: torch.Tensor, unit_dim: int | None) -> tuple[tuple[int, int, int], bool]:

@@ -32,7 +32,7 @@ class TorchBackend:
     def __call__(self, x: torch.Tensor, plan: Plan, arena: Arena) -> Partial:
         width = 4 * plan.entries + 4
         offset = arena.reserve(width)
-        view = plan.view(x)
+        view = plan.view(x.detach())  # operations on x itself would grow the autograd graph
         packed = unmasked_cpu(view, plan) if self.cpu_shortcut and x.device.type == "cpu" else None
         if packed is None:
             packed = masked(view, plan)

@@ -55,7 +55,7 @@ class TritonBackend:
         arena.zero_on_clear = True
         buffer = arena.buffer
         middle = offset + 4 * entries
-        launch.launch(x, buffer[offset:middle], buffer[middle:middle + 4 * launch.programs], plan.near_bound)
+        launch.launch(x.detach(), buffer[offset:middle], buffer[middle:middle + 4 * launch.programs], plan.near_bound)
         return Partial(offset, entries, plan.units, x.numel(), launch.programs)
 
     def release_memory(self) -> None:

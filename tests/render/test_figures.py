@@ -109,9 +109,16 @@ def test_thirty_sites_draw_twelve_in_colour_and_the_rest_grey(tmp_path, plt):
     fig, axes = plt.subplots(1, 2)
     figures.run_panels(axes, run, range(30))
     want = [f"{i} ({'Linear' if i % 2 == 0 else 'ReLU'})" for i in (0, 3, 5, 8, 11, 13, 16, 18, 21, 24, 26, 29)]
-    for ax in axes:
+    grey_columns = [c for c in range(30) if f"{c} ({'Linear' if c % 2 == 0 else 'ReLU'})" not in want]
+    for ax, stat in zip(axes, ("mean", "std")):
         assert labelled_lines(ax) == want
-        assert sum(line.get_color() == figures.GREY for line in ax.get_lines()) == 18
+        (grey,) = [line for line in ax.get_lines() if line.get_color() == figures.GREY]  # one artist for all
+        x, y = np.asarray(grey.get_xdata(), float), np.asarray(grey.get_ydata(), float)
+        pieces = np.split(y, np.flatnonzero(np.isnan(x)))  # NaN in x separates two sites
+        pieces = [piece[~np.isnan(piece)] for piece in pieces if np.isfinite(piece).any()]
+        assert len(pieces) == 18
+        for piece, column in zip(pieces, grey_columns):
+            np.testing.assert_allclose(piece, run.stats[stat][:, column], rtol=1e-6)
         assert legend_texts(ax) == want + ["18 other sites (grey)"]
 
 

@@ -10,10 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from actprobe.stats import c_backend
+from actprobe.stats import c_backend, merge
+from actprobe.stats.arena import Arena
+from actprobe.stats.dispatch import MomentKernel
 from actprobe.stats.single import tensor_statistics
 from conftest import assert_statistics_close, reference_statistics
 
@@ -40,6 +43,15 @@ def _cases():
     yield "float64 with NaN", nan_inf.double(), 1
 
 
+def _load(build: Path, name: str):
+    """The extension ``name`` from the build in ``build``/lib."""
+    (library,) = (build / "lib").rglob(f"{name}*.so")
+    spec = importlib.util.spec_from_file_location(name, library)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def newest_clang() -> str:
     """The newest clang on PATH (clang-19 before clang-14 before plain clang): recent versions are the
     ones that fold finiteness tests away under -ffast-math."""
@@ -57,12 +69,17 @@ def test_the_c_kernel_built_by_each_compiler_counts_non_finite_values(compiler, 
                             "--build-temp", str(tmp_path / "tmp")], cwd=ROOT, capture_output=True, text=True,
                            env={**os.environ, "CC": compiler, "LDSHARED": f"{compiler} -shared"}, timeout=300)
     assert build.returncode == 0, build.stderr
-    (library,) = (tmp_path / "lib").rglob("_cstats*.so")
-    spec = importlib.util.spec_from_file_location("_cstats", library)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setattr(c_backend, "_cstats", module)
+    monkeypatch.setattr(c_backend, "_cstats", _load(tmp_path, "_cstats"))
+    monkeypatch.setattr(merge, "_cmerge", _load(tmp_path, "_cmerge"))
     for label, x, unit_dim in _cases():
+        # the C merge of this compiler, against the torch merge, on the same packed partials
+        arena = Arena(torch.device("cpu"))
+        partial = MomentKernel(0.05, use_c=True, use_triton=False)(x, unit_dim, arena)
+        layout = merge.Layout.build([(0, partial)], 1, torch.device("cpu"))
+        merged = np.empty((1, 1, 8))
+        merge.merge_into(layout, arena.row()[None], 1e-6, merged)
+        want = merge.merge_rows(layout, arena.row()[None], 1e-6).numpy()
+        np.testing.assert_allclose(merged, want, rtol=1e-12, err_msg=f"{compiler}, {label}: the C merge")
         got = tensor_statistics(x, unit_dim=unit_dim, implementation="c")
         try:
             assert_statistics_close(got, reference_statistics(x, unit_dim))
