@@ -87,6 +87,32 @@ def _path(run: Run, group: Sequence[Observation], fired: set[str], t: Thresholds
             "tanh, and check for weights scaled up by hand; normalisation layers also bound it", evidence)
 
 
+def _gradient_path(run: Run, group: Sequence[Observation], fired: set[str], t: Thresholds) -> tuple[str, str, dict]:
+    paths: dict[tuple[str, ...], Observation] = {}
+    for obs in group:
+        paths.setdefault(tuple(obs.evidence["path"]), obs)
+    falls = group[0].rule == "vanishing-gradient"
+    worst = (min if falls else max)(paths.values(), key=lambda o: o.value)
+    sizes, factor, step = worst.evidence["size"], worst.value, worst.steps[0]
+    profile = " ← ".join(f"{s:.3g}" for s in sizes)
+    more = f" ({len(paths)} paths; the worst shown)" if len(paths) > 1 else ""
+    healthy = worst.evidence["activations_healthy"]
+    evidence = {"size": sizes, "factor_per_layer": round(factor, 4), "path": list(worst.evidence["path"]),
+                "paths": len(paths), "activations_healthy": healthy}
+    forward = ("; the activations along it keep their scale: the backward pass loses what the forward keeps"
+               if healthy else "; the activations along it vanish or explode too (see vanishing/exploding)")
+    if falls:
+        return (f"vanishing gradients: at step {step} the gradient shrinks ×{factor:.2f} per layer on its way back "
+                f"over {len(sizes)} layers ({profile}), ×{sizes[0] / sizes[-1]:.2g} at the first layer{more}{forward}",
+                ("the early layers barely learn. Fix the init gain first (see vanishing): Kaiming/He init" if not healthy
+                 else "the early layers barely learn: check for saturating activations (sigmoid, tanh) on the path, "
+                 "add normalisation or residual connections, or use Kaiming/He init"), evidence)
+    return (f"exploding gradients: at step {step} the gradient grows ×{factor:.2f} per layer on its way back over "
+            f"{len(sizes)} layers ({profile}), ×{sizes[0] / sizes[-1]:.3g} at the first layer{more}{forward}",
+            "the early layers take the largest steps: lower the init gain or the learning rate, clip gradients "
+            "(torch.nn.utils.clip_grad_norm_), or add normalisation", evidence)
+
+
 def _mean_shift(run: Run, group: Sequence[Observation], fired: set[str], t: Thresholds) -> tuple[str, str, dict]:
     worst = max(o.value for o in group)
     return (f"mean shift after ReLU-like layers: |mean| up to {worst:.2f} std at {len(group)} site(s); the next "
@@ -159,5 +185,6 @@ def _drift(run: Run, group: Sequence[Observation], fired: set[str], t: Threshold
             {"std_ratio": {o.site: round(o.value, 4) for o in group}})
 
 
-_WORDING = {"vanishing": _path, "exploding": _path, "mean-shift": _mean_shift, "saturation": _saturation,
+_WORDING = {"vanishing": _path, "exploding": _path, "vanishing-gradient": _gradient_path,
+            "exploding-gradient": _gradient_path, "mean-shift": _mean_shift, "saturation": _saturation,
             "dead-units": _dead, "non-finite": _non_finite, "drift": _drift}

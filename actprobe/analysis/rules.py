@@ -166,6 +166,52 @@ def check_exploding(ctx: Context) -> list[Observation]:
     return _check_path(ctx, "exploding", falls=False)
 
 
+def gradient_size(run: Run, row: int, column: int) -> float:
+    """The size of a site's gradient in one row, comparable between layers of any shape: its root mean
+    square times the square root of its element count (the norm over the batch, up to the batch size)."""
+    stats = run.grad_stats
+    mean, std, count = (float(stats[name][row, column]) for name in ("mean", "std", "count"))
+    return math.sqrt((mean * mean + std * std) * count)
+
+
+def _check_gradient_path(ctx: Context, rule: str, falls: bool) -> list[Observation]:
+    """vanishing-gradient (``falls``) or exploding-gradient: along each path the activations' rules judge,
+    the gradient's size from the last layer back to the first, in the first row whose gradients reached
+    the whole path. Says whether the activations on that path were healthy (a mismatch: the forward
+    signal keeps its scale, the backward one does not)."""
+    run, t = ctx.run, ctx.thresholds
+    if not run.grad_stats:
+        return []
+    activation_vanishing = {o.column for o in _check_path(ctx, "vanishing", True) + _check_path(ctx, "exploding", False)}
+    found = []
+    for path, _ in ctx.judged_paths:
+        row = next((r for r in range(min(run.rows, 8))
+                    if all(math.isfinite(gradient_size(run, r, c)) and gradient_size(run, r, c) > 0 for c in path)),
+                   None)
+        if row is None:
+            continue
+        sizes = np.array([gradient_size(run, row, c) for c in path])
+        factor = float((sizes[0] / sizes[-1]) ** (1.0 / (len(path) - 1)))  # per layer, last → first
+        if not (factor < t.grad_vanishing_factor if falls else factor > t.grad_exploding_factor):
+            continue
+        healthy = not any(c in activation_vanishing for c in path)
+        names = [run.sites[c] for c in path]
+        found += [_observe(ctx, rule, "warning", c, [row], factor,
+                           f"gradient ×{size / sizes[-1]:.2g} from the last layer of its path (×{factor:.2f}/layer)"
+                           + ("; activations healthy" if healthy and k == 0 else ""),
+                           path=names, size=[float(f"{v:.4g}") for v in sizes], activations_healthy=healthy)
+                  for k, (c, size) in enumerate(zip(path, sizes))]
+    return found
+
+
+def check_vanishing_gradient(ctx: Context) -> list[Observation]:
+    return _check_gradient_path(ctx, "vanishing-gradient", falls=True)
+
+
+def check_exploding_gradient(ctx: Context) -> list[Observation]:
+    return _check_gradient_path(ctx, "exploding-gradient", falls=False)
+
+
 def check_mean_shift(ctx: Context) -> list[Observation]:
     found = []
     for c, kind in enumerate(ctx.run.site_module_types):
@@ -333,6 +379,17 @@ RULES: tuple[Rule, ...] = (
          check_vanishing),
     Rule("exploding", "error", "the same factor is above {exploding_factor}, rising between at least {steady} "
          "of the layers", "init gain too large: Kaiming for ReLU, Xavier for tanh", check_exploding),
+    Rule("vanishing-gradient", "warning",
+         "in a file with gradient statistics (`grads=True`), along a path the activation rules judge, the size of "
+         "the gradient with respect to each layer's output (root mean square × √elements) shrinks from the path's "
+         "last layer back to its first by a geometric-mean factor per layer below {grad_vanishing_factor}, in the "
+         "first recorded step whose backward reached the whole path; its detail says when the path's activations "
+         "were healthy (the forward signal keeps its scale, the gradient does not)",
+         "the first layers barely learn: init gain (Kaiming/He), normalisation, residual connections",
+         check_vanishing_gradient),
+    Rule("exploding-gradient", "warning", "the same factor is above {grad_exploding_factor}",
+         "init gain too large, or a learning rate that blows up the early layers: clip gradients, lower the gain",
+         check_exploding_gradient),
     Rule("mean-shift", "info", "after a ReLU-like module, abs(mean) > {mean_shift} × std at the first or last "
          "recorded step", "a mean-centred activation (WIB-ReLU) or normalisation after it", check_mean_shift),
     Rule("saturation", "warning, info", "at an activation (gates such as Sigmoid, Hardsigmoid, Softmax left out) "

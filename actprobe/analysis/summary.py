@@ -63,6 +63,7 @@ class RunSummary:
     uncalled: tuple[str, ...] = ()  # selected modules that were never called: they have no site
     total_sites: int = 0  # sites in the run (``sites`` may show fewer: see ``pick``)
     observations: tuple[Observation, ...] = ()  # every observation of the run, also at sites not shown
+    grads: bool = False  # the file has gradient statistics: each site's first/last carry "grad_std"
 
     def counts(self) -> dict[str, int]:
         """Observations per severity, over the whole run."""
@@ -125,6 +126,10 @@ def summarize(run: Run, thresholds: Thresholds | None = None, *, live: bool = Fa
     for when, row in rows.items():
         read = {s: np.asarray(run.stats[s][row], dtype=np.float64) for s in SUMMARY_STATS}  # one row each
         values[when] = [{s: float(read[s][i]) for s in SUMMARY_STATS} for i in range(len(run.sites))]
+        if run.grad_stats:  # the gradient's std beside the output's (grads=True)
+            grad = np.asarray(run.grad_stats["std"][row], dtype=np.float64)
+            for i, site in enumerate(values[when]):
+                site["grad_std"] = float(grad[i])
     by_site: dict[int, list[Observation]] = {}
     for obs in observations:
         by_site.setdefault(obs.column, []).append(obs)
@@ -136,7 +141,7 @@ def summarize(run: Run, thresholds: Thresholds | None = None, *, live: bool = Fa
         scalars_first={k: float(v[first_row]) for k, v in run.scalars.items()},
         scalars_last={k: float(v[last_row]) for k, v in run.scalars.items()}, live=live,
         stopped=not run.closed and not live, thresholds=thresholds, uncalled=tuple(run.uncalled),
-        total_sites=len(run.sites), observations=tuple(observations))
+        total_sites=len(run.sites), observations=tuple(observations), grads=bool(run.grad_stats))
 
 
 def state(run: Run, live: bool) -> str:

@@ -30,6 +30,10 @@ class Thresholds:
     steady: float = _threshold(0.75, "vanishing, exploding",
                                "the fraction of consecutive layers along the path that must fall (or rise)")
     min_layers: int = _threshold(3, "vanishing, exploding", "the fewest layers (at least 2) a path needs to be judged")
+    grad_vanishing_factor: float = _threshold(
+        0.5, "vanishing-gradient", "the per-layer factor (geometric mean along a path, from its last layer back "
+        "to its first) of the gradient's size below which the gradient vanishes on its way back")
+    grad_exploding_factor: float = _threshold(2.0, "exploding-gradient", "the same factor above which it explodes")
     mean_shift: float = _threshold(0.5, "mean-shift", "abs(mean) above this many stds after a ReLU-like module")
     saturation: float = _threshold(0.5, "saturation", "the near-zero fraction above which a site is saturated")
     saturation_zeroing: float = _threshold(

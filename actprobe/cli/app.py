@@ -126,6 +126,8 @@ def run(
                                           "(also $ACTPROBE_DATA)."),
     batch_size: int = typer.Option(64, "--batch-size", help="Init check: samples per forward pass."),
     init_check: bool = typer.Option(False, "--init-check", help="Run the init check even if FILE defines data()."),
+    grads: bool = typer.Option(False, "--grads", help="Also record the statistics of each site's gradient "
+                               "d(loss)/d(output) (training only)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --out file if it exists."),
 ) -> None:
     """Run a model file with actprobe attached: train on its data(), or check its initialisation."""
@@ -135,7 +137,7 @@ def run(
     try:
         options = RunOptions(model_file=model_file, out=out, steps=steps, epochs=epochs, device=device, every=every,
                              select=tuple(select), seed=seed, batch_size=batch_size, init_check=init_check,
-                             overwrite=overwrite)
+                             grads=grads, overwrite=overwrite)
         code = execute(options, data_root)
     except ActprobeError as exc:
         raise _fail(exc) from None

@@ -42,6 +42,7 @@ class RunOptions:
     seed: int = 0
     batch_size: int = 64  # init check only: samples per forward pass
     init_check: bool = False  # an init check even when the file defines data()
+    grads: bool = False  # also the gradients' statistics (training only)
     overwrite: bool = False
 
     def __post_init__(self) -> None:
@@ -85,6 +86,9 @@ def run_model_file(spec: ModelFile, options: RunOptions, progress: Progress | No
     model.to(device)
     if spec.data is not None and not options.init_check:
         return _train(spec, options, model, device, progress, announce)
+    if options.grads:
+        raise OptionError(f"--grads records gradients, which an init check does not make (no backward pass): "
+                          f"{'drop --init-check' if spec.data is not None else f'define data() in {spec.path}'}")
     return _init_check(spec, options, model, device, progress, announce)
 
 
@@ -137,7 +141,7 @@ def _record(options: RunOptions, model: nn.Module, device: torch.device, mode: s
     started = time.perf_counter()  # the probe's setup and its last commit count, as the steps do
     with context or contextlib.nullcontext(), Probe(
             model, options.out, select=list(options.select) or None, every=options.every, meta=meta,
-            overwrite=options.overwrite, train_only=train_only) as probe:
+            overwrite=options.overwrite, train_only=train_only, grads=options.grads) as probe:
         if announce is not None:
             announce(source, notes)
         result = run_loop(step, batches, probe=probe, steps=options.steps if mode == "train" else total,

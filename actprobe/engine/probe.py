@@ -54,6 +54,9 @@ class Probe:
         flush_every: commit rows to the file at least every this many steps.
         flush_seconds: and at least this often (checked at each ``step()``).
         train_only: skip forwards made in eval mode or with gradients disabled.
+        grads: also record, for every site, the statistics of the gradient of the loss with respect to
+            its output (``grad_stats`` in the file), from the backward passes of each recorded step,
+            merged over them as forward calls are. Gradients themselves are never changed.
         meta: extra root attributes for the file (str, bool, int, float, flat lists).
         overwrite: replace an existing file at ``path`` instead of refusing.
         kernel: which statistics backend computes the moments: ``auto`` (the C kernel for CPU
@@ -70,17 +73,19 @@ class Probe:
     def __init__(self, model: nn.Module, path: str | os.PathLike[str], *, select: Select = None,
                  every: int = 1, near_zero_eps: float = NEAR_ZERO_EPS, dead_eps: float = DEAD_EPS,
                  flush_every: int = FLUSH_EVERY, flush_seconds: float = FLUSH_SECONDS, train_only: bool = True,
-                 meta: Mapping[str, Any] | None = None, overwrite: bool = False, kernel: str = "auto") -> None:
+                 grads: bool = False, meta: Mapping[str, Any] | None = None, overwrite: bool = False,
+                 kernel: str = "auto") -> None:
         self.settings = ProbeSettings(every=every, near_zero_eps=near_zero_eps, dead_eps=dead_eps,
-                                      flush_every=flush_every, flush_seconds=flush_seconds,
-                                      train_only=train_only, overwrite=overwrite, meta=meta or {}, kernel=kernel)
+                                      flush_every=flush_every, flush_seconds=flush_seconds, train_only=train_only,
+                                      grads=grads, overwrite=overwrite, meta=meta or {}, kernel=kernel)
         modules = select_modules(model, select)
         extra = containers(model) if select is None else []
         self.path = Path(path)
         self._sink = FileSink(self.path, overwrite=overwrite)
         self._recorder = Recorder(MomentKernel(near_zero_eps, **KERNEL_OPTIONS[kernel]), dead_eps=dead_eps,
-                                  rows_per_flush=self.settings.rows_per_flush,
-                                  hooked=[name for name, _ in modules], containers=[name for name, _ in extra])
+                                  rows_per_flush=self.settings.rows_per_flush, grads=grads,
+                                  on_error=self._on_call_error, hooked=[name for name, _ in modules],
+                                  containers=[name for name, _ in extra])
         self._step = 0
         self._started = time.perf_counter()
         self._last_flush = self._started
@@ -218,8 +223,9 @@ class Probe:
             recorder.start(names)
             settings = self.settings
             attributes = {"near_zero_eps": settings.near_zero_eps, "dead_eps": settings.dead_eps,
-                          "every": settings.every, **settings.meta}
-            self._sink.open(recorder.sites, names, attributes, settings.rows_per_flush, recorder.graph)
+                          "every": settings.every, "grads": settings.grads, **settings.meta}
+            self._sink.open(recorder.sites, names, attributes, settings.rows_per_flush, recorder.graph,
+                            recorder.stat_groups)
             self._engine.unhook(recorder.idle_containers)
         self._report_new_sites()
         recorder.end_step(self._step, time.perf_counter() - self._started,

@@ -6,16 +6,24 @@ During that first step the recorder also traces the layer graph (``graph.GraphTr
 which container outputs are sites: those that no recorded site produced.
 The recorder owns the rows: it merges each step's partials into its ``RowStage`` and hands the
 filled rows out with ``take()``.
+
+With ``grads``, each recorded output that requires a gradient gets a tensor hook for the step: in the
+backward pass it computes the moments of d(loss)/d(output) into the same arena, as column
+``S + site`` of the row (S: the number of sites), so that the gradients' statistics are merged,
+staged and written with the outputs' (``grad_stats`` in the file). A tensor hook registered before an
+in-place module changes its tensor receives the gradient with respect to the value before the change
+(PyTorch's rule): a BatchNorm's output followed by ``ReLU(inplace=True)`` gets its own gradient.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
+from functools import partial
 
 import torch
 from torch import nn
 
-from ..runfile.format import SiteGraph
+from ..runfile.format import GRAD_STATS, STATS, SiteGraph
 from ..stats.arena import Arena, Partial
 from ..stats.dispatch import MomentKernel
 from ..stats.merge import RING_BUFFERS, Layout, PartialRing, arrangement, merge_now
@@ -30,13 +38,19 @@ MAX_UNITS = 1 << 16  # units per site with per-unit moments (the dead fraction);
 class Recorder:
     """Collects the partials of the current step; ``finish_step`` reduces them to a row."""
 
-    def __init__(self, kernel: MomentKernel, *, dead_eps: float, rows_per_flush: int,
-                 hooked: Sequence[str] = (), containers: Collection[str] = ()) -> None:
+    def __init__(self, kernel: MomentKernel, *, dead_eps: float, rows_per_flush: int, grads: bool = False,
+                 on_error: Callable[[Exception], None] | None = None, hooked: Sequence[str] = (),
+                 containers: Collection[str] = ()) -> None:
         """``hooked``: the selected modules' names; ``containers``: hooked modules whose outputs are
-        recorded only when no recorded site produced them."""
+        recorded only when no recorded site produced them; ``grads``: record the outputs' gradients
+        too; ``on_error``: takes what a gradient hook raised (it never reaches the backward pass)."""
         self.kernel = kernel
         self.dead_eps = dead_eps
         self.rows_per_flush = rows_per_flush
+        self.grads = grads
+        self._on_error = on_error
+        self._grad_partials: list[tuple[int, Partial]] = []
+        self._generation = 0  # changes when a step ends or is discarded: older gradient hooks do nothing
         self.stage: RowStage | None = None
         self.sites: list[Site] = []
         self._index: dict[str, int] = {}
@@ -100,7 +114,20 @@ class Recorder:
         if self._arena is None:
             self._arena = Arena(self.device)
         self._partials.append((index, self.kernel(tensor, self.sites[index].unit_dim, self._arena)))
+        if self.grads and tensor.requires_grad:
+            tensor.register_hook(partial(self._on_grad, index, self._generation))
         return index
+
+    def _on_grad(self, index: int, generation: int, grad: torch.Tensor) -> None:
+        """A gradient hook: the moments of d(loss)/d(output) of site ``index``, in the backward pass of
+        the step that registered it (a later backward through an old graph is not this step's)."""
+        try:
+            if generation == self._generation and grad is not None and grad.numel() and self._arena is not None:
+                self._grad_partials.append((index, self.kernel(grad, self.sites[index].unit_dim, self._arena)))
+        except Exception as exc:  # never into the user's backward pass
+            if self._on_error is None:
+                raise
+            self._on_error(exc)
 
     def _add_site(self, name: str, module: nn.Module, tensor: torch.Tensor) -> int:
         dim = unit_dim(module, tensor.shape, self._channel_first_shapes)
@@ -117,7 +144,17 @@ class Recorder:
 
     @property
     def has_partials(self) -> bool:
-        return bool(self._partials)
+        return bool(self._partials or self._grad_partials)
+
+    @property
+    def stat_groups(self) -> tuple[str, ...]:
+        """The groups of statistics of a row, side by side: ``stats``, and ``grad_stats`` with ``grads``."""
+        return (STATS, GRAD_STATS) if self.grads else (STATS,)
+
+    @property
+    def columns(self) -> int:
+        """Columns of a row: the sites, once per stat group."""
+        return len(self.sites) * len(self.stat_groups)
 
     @property
     def started(self) -> bool:
@@ -133,7 +170,7 @@ class Recorder:
             self._tracer.clear()
             self._tracer = None
         device = self.device or torch.device("cpu")
-        self.stage = RowStage(self.rows_per_flush, len(self.sites), scalar_names, device)
+        self.stage = RowStage(self.rows_per_flush, self.columns, scalar_names, device)
 
     def end_step(self, step: int, elapsed: float, scalars: dict[str, float | torch.Tensor]) -> None:
         """Turn this step's partials into the next row of the stage (``start`` first)."""
@@ -168,6 +205,11 @@ class Recorder:
         """Gather this step's partials in the ring, to be merged into ``stage`` row ``index`` later: by
         the writer thread on the CPU, by kernels launched at ``_drain`` on other devices."""
         partials, self._partials = self._partials, []
+        if self._grad_partials:  # the gradients' columns follow the sites'
+            sites = len(self.sites)
+            partials += [(sites + index, part) for index, part in self._grad_partials]
+            self._grad_partials = []
+        self._generation += 1
         assert self._arena is not None
         row = self._arena.row()
         key = arrangement(partials)
@@ -180,7 +222,7 @@ class Recorder:
             if layout is None:
                 if len(self._layouts) >= 64:
                     self._layouts.clear()
-                layout = self._layouts[key] = Layout.build(partials, len(self.sites), stage.device)
+                layout = self._layouts[key] = Layout.build(partials, self.columns, stage.device)
             buffers = RING_BUFFERS if self._hands_over(stage) else 1
             capacity = PartialRing.capacity_for(layout, stage.capacity, buffers)
             if capacity < (1 if buffers > 1 else 2):  # too wide to gather: merge this step on its own
@@ -227,5 +269,7 @@ class Recorder:
 
     def discard_step(self) -> None:
         self._partials = []
+        self._grad_partials = []
+        self._generation += 1
         if self._arena is not None:
             self._arena.clear()

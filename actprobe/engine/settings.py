@@ -33,6 +33,7 @@ class ProbeSettings:
     flush_every: int = FLUSH_EVERY
     flush_seconds: float = FLUSH_SECONDS
     train_only: bool = True
+    grads: bool = False
     overwrite: bool = False
     meta: Mapping[str, Any] = field(default_factory=dict)
     kernel: str = "auto"
@@ -43,7 +44,7 @@ class ProbeSettings:
         non_negative("near_zero_eps", self.near_zero_eps)
         non_negative("dead_eps", self.dead_eps)
         non_negative("flush_seconds", self.flush_seconds, allow_inf=True)
-        for name in ("train_only", "overwrite"):
+        for name in ("train_only", "overwrite", "grads"):
             if not isinstance(getattr(self, name), bool):
                 raise OptionError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.kernel not in KERNEL_OPTIONS:
@@ -58,7 +59,7 @@ class ProbeSettings:
 
 RESERVED_ATTRIBUTES = frozenset({
     "format", "format_version", "actprobe_version", "torch_version", "created", "run_id",
-    "near_zero_eps", "dead_eps", "every",
+    "near_zero_eps", "dead_eps", "every", "grads",
 })
 
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..runfile.format import Site, SiteGraph
+from ..runfile.format import STATS, Site, SiteGraph
 from ..runfile.lock import claim_path
 # Imported with the engine, not lazily: h5py registers an atexit handler that closes every file, and
 # it must be registered before the probe's own (atexit runs handlers last-in first-out), so that a
@@ -29,11 +29,12 @@ class FileSink:
         self._writer: BackgroundWriter | None = None
 
     def open(self, sites: Sequence[Site], scalar_names: Sequence[str], attributes: Mapping[str, Any],
-             chunk_rows: int, graph: SiteGraph | None = None) -> None:
+             chunk_rows: int, graph: SiteGraph | None = None, stat_groups: Sequence[str] = (STATS,)) -> None:
         """Start the writer thread, which creates the file with these columns at once (no rows yet)."""
-        sites, names, path = list(sites), list(scalar_names), self.path
+        sites, names, path, groups = list(sites), list(scalar_names), self.path, tuple(stat_groups)
         self._writer = BackgroundWriter(lambda: RunFileWriter(
-            path, sites=sites, scalar_names=names, attributes=attributes, chunk_rows=chunk_rows, graph=graph))
+            path, sites=sites, scalar_names=names, attributes=attributes, chunk_rows=chunk_rows, graph=graph,
+            stat_groups=groups))
 
     @property
     def opened(self) -> bool:

@@ -54,7 +54,8 @@ def summary_table(summary: RunSummary, width: int = 120) -> Table:
     table = Table(title=f"activations, {steps}", title_justify="left", header_style="bold")
     names = shorten([s.name for s in summary.sites], max(MIN_NAME_WIDTH, width // 4))
     table.add_column("site", no_wrap=True, min_width=min(max(map(len, names), default=4), width // 2))
-    for name in ("module", "mean", "std", "near-zero", "dead", "flags"):
+    columns = ("module", "mean", "std") + (("grad std",) if summary.grads else ()) + ("near-zero", "dead", "flags")
+    for name in columns:
         # narrow terminals wrap a cell onto more lines; a number or a name is never cut short
         table.add_column(name, justify="left" if name in ("module", "flags") else "right", overflow="fold")
     for name, site in zip(names, summary.sites):
@@ -63,6 +64,8 @@ def summary_table(summary: RunSummary, width: int = 120) -> Table:
             # Text, not str: a plain string would be parsed for markup and highlighted, cell by cell
             Text(_pair(_number(site.first["mean"]), _number(site.last["mean"]), single)),
             Text(_pair(_number(site.first["std"]), _number(site.last["std"]), single)),
+            *([Text(_pair(_number(site.first["grad_std"]), _number(site.last["grad_std"]), single))]
+              if summary.grads else []),
             Text(_pair(percent(site.first["near_zero"]), percent(site.last["near_zero"]), single)),
             Text(_pair(percent(site.first["dead"]), percent(site.last["dead"]), single)),
             _flag_text(site.observations, summary),

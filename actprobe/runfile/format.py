@@ -13,6 +13,13 @@ FORMAT_VERSION = 1
 # The statistics recorded for every site and step, in the order of the last axis of a row.
 STATISTICS: tuple[str, ...] = ("count", "mean", "std", "min", "max", "near_zero", "dead", "nonfinite")
 
+# The groups of statistics a file may hold, each a (rows, sites) dataset per name of STATISTICS:
+# ``stats`` of the sites' outputs (always), ``grad_stats`` of the gradients of the loss with respect
+# to those outputs (``Probe(grads=True)``; absent otherwise).
+STATS = "stats"
+GRAD_STATS = "grad_stats"
+STAT_GROUPS: tuple[str, ...] = (STATS, GRAD_STATS)
+
 # ``step`` of a row whose commit has not written it (a writer stopped by a crash or a write error):
 # readers take the rows up to the first step that is negative or not larger than the one before.
 STEP_FILL = -1

@@ -20,6 +20,7 @@ import numpy as np
 
 from .._text import one_line
 from ..errors import FormatError
+from .format import STATS
 
 BLOCK_ROWS = 256
 CACHED_BLOCKS = 64
@@ -56,12 +57,13 @@ class Source:
             raise FormatError(f"{self.path} is damaged or incomplete: {one_line(exc)}") from None
 
     def rows_of(self, name: str, rows: np.ndarray) -> np.ndarray:
-        """(len(rows), S) float32: the given rows (ascending or not, repeated or not) of statistic ``name``."""
+        """(len(rows), S) float32: the given rows (ascending or not, repeated or not) of dataset ``name``
+        (``stats/std``)."""
         blocks = np.unique(rows // BLOCK_ROWS)
         missing = [int(b) for b in blocks if (name, int(b)) not in self._cache]
         if missing:
             with self._file() as f:
-                dataset = f["stats"][name]
+                dataset = f[name]
                 for b in missing:
                     self._keep((name, b), np.asarray(dataset[b * BLOCK_ROWS:min((b + 1) * BLOCK_ROWS, self.rows)],
                                                      dtype=np.float32))
@@ -84,7 +86,7 @@ class Source:
     def span(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows ``start`` … ``stop − 1`` in one read (not cached)."""
         with self._file() as f:
-            return np.asarray(f["stats"][name][start:stop], dtype=np.float32)
+            return np.asarray(f[name][start:stop], dtype=np.float32)
 
     def scan(self, name: str, multiple: int = 1) -> Iterator[tuple[int, np.ndarray]]:
         """``(first row, rows)`` blocks of about ``SCAN_BYTES`` (a multiple of ``multiple`` rows) covering
@@ -92,7 +94,7 @@ class Source:
         step = max(BLOCK_ROWS, SCAN_BYTES // (4 * max(self.sites, 1)))
         step = max(multiple, step - step % multiple)
         with self._file() as f:
-            dataset = f["stats"][name]
+            dataset = f[name]
             for start in range(0, self.rows, step):
                 yield start, np.asarray(dataset[start:min(start + step, self.rows)], dtype=np.float32)
 
@@ -103,10 +105,12 @@ class Source:
 
 
 class Statistic:
-    """A (T, S) float32 statistic of a run file, read on demand; indexed like the array it stands for."""
+    """A (T, S) float32 statistic of a run file, read on demand; indexed like the array it stands for.
+    ``group``: ``stats`` (the outputs) or ``grad_stats`` (their gradients)."""
 
-    def __init__(self, source: Source, name: str) -> None:
-        self._source, self.name = source, name
+    def __init__(self, source: Source, name: str, group: str = STATS) -> None:
+        self._source, self.name, self.group = source, name, group
+        self._key = f"{group}/{name}"  # the dataset's path in the file
         self.shape = (source.rows, source.sites)
         self.dtype = np.dtype(np.float32)
         self.ndim = 2
@@ -124,19 +128,19 @@ class Statistic:
             row = int(rows) + (self.shape[0] if rows < 0 else 0)
             if not 0 <= row < self.shape[0]:
                 raise IndexError(f"row {rows} is out of range for {self.shape[0]} rows")
-            return self._source.row(self.name, row)[columns]
+            return self._source.row(self._key, row)[columns]
         if isinstance(rows, slice):
             if rows.step in (None, 1):
                 start, stop, _ = rows.indices(self.shape[0])
                 if stop - start > CACHED_BLOCKS * BLOCK_ROWS // 2:  # a long span: one read, not via the cache
-                    return self._source.span(self.name, start, max(start, stop))[:, columns]
+                    return self._source.span(self._key, start, max(start, stop))[:, columns]
             index = np.arange(*rows.indices(self.shape[0]))
         else:  # a 1-D index array or mask: NumPy's rules (negative rows count from the end)
             index = np.arange(self.shape[0])[np.asarray(rows)]
-        return self._source.rows_of(self.name, np.atleast_1d(index))[:, columns]
+        return self._source.rows_of(self._key, np.atleast_1d(index))[:, columns]
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        data = self._source.span(self.name, 0, self.shape[0])
+        data = self._source.span(self._key, 0, self.shape[0])
         return data if dtype is None else data.astype(dtype)
 
     def astype(self, dtype: Any) -> np.ndarray:
@@ -155,10 +159,10 @@ class Statistic:
     def blocks(self, multiple: int = 1) -> Iterator[tuple[int, np.ndarray]]:
         """Every row, block by block with bounded memory: ``(first row, (n, S) rows)``, each block but the
         last a multiple of ``multiple`` rows."""
-        return self._source.scan(self.name, multiple)
+        return self._source.scan(self._key, multiple)
 
     def __repr__(self) -> str:
-        return f"<statistic {self.name!r} of {self._source.path}: {self.shape[0]} rows × {self.shape[1]} sites, read on demand>"
+        return f"<statistic {self._key!r} of {self._source.path}: {self.shape[0]} rows × {self.shape[1]} sites, read on demand>"
 
 
 def _simple(rows: Any) -> bool:

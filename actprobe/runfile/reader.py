@@ -17,7 +17,7 @@ import numpy as np
 from .._text import one_line
 from ..errors import FormatError
 from ._swmr import open_swmr
-from .format import STATISTICS
+from .format import GRAD_STATS, STATISTICS
 from .lazy import Source, Statistic
 from .validate import Checker, check_columns, check_epochs, check_graph, check_root, text
 
@@ -44,6 +44,9 @@ class Run:
     edges: np.ndarray | None = field(default=None, repr=False)
     uncalled: list[str] = field(default_factory=list)  # selected modules never called in the first step
     closed: bool = True  # False: its writer has not closed it (still writing, crashed, or stopped on an error)
+    # name -> (T, S): statistics of d(loss)/d(output) of each site (``Probe(grads=True)``); empty when
+    # the file has none
+    grad_stats: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def rows(self) -> int:
@@ -59,12 +62,20 @@ class Run:
         except ValueError:
             raise FormatError(f"{self.path} has no site {site!r}; its sites are: {', '.join(self.sites)}") from None
 
-    def stat(self, name: str, site: str | None = None) -> np.ndarray:
-        """One statistic as an array: (T, S), or (T,) for one site (read from the file now)."""
-        if name not in self.stats:
-            raise FormatError(f"unknown statistic {name!r}; available: {', '.join(self.stats)}")
-        values = self.stats[name]
+    def stat(self, name: str, site: str | None = None, *, grad: bool = False) -> np.ndarray:
+        """One statistic as an array: (T, S), or (T,) for one site (read from the file now); with
+        ``grad``, of the gradients with respect to the sites' outputs."""
+        if name not in STATISTICS:
+            raise FormatError(f"unknown statistic {name!r}; available: {', '.join(STATISTICS)}")
+        if grad and not self.grad_stats:
+            raise FormatError(f"{self.path} has no gradient statistics (record with grads=True)")
+        values = (self.grad_stats if grad else self.stats)[name]
         return np.asarray(values) if site is None else np.asarray(values[:, self.site_index(site)])
+
+    @property
+    def has_grads(self) -> bool:
+        """Whether the file holds gradient statistics (``grad_stats``)."""
+        return bool(self.grad_stats)
 
 
 def read(path: str | os.PathLike[str]) -> Run:
@@ -147,7 +158,7 @@ def _open(h5py: Any, path: Path) -> tuple[Any, bool]:
 def _load(f: Any, path: Path, closed: bool) -> Run:
     attrs = check_root(f, path)
     checker = Checker(f, path)
-    count, steps, scalar_names = check_columns(checker)
+    count, steps, scalar_names, groups = check_columns(checker)
     epoch_names = check_epochs(checker)
     edges, uncalled = check_graph(checker, count)
     rows = len(steps)
@@ -162,6 +173,7 @@ def _load(f: Any, path: Path, closed: bool) -> Run:
         step=steps,
         time=np.asarray(f["time"][:rows], dtype=np.float64),
         stats={name: Statistic(source, name) for name in STATISTICS},
+        grad_stats={name: Statistic(source, name, GRAD_STATS) for name in STATISTICS} if GRAD_STATS in groups else {},
         scalars={name: np.asarray(f["scalars"][name][:rows], dtype=np.float64) for name in scalar_names},
         epochs={name: f["epochs"][name][()] for name in epoch_names},
         edges=edges,

@@ -21,7 +21,7 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import RunFileError
-from .format import FORMAT_NAME, FORMAT_VERSION, STATISTICS, STEP_FILL, Site, SiteGraph
+from .format import FORMAT_NAME, FORMAT_VERSION, STATISTICS, STATS, STEP_FILL, Site, SiteGraph
 from .lock import WriterLock
 
 
@@ -48,9 +48,12 @@ class RunFileWriter:
     """
 
     def __init__(self, path: Path, *, sites: Sequence[Site], scalar_names: Sequence[str],
-                 attributes: Mapping[str, Any], chunk_rows: int, graph: SiteGraph | None = None) -> None:
+                 attributes: Mapping[str, Any], chunk_rows: int, graph: SiteGraph | None = None,
+                 stat_groups: Sequence[str] = (STATS,)) -> None:
         self.path = path
         self.scalar_names = list(scalar_names)
+        self.stat_groups = list(stat_groups)  # the rows' sites are these groups' columns, side by side
+        self.sites = len(sites)
         self.rows = 0
         self.frozen = False
         try:
@@ -85,23 +88,26 @@ class RunFileWriter:
         columns["step"] = f.create_dataset("step", shape=(0,), maxshape=(None,), dtype=np.int64,
                                            chunks=(chunk_rows,), fillvalue=STEP_FILL)
         columns["time"] = _column(f, "time", chunk_rows)
-        for name in STATISTICS:
-            columns[f"stats/{name}"] = f.create_dataset(
-                f"stats/{name}", shape=(0, len(sites)), maxshape=(None, len(sites)), dtype=np.float32,
-                chunks=(chunk_rows, max(1, len(sites))), fillvalue=np.nan)
+        for group in self.stat_groups:
+            for name in STATISTICS:
+                columns[f"{group}/{name}"] = f.create_dataset(
+                    f"{group}/{name}", shape=(0, len(sites)), maxshape=(None, len(sites)), dtype=np.float32,
+                    chunks=(chunk_rows, max(1, len(sites))), fillvalue=np.nan)
+            columns[group] = f[group]
         if graph is not None:
             edges = np.array(graph.edges, dtype=np.int32).reshape(-1, 2)
             columns["graph/edges"] = f.create_dataset("graph/edges", data=edges)
             columns["graph/uncalled"] = f.create_dataset("graph/uncalled", data=_fixed_utf8(graph.uncalled))
             columns["graph"] = f["graph"]
-        columns["stats"], columns["scalars"] = f["stats"], f.require_group("scalars")
+        columns["scalars"] = f.require_group("scalars")
         for name in self.scalar_names:
             columns[f"scalars/{name}"] = _column(f, f"scalars/{name}", chunk_rows)
         f.flush()
         f.swmr_mode = True
 
     def append(self, steps: np.ndarray, times: np.ndarray, stats: np.ndarray, scalars: np.ndarray) -> None:
-        """Commit rows. stats: (n, S, len(STATISTICS)) float; scalars: (n, len(scalar_names)).
+        """Commit rows. stats: (n, G × S, len(STATISTICS)) float, the G stat groups' columns side by
+        side; scalars: (n, len(scalar_names)).
 
         Raises:
             RunFileError: a write or flush failed; the file is frozen with the rows committed before.
@@ -116,8 +122,10 @@ class RunFileWriter:
 
         def data() -> None:  # phase 1: every column but step, then a flush
             _extend(columns["time"], start, end, times)
-            for index, name in enumerate(STATISTICS):
-                _extend(columns[f"stats/{name}"], start, end, stats[:, :, index].astype(np.float32))
+            for g, group in enumerate(self.stat_groups):
+                part = stats[:, g * self.sites:(g + 1) * self.sites]
+                for index, name in enumerate(STATISTICS):
+                    _extend(columns[f"{group}/{name}"], start, end, part[:, :, index].astype(np.float32))
             for index, name in enumerate(self.scalar_names):
                 _extend(columns[f"scalars/{name}"], start, end, scalars[:, index])
             self._file.flush()

@@ -17,7 +17,7 @@ import numpy as np
 
 from .._text import one_line
 from ..errors import FormatError
-from .format import FORMAT_NAME, FORMAT_VERSION, GRAPH_INPUT, STATISTICS, STEP_FILL
+from .format import FORMAT_NAME, FORMAT_VERSION, GRAD_STATS, GRAPH_INPUT, STATISTICS, STATS, STEP_FILL
 
 MAX_SITES = 1_000_000
 MAX_NAME_BYTES = 4096  # a fixed-length site name or module type
@@ -114,8 +114,9 @@ def check_root(f: h5py.File, path: Path) -> dict[str, Any]:
     return attrs
 
 
-def check_columns(c: Checker) -> tuple[int, np.ndarray, tuple[str, ...]]:
-    """The site count, the committed steps and the scalar names, with every column checked."""
+def check_columns(c: Checker) -> tuple[int, np.ndarray, tuple[str, ...], tuple[str, ...]]:
+    """The site count, the committed steps, the scalar names and the stat groups (``stats``, and
+    ``grad_stats`` when the file has it), with every column checked."""
     count = c.dataset("sites", "SOU", 1).shape[0]
     if count > MAX_SITES:
         raise c.fail(f"it declares {count:,} sites")
@@ -131,7 +132,9 @@ def check_columns(c: Checker) -> tuple[int, np.ndarray, tuple[str, ...]]:
     c.spend("step", 8 * step.shape[0])
     steps = committed(np.asarray(step[()], dtype=np.int64))
     rows = len(steps)
-    columns = [("time", "f", 1)] + [(f"stats/{name}", "f", 2) for name in STATISTICS]
+    groups = (STATS, GRAD_STATS) if c.node(GRAD_STATS, h5py.Group, required=False) is not None else (STATS,)
+    # a group present has every statistic (Probe(grads=True) writes grad_stats whole), or the file is bad
+    columns = [("time", "f", 1)] + [(f"{group}/{name}", "f", 2) for group in groups for name in STATISTICS]
     scalars = c.node("scalars", h5py.Group)
     names = tuple(scalars)
     columns += [(f"scalars/{name}", "f", 1) for name in names]
@@ -142,7 +145,7 @@ def check_columns(c: Checker) -> tuple[int, np.ndarray, tuple[str, ...]]:
         if ndim == 2 and ds.shape[1] != count:
             raise c.fail(f"{name!r} has {ds.shape[1]} columns for {count} sites")
         c.spend(name, rows * (count if ndim == 2 else 1) * 8)
-    return count, steps, names
+    return count, steps, names, groups
 
 
 def check_epochs(c: Checker) -> tuple[str, ...]:

@@ -52,8 +52,11 @@ def test_default_init_deep_mlp_vanishes_along_its_relus(zoo_files):
     run = actprobe.read(zoo_files["default-deep-mlp"])
     found = above_info(zoo_files["default-deep-mlp"])
     relus = {name for name, kind in zip(run.sites, run.site_module_types) if kind == "ReLU"}
-    assert set(found) == {"vanishing", "saturation", "dead-units"}
+    assert set(found) == {"vanishing", "vanishing-gradient", "saturation", "dead-units"}
     assert found["vanishing"] == relus  # the whole path: the signal stays collapsed after it vanished
+    assert found["vanishing-gradient"] == relus  # and the gradient on its way back
+    gradient = next(f for f in diagnose(run) if f.rule == "vanishing-gradient")
+    assert gradient.evidence["factor_per_layer"] < 0.5 and not gradient.evidence["activations_healthy"]
     # consequences of the collapse, deeper in: never in the first two layers, where the signal is whole
     depth = {name: k for k, name in enumerate(run.sites)}
     assert min(depth[s] for s in found["saturation"] | found["dead-units"]) > 4
@@ -64,7 +67,7 @@ def test_default_init_deep_mlp_vanishes_along_its_relus(zoo_files):
 def test_normal_weights_explode_along_the_relus(zoo_files):
     run = actprobe.read(zoo_files["normal-weights"])
     relus = {name for name, kind in zip(run.sites, run.site_module_types) if kind == "ReLU"}
-    assert above_info(zoo_files["normal-weights"]) == {"exploding": relus}
+    assert above_info(zoo_files["normal-weights"]) == {"exploding": relus, "exploding-gradient": relus}
 
 
 def test_dead_bias_is_reported_where_the_units_die(zoo_files):

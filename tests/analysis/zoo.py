@@ -182,13 +182,14 @@ def _batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
 
 
 def record(name: str, path: Path) -> Path:
-    """Train zoo member ``name`` for its steps with Adam (lr 1e-3) and record every step into ``path``."""
+    """Train zoo member ``name`` for its steps with Adam (lr 1e-3) and record every step, gradients
+    included, into ``path``."""
     member = ZOO[name]
     torch.manual_seed(0)
     model = member.build()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     batches = _batches()
-    with actprobe.Probe(model, path, overwrite=True) as probe:
+    with actprobe.Probe(model, path, overwrite=True, grads=True) as probe:  # the gradient rules judged too
         for step in range(member.steps):
             if step == member.nan_from:
                 with torch.no_grad():

@@ -22,7 +22,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "FORMAT.md"
 def run_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("format") / "run.h5"
     model = paper_cnn()
-    with actprobe.Probe(model, path, flush_every=4, meta={"recipe": "doc-test"}) as probe:
+    with actprobe.Probe(model, path, flush_every=4, meta={"recipe": "doc-test"}, grads=True) as probe:
         train_steps(model, 5, probe=probe)
     return path
 
@@ -64,6 +64,8 @@ def test_every_documented_attribute_exists(run_file):
                 assert isinstance(value, str), name
             elif kind == "int":
                 assert isinstance(value, (int, np.integer)), name
+            elif kind == "bool":
+                assert isinstance(value, (bool, np.bool_)), name
             else:
                 assert isinstance(value, (float, np.floating)), name
         assert f.attrs["format"] == "actprobe" and f.attrs["format_version"] == 1

@@ -83,8 +83,8 @@ def test_show_reads_the_first_and_last_rows_and_the_drift_windows_only(tmp_path,
     first, last = 0, (5000 - 1) // lazy.BLOCK_ROWS
     windows = {1250 // lazy.BLOCK_ROWS, 1749 // lazy.BLOCK_ROWS, 4500 // lazy.BLOCK_ROWS}  # rows 1250–1749, 4500–4999
     windows |= set(range(min(windows), 1749 // lazy.BLOCK_ROWS + 1)) | set(range(4500 // lazy.BLOCK_ROWS, last + 1))
-    assert blocks.pop("std") == {first, last} | windows
-    assert all(b == {first, last} for b in blocks.values()) and "nonfinite" in blocks  # scanned, not cached
+    assert blocks.pop("stats/std") == {first, last} | windows
+    assert all(b == {first, last} for b in blocks.values()) and "stats/nonfinite" in blocks  # scanned, not cached
 
 
 def test_a_file_replaced_after_reading_is_refused(tmp_path):
