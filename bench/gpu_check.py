@@ -4,7 +4,9 @@
    the float64 reference: shapes of every layout, float32/bfloat16/float16/float64, channels-last,
    a mean 10,000 times the std, NaN and ±Inf, a dead unit.
 2. No host–device synchronisation: probed training steps of each workload (150 of the paper's CNN,
-   30 of ResNet-50 and of the transformer) under torch.cuda.set_sync_debug_mode("error").
+   30 of ResNet-50 and of the transformer) under torch.cuda.set_sync_debug_mode("error"); and 50 of
+   the paper's CNN with gradient and parameter statistics (grads=True, params=True: tensor hooks in the
+   autograd engine's device thread, the optimizer's step hooks), every value finite.
 3. Timing: bench/overhead.py on the GPU for the three workloads (the reference harness's
    selection, and actprobe's default selection for the paper's CNN).
 
@@ -89,10 +91,33 @@ def check_no_sync(device: torch.device) -> None:
         print(f"PASS {name}: {steps} probed steps, {len(run.sites)} sites, {where}")
 
 
+def check_grads_and_params(device: torch.device) -> None:
+    workload = make("paper-cnn", device, None if device.type == "cuda" else 32)
+    path = Path(tempfile.mkdtemp()) / "grads.h5"
+    with actprobe.Probe(workload.model, path, flush_every=25, grads=True, params=True,
+                        optimizer=workload.train_step.optimizer) as probe:
+        workload.run(3, probe)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            workload.run(50, probe)
+        finally:
+            if device.type == "cuda":
+                torch.cuda.set_sync_debug_mode("default")
+    run = actprobe.read(path)
+    assert run.rows == 53 and probe.error is None, probe.error
+    grad_std = torch.tensor(run.grad_stats["std"][-1])
+    assert torch.isfinite(grad_std[1:]).all() and torch.isfinite(torch.tensor(run.update_ratio()[-1])).all()
+    print(f"PASS paper-cnn with grads and params: 50 probed steps, {len(run.params)} parameters, finite gradients "
+          f"and update ratios" + (", no host-device synchronisation" if device.type == "cuda" else ""))
+
+
 def main() -> None:
     if "--cpu" in sys.argv[1:]:
         check_statistics(torch.device("cpu"))
         check_no_sync(torch.device("cpu"))
+        check_grads_and_params(torch.device("cpu"))
         return
     if not torch.cuda.is_available():
         sys.exit("error: no CUDA device")
@@ -100,10 +125,11 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device)}")
     check_statistics(device)
     check_no_sync(device)
+    check_grads_and_params(device)
     rounds = "8" if "--quick" in sys.argv[1:] else "20"
     overhead = [sys.executable, str(HERE / "overhead.py"), "--device", "cuda", "--rounds", rounds]
     subprocess.run(overhead + ["--model", "all", "--select", "params", "--torch-kernel"], check=True)
-    subprocess.run(overhead + ["--model", "paper-cnn", "--select", "leaves"], check=True)
+    subprocess.run(overhead + ["--model", "paper-cnn", "--select", "leaves", "--extras"], check=True)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@ Workloads (bench/workloads.py): the paper's CNN (default), torchvision's ResNet-
 channels-last, batch 128) and a 12-layer transformer encoder (d=1024, bf16, 16×512 tokens).
 
 Modes, each on its own copy of the model: no probe; a second copy of that baseline (the noise of
-the method); actprobe recording every step; every 10th step; with --torch-kernel, actprobe with its
+the method); actprobe recording every step; every 10th step; with --extras, actprobe with gradient
+statistics, with gradient and parameter statistics, and both every 10th step; with --torch-kernel, actprobe with its
 torch kernel (what runs without the C kernel on a CPU, or without Triton on a GPU); a fastai-style
 hook calling ``.item()`` on each statistic; a naive on-device hook (``var_mean``, ``aminmax`` and a
 near-zero count, no sync); one plain ``sum()`` per hooked activation (a measured floor). The
@@ -21,7 +22,7 @@ model: the code before and after a change, timed side by side in the same rounds
 
     python bench/overhead.py [--model paper-cnn|resnet50|transformer|wide-100|wide-1000|all] [--device cpu|cuda]
                              [--select leaves|params] [--rounds 60] [--steps 10] [--torch-kernel]
-                             [--before DIR]
+                             [--extras] [--before DIR]
 """
 
 from __future__ import annotations
@@ -101,8 +102,10 @@ def build_modes(name: str, device: torch.device, args, tmp: Path) -> tuple[dict,
     control = make(name, device, args.batch, smoke=args.smoke)
     modes["baseline, second copy"] = control.step  # the noise floor of the method
 
-    def probed(label: str, package=actprobe, **options) -> None:
+    def probed(label: str, package=actprobe, params: bool = False, **options) -> None:
         workload = make(name, device, args.batch, smoke=args.smoke)
+        if params:  # the optimizer's step hooks need the optimizer itself
+            options.update(params=True, optimizer=workload.train_step.optimizer)
         probe = package.Probe(workload.model, tmp / f"{name}-{len(probes)}.h5", select=select, **options)
         probes.append(probe)
         modes[label] = lambda: probe.step(loss=workload.step())
@@ -115,6 +118,10 @@ def build_modes(name: str, device: torch.device, args, tmp: Path) -> tuple[dict,
         probed("actprobe before, every 10th", package=load_before(args.before), every=10)
     if args.torch_kernel:
         probed("actprobe, torch kernel", kernel="torch")
+    if args.extras:
+        probed("actprobe + gradients", grads=True)
+        probed("actprobe + grads + params", grads=True, params=True)
+        probed("… every 10th step", grads=True, params=True, every=10)
     for label, hook in (("fastai-style .item()", fastai_style), ("naive on-device", naive_on_device),
                         ("one sum per activation", lambda out, store: store.append(out.detach().sum()))):
         workload = make(name, device, args.batch, smoke=args.smoke)
@@ -183,6 +190,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--select", default="leaves", choices=sorted(SELECTIONS))
     parser.add_argument("--torch-kernel", action="store_true", help="also time actprobe's torch kernel")
+    parser.add_argument("--extras", action="store_true",
+                        help="also time gradient statistics (grads=True) and parameter statistics (params=True)")
     parser.add_argument("--before", type=Path, default=None,
                         help="a checkout whose actprobe is timed beside this one (before/after a change)")
     parser.add_argument("--smoke", action="store_true",

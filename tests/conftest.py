@@ -30,10 +30,10 @@ def assert_statistics_close(got: dict[str, float], want: dict[str, float], rtol:
 
 
 def train_steps(model: nn.Module, steps: int, *, probe=None, seed: int = 0, batch: int = 32,
-                shape: tuple[int, ...] = (1, 28, 28)) -> list[torch.Tensor]:
-    """A few SGD steps on standardised random inputs; returns the losses (detached)."""
+                shape: tuple[int, ...] = (1, 28, 28), optimizer=None) -> list[torch.Tensor]:
+    """A few SGD steps (or steps of ``optimizer``) on standardised random inputs; returns the losses (detached)."""
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    opt = optimizer or torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     losses = []
     for _ in range(steps):
         x = torch.randn((batch, *shape), generator=gen)

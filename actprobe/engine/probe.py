@@ -14,10 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ActprobeWarning
+from ..errors import ActprobeWarning, OptionError
 from ..runfile.format import SiteGraph
 from ..stats.dispatch import MomentKernel
 from .hooks import HookEngine
+from .params import ParamWatch, parameter_names
 from .recorder import MAX_UNITS, Recorder
 from .scalars import accepted, recordable_names
 from .selection import Select, containers, select_modules
@@ -57,6 +58,12 @@ class Probe:
         grads: also record, for every site, the statistics of the gradient of the loss with respect to
             its output (``grad_stats`` in the file), from the backward passes of each recorded step,
             merged over them as forward calls are. Gradients themselves are never changed.
+        params: also record, for every parameter tensor of ``optimizer``, the statistics of its values
+            and its gradient just before the optimizer's step and of the step's change Δw
+            (``param_stats``, ``param_grad_stats``, ``update_stats``; the update-to-data ratio is
+            ``update_stats/std / param_stats/std``), through the optimizer's step hooks, at recorded
+            steps only. Needs ``optimizer``.
+        optimizer: the ``torch.optim.Optimizer`` that trains ``model`` (for ``params``).
         meta: extra root attributes for the file (str, bool, int, float, flat lists).
         overwrite: replace an existing file at ``path`` instead of refusing.
         kernel: which statistics backend computes the moments: ``auto`` (the C kernel for CPU
@@ -73,17 +80,21 @@ class Probe:
     def __init__(self, model: nn.Module, path: str | os.PathLike[str], *, select: Select = None,
                  every: int = 1, near_zero_eps: float = NEAR_ZERO_EPS, dead_eps: float = DEAD_EPS,
                  flush_every: int = FLUSH_EVERY, flush_seconds: float = FLUSH_SECONDS, train_only: bool = True,
-                 grads: bool = False, meta: Mapping[str, Any] | None = None, overwrite: bool = False,
-                 kernel: str = "auto") -> None:
+                 grads: bool = False, params: bool = False, optimizer: torch.optim.Optimizer | None = None,
+                 meta: Mapping[str, Any] | None = None, overwrite: bool = False, kernel: str = "auto") -> None:
         self.settings = ProbeSettings(every=every, near_zero_eps=near_zero_eps, dead_eps=dead_eps,
                                       flush_every=flush_every, flush_seconds=flush_seconds, train_only=train_only,
-                                      grads=grads, overwrite=overwrite, meta=meta or {}, kernel=kernel)
+                                      grads=grads, params=params, overwrite=overwrite, meta=meta or {}, kernel=kernel)
+        if params and optimizer is None:
+            raise OptionError("params=True records the optimizer's steps: pass it too, "
+                              "Probe(model, path, params=True, optimizer=opt)")
+        param_names = parameter_names(model, optimizer) if params else []
         modules = select_modules(model, select)
         extra = containers(model) if select is None else []
         self.path = Path(path)
         self._sink = FileSink(self.path, overwrite=overwrite)
         self._recorder = Recorder(MomentKernel(near_zero_eps, **KERNEL_OPTIONS[kernel]), dead_eps=dead_eps,
-                                  rows_per_flush=self.settings.rows_per_flush, grads=grads,
+                                  rows_per_flush=self.settings.rows_per_flush, grads=grads, params=param_names,
                                   on_error=self._on_call_error, hooked=[name for name, _ in modules],
                                   containers=[name for name, _ in extra])
         self._step = 0
@@ -96,6 +107,8 @@ class Probe:
         try:
             self._engine = HookEngine(model, modules + extra, self._recorder.observe, self._on_call_error,
                                       train_only=train_only)
+            self._params = (ParamWatch(optimizer, self._recorder.observe_param, lambda: self.recording,
+                                       self._on_call_error) if params else None)
         except BaseException:
             self._sink.release()
             raise
@@ -186,6 +199,8 @@ class Probe:
         """
         if self.closed:
             return
+        if self._params is not None:
+            self._params.remove()
         if self._forked:
             self._engine.remove()
             self.closed = True
@@ -223,9 +238,10 @@ class Probe:
             recorder.start(names)
             settings = self.settings
             attributes = {"near_zero_eps": settings.near_zero_eps, "dead_eps": settings.dead_eps,
-                          "every": settings.every, "grads": settings.grads, **settings.meta}
+                          "every": settings.every, "grads": settings.grads, "params": settings.params,
+                          **settings.meta}
             self._sink.open(recorder.sites, names, attributes, settings.rows_per_flush, recorder.graph,
-                            recorder.stat_groups)
+                            recorder.stat_groups, recorder.params)
             self._engine.unhook(recorder.idle_containers)
         self._report_new_sites()
         recorder.end_step(self._step, time.perf_counter() - self._started,

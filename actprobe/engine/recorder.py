@@ -23,33 +23,38 @@ from functools import partial
 import torch
 from torch import nn
 
-from ..runfile.format import GRAD_STATS, STATS, SiteGraph
+from ..runfile.format import GRAD_STATS, PARAM_GROUPS, STATS, SiteGraph
 from ..stats.arena import Arena, Partial
 from ..stats.dispatch import MomentKernel
-from ..stats.merge import RING_BUFFERS, Layout, PartialRing, arrangement, merge_now
+from ..stats.merge import RING_BUFFERS, RING_BYTES, Layout, PartialRing, arrangement, merge_now
 from .graph import GraphTracer
 from .sites import Site, floating_outputs, site_name, unit_dim
 from .staging import RowStage, StagedRows
 
 
 MAX_UNITS = 1 << 16  # units per site with per-unit moments (the dead fraction); more: none
+MAX_RINGS = 4  # rings of recent arrangements kept (a model whose steps alternate between two reuses them)
 
 
 class Recorder:
     """Collects the partials of the current step; ``finish_step`` reduces them to a row."""
 
     def __init__(self, kernel: MomentKernel, *, dead_eps: float, rows_per_flush: int, grads: bool = False,
-                 on_error: Callable[[Exception], None] | None = None, hooked: Sequence[str] = (),
-                 containers: Collection[str] = ()) -> None:
+                 params: Sequence[str] = (), on_error: Callable[[Exception], None] | None = None,
+                 hooked: Sequence[str] = (), containers: Collection[str] = ()) -> None:
         """``hooked``: the selected modules' names; ``containers``: hooked modules whose outputs are
         recorded only when no recorded site produced them; ``grads``: record the outputs' gradients
-        too; ``on_error``: takes what a gradient hook raised (it never reaches the backward pass)."""
+        too; ``params``: the names of the parameter tensors whose values, gradients and updates are
+        recorded (``observe_param``); ``on_error``: takes what a gradient hook raised (it never reaches
+        the backward pass)."""
         self.kernel = kernel
         self.dead_eps = dead_eps
         self.rows_per_flush = rows_per_flush
         self.grads = grads
         self._on_error = on_error
         self._grad_partials: list[tuple[int, Partial]] = []
+        self.params = list(params)
+        self._param_partials: list[tuple[int, Partial]] = []  # (group × P + parameter, partial)
         self._generation = 0  # changes when a step ends or is discarded: older gradient hooks do nothing
         self.stage: RowStage | None = None
         self.sites: list[Site] = []
@@ -60,7 +65,8 @@ class Recorder:
         self._partials: list[tuple[int, Partial]] = []
         self._channel_first_shapes: set[torch.Size] = set()
         self._layouts: dict[tuple, Layout] = {}
-        self._ring: PartialRing | None = None
+        self._ring: PartialRing | None = None  # the ring of the current arrangement
+        self._rings: dict[tuple, PartialRing] = {}  # the rings of recent arrangements, by key
         self._arena: Arena | None = None
         self._hooked = list(hooked)
         self._containers = frozenset(containers)
@@ -142,19 +148,31 @@ class Recorder:
             self.device = tensor.device
         return len(self.sites) - 1
 
-    @property
-    def has_partials(self) -> bool:
-        return bool(self._partials or self._grad_partials)
+    def observe_param(self, group: int, index: int, tensor: torch.Tensor) -> None:
+        """The moments of parameter ``index``'s values (group 0), gradient (1) or update (2) in this step."""
+        if self._arena is None:
+            self._arena = Arena(self.device or tensor.device)
+        self._param_partials.append((group * len(self.params) + index, self.kernel(tensor, None, self._arena)))
 
     @property
-    def stat_groups(self) -> tuple[str, ...]:
-        """The groups of statistics of a row, side by side: ``stats``, and ``grad_stats`` with ``grads``."""
+    def has_partials(self) -> bool:
+        return bool(self._partials or self._grad_partials or self._param_partials)
+
+    @property
+    def site_groups(self) -> tuple[str, ...]:
+        """The groups of the sites' statistics: ``stats``, and ``grad_stats`` with ``grads``."""
         return (STATS, GRAD_STATS) if self.grads else (STATS,)
 
     @property
+    def stat_groups(self) -> tuple[str, ...]:
+        """Every group of a row's columns, side by side: the sites' (S columns each), then the
+        parameters' (P columns each) when parameters are recorded."""
+        return self.site_groups + (PARAM_GROUPS if self.params else ())
+
+    @property
     def columns(self) -> int:
-        """Columns of a row: the sites, once per stat group."""
-        return len(self.sites) * len(self.stat_groups)
+        """Columns of a row: the sites once per site group, the parameters once per parameter group."""
+        return len(self.sites) * len(self.site_groups) + (len(self.params) * len(PARAM_GROUPS) if self.params else 0)
 
     @property
     def started(self) -> bool:
@@ -186,8 +204,9 @@ class Recorder:
     @property
     def full(self) -> bool:
         """Whether a flush is due: the stage holds as many rows as a flush takes, or the ring that gathers
-        them is full."""
-        return self.stage is not None and (self.stage.full or self.ring_full)
+        them is full, or the rows handed over for the writer thread to merge hold RING_BYTES."""
+        stage = self.stage
+        return stage is not None and (stage.full or self.ring_full or stage.deferred_bytes >= RING_BYTES)
 
     @property
     def dropped_rows(self) -> int:
@@ -209,6 +228,10 @@ class Recorder:
             sites = len(self.sites)
             partials += [(sites + index, part) for index, part in self._grad_partials]
             self._grad_partials = []
+        if self._param_partials:  # then the parameters'
+            first = len(self.sites) * len(self.site_groups)
+            partials += [(first + column, part) for column, part in self._param_partials]
+            self._param_partials = []
         self._generation += 1
         assert self._arena is not None
         row = self._arena.row()
@@ -216,8 +239,12 @@ class Recorder:
         ring = self._ring
         if ring is not None and ring.filled and (
                 ring.key != key or ring.full or ring.first_row + ring.filled != index):
-            self._drain(stage)
+            # a part-filled ring (the arrangement changed) is merged now, as before the hand-over existed:
+            # handing over its buffer for a row or two would hold memory for rows never written
+            self._drain(stage, now=not ring.full)
         if ring is None or ring.key != key:
+            ring = self._ring = self._rings.get(key)  # arrangements that alternate keep their rings
+        if ring is None:
             layout = self._layouts.get(key)
             if layout is None:
                 if len(self._layouts) >= 64:
@@ -230,6 +257,9 @@ class Recorder:
                 self._arena.clear()
                 return
             ring = self._ring = PartialRing(key, layout, capacity, stage.device, buffers)
+            if len(self._rings) >= MAX_RINGS:
+                self._rings.clear()
+            self._rings[key] = ring
         if not ring.filled:
             ring.first_row = index
         ring.add(row)
@@ -240,13 +270,13 @@ class Recorder:
         """Whether rows are merged by the writer thread (CPU rows) instead of at ``_drain``."""
         return stage.device.type == "cpu"
 
-    def _drain(self, stage: RowStage) -> None:
+    def _drain(self, stage: RowStage, *, now: bool = False) -> None:
         """Hand the rows waiting in the ring to ``stage``: as a segment the writer thread merges, or
-        merged now (on the device, or when every buffer is still out)."""
+        merged now (with ``now``, on the device, or when every buffer is still out)."""
         ring = self._ring
         if ring is None or not ring.filled:
             return
-        segment = ring.hand_over(self.dead_eps) if self._hands_over(stage) else None
+        segment = ring.hand_over(self.dead_eps) if self._hands_over(stage) and not now else None
         if segment is not None:
             stage.defer(segment)
         else:
@@ -270,6 +300,7 @@ class Recorder:
     def discard_step(self) -> None:
         self._partials = []
         self._grad_partials = []
+        self._param_partials = []
         self._generation += 1
         if self._arena is not None:
             self._arena.clear()

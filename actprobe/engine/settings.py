@@ -34,6 +34,7 @@ class ProbeSettings:
     flush_seconds: float = FLUSH_SECONDS
     train_only: bool = True
     grads: bool = False
+    params: bool = False
     overwrite: bool = False
     meta: Mapping[str, Any] = field(default_factory=dict)
     kernel: str = "auto"
@@ -44,7 +45,7 @@ class ProbeSettings:
         non_negative("near_zero_eps", self.near_zero_eps)
         non_negative("dead_eps", self.dead_eps)
         non_negative("flush_seconds", self.flush_seconds, allow_inf=True)
-        for name in ("train_only", "overwrite", "grads"):
+        for name in ("train_only", "overwrite", "grads", "params"):
             if not isinstance(getattr(self, name), bool):
                 raise OptionError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.kernel not in KERNEL_OPTIONS:
@@ -59,7 +60,7 @@ class ProbeSettings:
 
 RESERVED_ATTRIBUTES = frozenset({
     "format", "format_version", "actprobe_version", "torch_version", "created", "run_id",
-    "near_zero_eps", "dead_eps", "every", "grads",
+    "near_zero_eps", "dead_eps", "every", "grads", "params",
 })
 
 

@@ -29,12 +29,13 @@ class FileSink:
         self._writer: BackgroundWriter | None = None
 
     def open(self, sites: Sequence[Site], scalar_names: Sequence[str], attributes: Mapping[str, Any],
-             chunk_rows: int, graph: SiteGraph | None = None, stat_groups: Sequence[str] = (STATS,)) -> None:
+             chunk_rows: int, graph: SiteGraph | None = None, stat_groups: Sequence[str] = (STATS,),
+             params: Sequence[str] = ()) -> None:
         """Start the writer thread, which creates the file with these columns at once (no rows yet)."""
-        sites, names, path, groups = list(sites), list(scalar_names), self.path, tuple(stat_groups)
+        sites, names, path, groups, params = list(sites), list(scalar_names), self.path, tuple(stat_groups), list(params)
         self._writer = BackgroundWriter(lambda: RunFileWriter(
             path, sites=sites, scalar_names=names, attributes=attributes, chunk_rows=chunk_rows, graph=graph,
-            stat_groups=groups))
+            stat_groups=groups, params=params))
 
     @property
     def opened(self) -> bool:

@@ -99,6 +99,7 @@ class RowStage:
         self.rows = 0
         self.dropped_rows = 0
         self._segments: list[Segment] = []
+        self.deferred_bytes = 0  # memory held by the segments of this interval
         self._free: queue.SimpleQueue[_HostSlot] = queue.SimpleQueue()
         for _ in range(host_slots(capacity, sites, m)):
             self._free.put(_HostSlot(capacity, sites, m, device))
@@ -129,6 +130,7 @@ class RowStage:
     def defer(self, segment: Segment) -> None:
         """Rows whose statistics the writer thread merges from packed partials (CPU rows only)."""
         self._segments.append(segment)
+        self.deferred_bytes += segment.nbytes
 
     def take(self) -> StagedRows | None:
         """Start copying the filled rows to the host; None if nothing is filled or no slot is free."""
@@ -137,6 +139,7 @@ class RowStage:
             return None
         self.rows = 0
         segments, self._segments = self._segments, []
+        self.deferred_bytes = 0
         try:
             slot = self._free.get_nowait()
         except queue.Empty:

@@ -19,6 +19,12 @@ STATISTICS: tuple[str, ...] = ("count", "mean", "std", "min", "max", "near_zero"
 STATS = "stats"
 GRAD_STATS = "grad_stats"
 STAT_GROUPS: tuple[str, ...] = (STATS, GRAD_STATS)
+# Per parameter tensor (``Probe(params=True, optimizer=…)``; columns named by ``params``): its values
+# and its gradient just before the optimizer's step, and the step's change Δw.
+PARAM_STATS = "param_stats"
+PARAM_GRAD_STATS = "param_grad_stats"
+UPDATE_STATS = "update_stats"
+PARAM_GROUPS: tuple[str, ...] = (PARAM_STATS, PARAM_GRAD_STATS, UPDATE_STATS)
 
 # ``step`` of a row whose commit has not written it (a writer stopped by a crash or a write error):
 # readers take the rows up to the first step that is negative or not larger than the one before.

@@ -17,7 +17,7 @@ import numpy as np
 from .._text import one_line
 from ..errors import FormatError
 from ._swmr import open_swmr
-from .format import GRAD_STATS, STATISTICS
+from .format import GRAD_STATS, PARAM_GROUPS, STATISTICS
 from .lazy import Source, Statistic
 from .validate import Checker, check_columns, check_epochs, check_graph, check_root, text
 
@@ -47,6 +47,9 @@ class Run:
     # name -> (T, S): statistics of d(loss)/d(output) of each site (``Probe(grads=True)``); empty when
     # the file has none
     grad_stats: dict[str, Any] = field(default_factory=dict, repr=False)
+    params: list[str] = field(default_factory=list)  # parameter tensors recorded (``Probe(params=True)``)
+    # group (``param_stats``, ``param_grad_stats``, ``update_stats``) -> name -> (T, P); empty without params
+    param_stats: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
     @property
     def rows(self) -> int:
@@ -71,6 +74,15 @@ class Run:
             raise FormatError(f"{self.path} has no gradient statistics (record with grads=True)")
         values = (self.grad_stats if grad else self.stats)[name]
         return np.asarray(values) if site is None else np.asarray(values[:, self.site_index(site)])
+
+    def update_ratio(self) -> np.ndarray:
+        """(T, P) float64: each parameter's update-to-data ratio std(Δw) / std(w) at each recorded step."""
+        if not self.param_stats:
+            raise FormatError(f"{self.path} has no parameter statistics (record with params=True, optimizer=…)")
+        update = np.asarray(self.param_stats["update_stats"]["std"], dtype=np.float64)
+        values = np.asarray(self.param_stats["param_stats"]["std"], dtype=np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return update / values
 
     @property
     def has_grads(self) -> bool:
@@ -158,12 +170,14 @@ def _open(h5py: Any, path: Path) -> tuple[Any, bool]:
 def _load(f: Any, path: Path, closed: bool) -> Run:
     attrs = check_root(f, path)
     checker = Checker(f, path)
-    count, steps, scalar_names, groups = check_columns(checker)
+    count, steps, scalar_names, groups, params = check_columns(checker)
     epoch_names = check_epochs(checker)
     edges, uncalled = check_graph(checker, count)
     rows = len(steps)
     units = f["site_unit_dim"][()] if "site_unit_dim" in f else np.zeros(count, np.int8)
-    source = Source(path, rows, count, lambda p: _open(_h5py(), p)[0], attrs.get("run_id"))
+    opener = lambda p: _open(_h5py(), p)[0]  # noqa: E731
+    source = Source(path, rows, count, opener, attrs.get("run_id"))
+    param_source = Source(path, rows, len(params), opener, attrs.get("run_id"))
     return Run(
         path=path,
         attrs=attrs,
@@ -174,6 +188,9 @@ def _load(f: Any, path: Path, closed: bool) -> Run:
         time=np.asarray(f["time"][:rows], dtype=np.float64),
         stats={name: Statistic(source, name) for name in STATISTICS},
         grad_stats={name: Statistic(source, name, GRAD_STATS) for name in STATISTICS} if GRAD_STATS in groups else {},
+        params=params,
+        param_stats={group: {name: Statistic(param_source, name, group) for name in STATISTICS}
+                     for group in PARAM_GROUPS if group in groups},
         scalars={name: np.asarray(f["scalars"][name][:rows], dtype=np.float64) for name in scalar_names},
         epochs={name: f["epochs"][name][()] for name in epoch_names},
         edges=edges,

@@ -21,7 +21,7 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import RunFileError
-from .format import FORMAT_NAME, FORMAT_VERSION, STATISTICS, STATS, STEP_FILL, Site, SiteGraph
+from .format import FORMAT_NAME, FORMAT_VERSION, PARAM_GROUPS, STATISTICS, STATS, STEP_FILL, Site, SiteGraph
 from .lock import WriterLock
 
 
@@ -49,11 +49,12 @@ class RunFileWriter:
 
     def __init__(self, path: Path, *, sites: Sequence[Site], scalar_names: Sequence[str],
                  attributes: Mapping[str, Any], chunk_rows: int, graph: SiteGraph | None = None,
-                 stat_groups: Sequence[str] = (STATS,)) -> None:
+                 stat_groups: Sequence[str] = (STATS,), params: Sequence[str] = ()) -> None:
         self.path = path
         self.scalar_names = list(scalar_names)
-        self.stat_groups = list(stat_groups)  # the rows' sites are these groups' columns, side by side
-        self.sites = len(sites)
+        self.params = list(params)
+        # the groups of a row's columns, side by side, and how many columns each has
+        self.stat_groups = [(group, len(self.params) if group in PARAM_GROUPS else len(sites)) for group in stat_groups]
         self.rows = 0
         self.frozen = False
         try:
@@ -88,11 +89,13 @@ class RunFileWriter:
         columns["step"] = f.create_dataset("step", shape=(0,), maxshape=(None,), dtype=np.int64,
                                            chunks=(chunk_rows,), fillvalue=STEP_FILL)
         columns["time"] = _column(f, "time", chunk_rows)
-        for group in self.stat_groups:
+        if self.params:
+            columns["params"] = f.create_dataset("params", data=_fixed_utf8(self.params))
+        for group, width in self.stat_groups:
             for name in STATISTICS:
                 columns[f"{group}/{name}"] = f.create_dataset(
-                    f"{group}/{name}", shape=(0, len(sites)), maxshape=(None, len(sites)), dtype=np.float32,
-                    chunks=(chunk_rows, max(1, len(sites))), fillvalue=np.nan)
+                    f"{group}/{name}", shape=(0, width), maxshape=(None, width), dtype=np.float32,
+                    chunks=(chunk_rows, max(1, width)), fillvalue=np.nan)
             columns[group] = f[group]
         if graph is not None:
             edges = np.array(graph.edges, dtype=np.int32).reshape(-1, 2)
@@ -106,8 +109,8 @@ class RunFileWriter:
         f.swmr_mode = True
 
     def append(self, steps: np.ndarray, times: np.ndarray, stats: np.ndarray, scalars: np.ndarray) -> None:
-        """Commit rows. stats: (n, G × S, len(STATISTICS)) float, the G stat groups' columns side by
-        side; scalars: (n, len(scalar_names)).
+        """Commit rows. stats: (n, C, len(STATISTICS)) float, the stat groups' columns side by side
+        (S for the sites' groups, P for the parameters'); scalars: (n, len(scalar_names)).
 
         Raises:
             RunFileError: a write or flush failed; the file is frozen with the rows committed before.
@@ -122,8 +125,9 @@ class RunFileWriter:
 
         def data() -> None:  # phase 1: every column but step, then a flush
             _extend(columns["time"], start, end, times)
-            for g, group in enumerate(self.stat_groups):
-                part = stats[:, g * self.sites:(g + 1) * self.sites]
+            first = 0
+            for group, width in self.stat_groups:
+                part, first = stats[:, first:first + width], first + width
                 for index, name in enumerate(STATISTICS):
                     _extend(columns[f"{group}/{name}"], start, end, part[:, :, index].astype(np.float32))
             for index, name in enumerate(self.scalar_names):

@@ -17,7 +17,7 @@ import numpy as np
 
 from .._text import one_line
 from ..errors import FormatError
-from .format import FORMAT_NAME, FORMAT_VERSION, GRAD_STATS, GRAPH_INPUT, STATISTICS, STATS, STEP_FILL
+from .format import FORMAT_NAME, FORMAT_VERSION, GRAD_STATS, GRAPH_INPUT, PARAM_GROUPS, STATISTICS, STATS, STEP_FILL
 
 MAX_SITES = 1_000_000
 MAX_NAME_BYTES = 4096  # a fixed-length site name or module type
@@ -114,9 +114,9 @@ def check_root(f: h5py.File, path: Path) -> dict[str, Any]:
     return attrs
 
 
-def check_columns(c: Checker) -> tuple[int, np.ndarray, tuple[str, ...], tuple[str, ...]]:
-    """The site count, the committed steps, the scalar names and the stat groups (``stats``, and
-    ``grad_stats`` when the file has it), with every column checked."""
+def check_columns(c: Checker) -> tuple[int, np.ndarray, tuple[str, ...], tuple[str, ...], list[str]]:
+    """The site count, the committed steps, the scalar names, the stat groups (``stats``, and those of
+    ``STAT_GROUPS``/``PARAM_GROUPS`` the file has) and the parameter names, with every column checked."""
     count = c.dataset("sites", "SOU", 1).shape[0]
     if count > MAX_SITES:
         raise c.fail(f"it declares {count:,} sites")
@@ -132,8 +132,17 @@ def check_columns(c: Checker) -> tuple[int, np.ndarray, tuple[str, ...], tuple[s
     c.spend("step", 8 * step.shape[0])
     steps = committed(np.asarray(step[()], dtype=np.int64))
     rows = len(steps)
-    groups = (STATS, GRAD_STATS) if c.node(GRAD_STATS, h5py.Group, required=False) is not None else (STATS,)
-    # a group present has every statistic (Probe(grads=True) writes grad_stats whole), or the file is bad
+    params = c.dataset("params", "SOU", 1, required=False)
+    param_names = [text(v) for v in params[()]] if params is not None else []
+    if params is not None:
+        check_names(c, "params", params)
+    groups = (STATS,) + tuple(g for g in (GRAD_STATS, *PARAM_GROUPS) if c.node(g, h5py.Group, required=False) is not None)
+    found = [g for g in PARAM_GROUPS if g in groups]
+    if found and (params is None or len(found) < len(PARAM_GROUPS)):
+        raise c.fail(f"it has {', '.join(found)} but not " + ("'params'" if params is None else
+                     ", ".join(g for g in PARAM_GROUPS if g not in found)))
+    width = {g: len(param_names) if g in PARAM_GROUPS else count for g in groups}
+    # a group present has every statistic (the probe writes each group whole), or the file is bad
     columns = [("time", "f", 1)] + [(f"{group}/{name}", "f", 2) for group in groups for name in STATISTICS]
     scalars = c.node("scalars", h5py.Group)
     names = tuple(scalars)
@@ -142,10 +151,12 @@ def check_columns(c: Checker) -> tuple[int, np.ndarray, tuple[str, ...], tuple[s
         ds = c.dataset(name, kinds, ndim)
         if ds.shape[0] < rows:
             raise c.fail(f"{name!r} has {ds.shape[0]} rows; 'step' commits {rows}")
-        if ndim == 2 and ds.shape[1] != count:
-            raise c.fail(f"{name!r} has {ds.shape[1]} columns for {count} sites")
-        c.spend(name, rows * (count if ndim == 2 else 1) * 8)
-    return count, steps, names, groups
+        expected = width.get(name.split("/", 1)[0], count)
+        if ndim == 2 and ds.shape[1] != expected:
+            raise c.fail(f"{name!r} has {ds.shape[1]} columns for {expected} "
+                         f"{'parameters' if name.split('/', 1)[0] in PARAM_GROUPS else 'sites'}")
+        c.spend(name, rows * (expected if ndim == 2 else 1) * 8)
+    return count, steps, names, groups, param_names
 
 
 def check_epochs(c: Checker) -> tuple[str, ...]:

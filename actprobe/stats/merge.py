@@ -232,6 +232,10 @@ class Segment:
         finally:
             self.release()
 
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.buffer is None else self.buffer.numel() * self.buffer.element_size()
+
     def release(self) -> None:
         if self.buffer is not None:
             self._give_back(self.buffer)

@@ -1,0 +1,74 @@
+"""Parameters and their updates: statistics of each parameter tensor's values and gradient just
+before the optimizer's step, and of the step's change Δw, through the optimizer's step hooks.
+
+Only recorded steps do any work: the pre-hook computes the values' and gradients' moments and keeps a
+copy of each parameter (what Δw needs, and nothing more: it is dropped in the post-hook), the
+post-hook computes Δw = w_after − w_before and its moments. The update-to-data ratio of a step is
+``update_stats/std / param_stats/std``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+from torch import nn
+
+from ..errors import OptionError
+
+Observe = Callable[[int, int, torch.Tensor], None]  # (group: 0 values, 1 gradient, 2 update; parameter; tensor)
+VALUES, GRADIENT, UPDATE = 0, 1, 2
+
+
+def parameter_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
+    """The names (``model.named_parameters()``) of the optimizer's parameters, in its order; a parameter
+    the model does not own is ``param_group<g>.<k>``."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise OptionError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    names: Mapping[int, str] = {id(p): name for name, p in model.named_parameters()}
+    return [names.get(id(p), f"param_group{g}.{k}") for g, group in enumerate(optimizer.param_groups)
+            for k, p in enumerate(group["params"])]
+
+
+class ParamWatch:
+    """The optimizer's step hooks, recording only while ``recording()`` is true."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, observe: Observe, recording: Callable[[], bool],
+                 on_error: Callable[[Exception], None]) -> None:
+        self._params = [p for group in optimizer.param_groups for p in group["params"]]
+        self._observe, self._recording, self._on_error = observe, recording, on_error
+        self._before: list[torch.Tensor] | None = None
+        self._handles = [optimizer.register_step_pre_hook(self._pre), optimizer.register_step_post_hook(self._post)]
+
+    def _pre(self, optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+        self._before = None
+        if not self._recording():
+            return
+        try:
+            with torch.no_grad():
+                before = []
+                for index, p in enumerate(self._params):
+                    self._observe(VALUES, index, p)
+                    if p.grad is not None:
+                        self._observe(GRADIENT, index, p.grad)
+                    before.append(p.detach().clone())
+            self._before = before
+        except Exception as exc:  # never into the user's optimizer step
+            self._on_error(exc)
+
+    def _post(self, optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
+        before, self._before = self._before, None
+        if before is None or not self._recording():
+            return
+        try:
+            with torch.no_grad():
+                for index, (p, old) in enumerate(zip(self._params, before)):
+                    self._observe(UPDATE, index, p.detach() - old)
+        except Exception as exc:
+            self._on_error(exc)
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._before = None
