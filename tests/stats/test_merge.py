@@ -165,3 +165,29 @@ def test_when_the_writer_falls_behind_the_training_thread_merges_and_no_row_is_l
     assert got.rows == 40
     for name in want.stats:
         np.testing.assert_array_equal(got.stats[name][:], want.stats[name][:])
+
+
+def test_an_arrangement_that_changes_every_step_holds_no_buffers_for_the_writer(tmp_path):
+    """A site skipped on every other step: each step's ring is left part-filled. It is merged at once;
+    handing its buffer over held memory for rows never written (gigabytes at flush_every=1000)."""
+
+    class Alternating(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.step = torch.nn.Linear(8, 256), torch.nn.Linear(256, 256), 0
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(h) if self.step % 2 == 0 else h
+
+    model = Alternating()
+    held = 0
+    with actprobe.Probe(model, tmp_path / "run.h5", flush_every=1000, flush_seconds=1e9) as probe:
+        for step in range(60):
+            model.step = step
+            model(torch.randn(4, 8)).sum().backward()
+            probe.step()
+            held = max(held, probe._recorder.stage.deferred_bytes)
+    assert held == 0
+    run = actprobe.read(tmp_path / "run.h5")
+    assert run.rows == 60 and np.isnan(run.stats["std"][1::2, 1]).all() and np.isfinite(run.stats["std"][::2, 1]).all()
