@@ -5,7 +5,8 @@ channels-last, batch 128) and a 12-layer transformer encoder (d=1024, bf16, 16×
 
 Modes, each on its own copy of the model: no probe; a second copy of that baseline (the noise of
 the method); actprobe recording every step; every 10th step; with --extras, actprobe with gradient
-statistics, with gradient and parameter statistics, and both every 10th step; with --torch-kernel, actprobe with its
+statistics, with gradient and parameter statistics, both every 10th step, and both every step with histograms
+every 10th recorded step; with --torch-kernel, actprobe with its
 torch kernel (what runs without the C kernel on a CPU, or without Triton on a GPU); a fastai-style
 hook calling ``.item()`` on each statistic; a naive on-device hook (``var_mean``, ``aminmax`` and a
 near-zero count, no sync); one plain ``sum()`` per hooked activation (a measured floor). The
@@ -122,6 +123,7 @@ def build_modes(name: str, device: torch.device, args, tmp: Path) -> tuple[dict,
         probed("actprobe + gradients", grads=True)
         probed("actprobe + grads + params", grads=True, params=True)
         probed("… every 10th step", grads=True, params=True, every=10)
+        probed("… + histograms every 10th", grads=True, params=True, hist_every=10)
     for label, hook in (("fastai-style .item()", fastai_style), ("naive on-device", naive_on_device),
                         ("one sum per activation", lambda out, store: store.append(out.detach().sum()))):
         workload = make(name, device, args.batch, smoke=args.smoke)

@@ -128,6 +128,10 @@ def run(
     init_check: bool = typer.Option(False, "--init-check", help="Run the init check even if FILE defines data()."),
     grads: bool = typer.Option(False, "--grads", help="Also record the statistics of each site's gradient "
                                "d(loss)/d(output) (training only)."),
+    params: bool = typer.Option(False, "--params", help="Also record each parameter's values, gradient and update "
+                                "at the optimizer's step (training only)."),
+    hist_every: int = typer.Option(0, "--hist-every", help="Histograms of every site every k-th recorded step "
+                                   "(0: none)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --out file if it exists."),
 ) -> None:
     """Run a model file with actprobe attached: train on its data(), or check its initialisation."""
@@ -137,7 +141,7 @@ def run(
     try:
         options = RunOptions(model_file=model_file, out=out, steps=steps, epochs=epochs, device=device, every=every,
                              select=tuple(select), seed=seed, batch_size=batch_size, init_check=init_check,
-                             grads=grads, overwrite=overwrite)
+                             grads=grads, params=params, hist_every=hist_every, overwrite=overwrite)
         code = execute(options, data_root)
     except ActprobeError as exc:
         raise _fail(exc) from None

@@ -43,11 +43,15 @@ class RunOptions:
     batch_size: int = 64  # init check only: samples per forward pass
     init_check: bool = False  # an init check even when the file defines data()
     grads: bool = False  # also the gradients' statistics (training only)
+    params: bool = False  # also the parameters', their gradients' and updates' (training only)
+    hist_every: int = 0  # histograms every k-th recorded step (0: none)
     overwrite: bool = False
 
     def __post_init__(self) -> None:
         for name in ("steps", "epochs", "every", "batch_size"):
             positive_int(f"--{name.replace('_', '-')}", getattr(self, name), allow_none=True)
+        if self.hist_every < 0:
+            raise OptionError(f"--hist-every must be 0 (no histograms) or more, got {self.hist_every}")
         if self.steps is not None and self.epochs is not None:
             raise OptionError("give --steps or --epochs, not both")
 
@@ -86,9 +90,11 @@ def run_model_file(spec: ModelFile, options: RunOptions, progress: Progress | No
     model.to(device)
     if spec.data is not None and not options.init_check:
         return _train(spec, options, model, device, progress, announce)
-    if options.grads:
-        raise OptionError(f"--grads records gradients, which an init check does not make (no backward pass): "
-                          f"{'drop --init-check' if spec.data is not None else f'define data() in {spec.path}'}")
+    for flag, wanted in (("--grads", options.grads), ("--params", options.params)):
+        if wanted:
+            raise OptionError(f"{flag} records what training computes, and an init check makes no backward pass "
+                              f"nor optimizer step: "
+                              f"{'drop --init-check' if spec.data is not None else f'define data() in {spec.path}'}")
     return _init_check(spec, options, model, device, progress, announce)
 
 
@@ -105,7 +111,7 @@ def _train(spec: ModelFile, options: RunOptions, model: nn.Module, device: torch
     model.train()
     return _record(options, model, device, "train", batches.source, batches.notes, progress, announce,
                    step=step, batches=batches, epochs=None if options.steps is not None else (options.epochs or 1),
-                   total=total)
+                   total=total, optimizer=step.optimizer)
 
 
 def _init_check(spec: ModelFile, options: RunOptions, model: nn.Module, device: torch.device,
@@ -134,14 +140,16 @@ def _record(options: RunOptions, model: nn.Module, device: torch.device, mode: s
             notes: tuple[str, ...], progress: Progress | None, announce: Announce | None, *,
             step: Callable[[Any], StepOutput | None], batches: Callable[[int], Iterable[Any]], epochs: int | None,
             total: int | None, train_only: bool = True,
-            context: contextlib.AbstractContextManager[Any] | None = None) -> RunOutcome:
+            context: contextlib.AbstractContextManager[Any] | None = None,
+            optimizer: torch.optim.Optimizer | None = None) -> RunOutcome:
     """Drive the training loop with a probe attached to ``model``."""
     meta = {"command": "actprobe run", "model_file": str(options.model_file), "mode": mode,
             "data_source": source, "seed": options.seed, "device": str(device)}
     started = time.perf_counter()  # the probe's setup and its last commit count, as the steps do
     with context or contextlib.nullcontext(), Probe(
             model, options.out, select=list(options.select) or None, every=options.every, meta=meta,
-            overwrite=options.overwrite, train_only=train_only, grads=options.grads) as probe:
+            overwrite=options.overwrite, train_only=train_only, grads=options.grads, params=options.params,
+            optimizer=optimizer, hist_every=options.hist_every) as probe:
         if announce is not None:
             announce(source, notes)
         result = run_loop(step, batches, probe=probe, steps=options.steps if mode == "train" else total,

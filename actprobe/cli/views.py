@@ -110,8 +110,9 @@ def plot(path: Path, out: Path, select: Sequence[str]) -> list[Path]:
     else:
         columns = layer_chain(run)
     from ..render.figures import plot_run
+    from ..render.training_figures import training_figures
 
-    return write_figure(lambda: plot_run(run, columns, out, path.stem))
+    return write_figure(lambda: plot_run(run, columns, out, path.stem) + training_figures(run, columns, out, path.stem))
 
 
 def write_figure(draw: Callable[[], T]) -> T:

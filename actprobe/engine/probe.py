@@ -64,6 +64,9 @@ class Probe:
             ``update_stats/std / param_stats/std``), through the optimizer's step hooks, at recorded
             steps only. Needs ``optimizer``.
         optimizer: the ``torch.optim.Optimizer`` that trains ``model`` (for ``params``).
+        hist_every: every this many recorded steps (0: never), also a fixed-bin histogram of every
+            site's output (and gradient, with ``grads``), computed on the device (``hist/`` in the file;
+            bins: ``actprobe.stats.histogram.HIST_EDGES``).
         meta: extra root attributes for the file (str, bool, int, float, flat lists).
         overwrite: replace an existing file at ``path`` instead of refusing.
         kernel: which statistics backend computes the moments: ``auto`` (the C kernel for CPU
@@ -81,10 +84,12 @@ class Probe:
                  every: int = 1, near_zero_eps: float = NEAR_ZERO_EPS, dead_eps: float = DEAD_EPS,
                  flush_every: int = FLUSH_EVERY, flush_seconds: float = FLUSH_SECONDS, train_only: bool = True,
                  grads: bool = False, params: bool = False, optimizer: torch.optim.Optimizer | None = None,
-                 meta: Mapping[str, Any] | None = None, overwrite: bool = False, kernel: str = "auto") -> None:
+                 hist_every: int = 0, meta: Mapping[str, Any] | None = None, overwrite: bool = False,
+                 kernel: str = "auto") -> None:
         self.settings = ProbeSettings(every=every, near_zero_eps=near_zero_eps, dead_eps=dead_eps,
                                       flush_every=flush_every, flush_seconds=flush_seconds, train_only=train_only,
-                                      grads=grads, params=params, overwrite=overwrite, meta=meta or {}, kernel=kernel)
+                                      grads=grads, params=params, hist_every=hist_every, overwrite=overwrite,
+                                      meta=meta or {}, kernel=kernel)
         if params and optimizer is None:
             raise OptionError("params=True records the optimizer's steps: pass it too, "
                               "Probe(model, path, params=True, optimizer=opt)")
@@ -98,6 +103,7 @@ class Probe:
                                   on_error=self._on_call_error, hooked=[name for name, _ in modules],
                                   containers=[name for name, _ in extra])
         self._step = 0
+        self._recorder.hist_now = hist_every > 0  # recorded step 0 is histogram row 0
         self._started = time.perf_counter()
         self._last_flush = self._started
         self._warned: set[str] = set()
@@ -170,6 +176,8 @@ class Probe:
             self._engine.new_step()
             self._step += 1
             self._engine.active = self.recording
+            every, hist_every = self.settings.every, self.settings.hist_every
+            self._recorder.hist_now = self.recording and hist_every > 0 and (self._step // every) % hist_every == 0
             if self.recording:
                 self._engine.attach()
             else:  # an unrecorded step runs without hooks: PyTorch's fast path, no cost per module
@@ -239,9 +247,9 @@ class Probe:
             settings = self.settings
             attributes = {"near_zero_eps": settings.near_zero_eps, "dead_eps": settings.dead_eps,
                           "every": settings.every, "grads": settings.grads, "params": settings.params,
-                          **settings.meta}
+                          "hist_every": settings.hist_every, **settings.meta}
             self._sink.open(recorder.sites, names, attributes, settings.rows_per_flush, recorder.graph,
-                            recorder.stat_groups, recorder.params)
+                            recorder.stat_groups, recorder.params, recorder.hist_groups if settings.hist_every else ())
             self._engine.unhook(recorder.idle_containers)
         self._report_new_sites()
         recorder.end_step(self._step, time.perf_counter() - self._started,

@@ -26,6 +26,7 @@ from torch import nn
 from ..runfile.format import GRAD_STATS, PARAM_GROUPS, STATS, SiteGraph
 from ..stats.arena import Arena, Partial
 from ..stats.dispatch import MomentKernel
+from ..stats.histogram import Histograms
 from ..stats.merge import RING_BUFFERS, RING_BYTES, Layout, PartialRing, arrangement, merge_now
 from .graph import GraphTracer
 from .sites import Site, floating_outputs, site_name, unit_dim
@@ -56,6 +57,9 @@ class Recorder:
         self.params = list(params)
         self._param_partials: list[tuple[int, Partial]] = []  # (group × P + parameter, partial)
         self._generation = 0  # changes when a step ends or is discarded: older gradient hooks do nothing
+        self.hist_now = False  # set by the probe before each step that takes a histogram row
+        self._hist: Histograms | None = None  # the step's histograms of the outputs …
+        self._grad_hist: Histograms | None = None  # … and of their gradients
         self.stage: RowStage | None = None
         self.sites: list[Site] = []
         self._index: dict[str, int] = {}
@@ -120,6 +124,9 @@ class Recorder:
         if self._arena is None:
             self._arena = Arena(self.device)
         self._partials.append((index, self.kernel(tensor, self.sites[index].unit_dim, self._arena)))
+        if self.hist_now:
+            self._hist = self._hist or Histograms(self._arena.device)
+            self._hist.add(index, tensor)
         if self.grads and tensor.requires_grad:
             tensor.register_hook(partial(self._on_grad, index, self._generation))
         return index
@@ -130,6 +137,9 @@ class Recorder:
         try:
             if generation == self._generation and grad is not None and grad.numel() and self._arena is not None:
                 self._grad_partials.append((index, self.kernel(grad, self.sites[index].unit_dim, self._arena)))
+                if self.hist_now:
+                    self._grad_hist = self._grad_hist or Histograms(self._arena.device)
+                    self._grad_hist.add(index, grad)
         except Exception as exc:  # never into the user's backward pass
             if self._on_error is None:
                 raise
@@ -194,7 +204,17 @@ class Recorder:
         """Turn this step's partials into the next row of the stage (``start`` first)."""
         stage = self.stage
         assert stage is not None, "start() comes before the first end_step()"
-        self._finish_step(stage, stage.add_row(step, elapsed, scalars))
+        row = stage.add_row(step, elapsed, scalars)
+        if self.hist_now:  # a histogram row: the outputs' (and the gradients') counts, side by side
+            counts = [(h or Histograms(stage.device)).take(len(self.sites))
+                      for h in ((self._hist, self._grad_hist) if self.grads else (self._hist,))]
+            stage.add_hist(row, torch.cat(counts))
+        self._finish_step(stage, row)
+
+    @property
+    def hist_groups(self) -> tuple[str, ...]:
+        """The histogram datasets of the file: ``counts``, and ``grad_counts`` with ``grads``."""
+        return ("counts", "grad_counts") if self.grads else ("counts",)
 
     @property
     def scalar_columns(self) -> dict[str, int]:
@@ -302,5 +322,8 @@ class Recorder:
         self._grad_partials = []
         self._param_partials = []
         self._generation += 1
+        for hist in (self._hist, self._grad_hist):
+            if hist is not None:
+                hist.take(0)
         if self._arena is not None:
             self._arena.clear()

@@ -35,6 +35,7 @@ class ProbeSettings:
     train_only: bool = True
     grads: bool = False
     params: bool = False
+    hist_every: int = 0
     overwrite: bool = False
     meta: Mapping[str, Any] = field(default_factory=dict)
     kernel: str = "auto"
@@ -45,6 +46,8 @@ class ProbeSettings:
         non_negative("near_zero_eps", self.near_zero_eps)
         non_negative("dead_eps", self.dead_eps)
         non_negative("flush_seconds", self.flush_seconds, allow_inf=True)
+        if not isinstance(self.hist_every, int) or isinstance(self.hist_every, bool) or self.hist_every < 0:
+            raise OptionError(f"hist_every must be a whole number ≥ 0 (0: no histograms), got {self.hist_every!r}")
         for name in ("train_only", "overwrite", "grads", "params"):
             if not isinstance(getattr(self, name), bool):
                 raise OptionError(f"{name} must be True or False, got {getattr(self, name)!r}")
@@ -60,7 +63,7 @@ class ProbeSettings:
 
 RESERVED_ATTRIBUTES = frozenset({
     "format", "format_version", "actprobe_version", "torch_version", "created", "run_id",
-    "near_zero_eps", "dead_eps", "every", "grads", "params",
+    "near_zero_eps", "dead_eps", "every", "grads", "params", "hist_every",
 })
 
 

@@ -52,13 +52,14 @@ class StagedRows:
     """Rows on their way to the host, as the writer thread takes them (``runfile.writer.Batch``)."""
 
     def __init__(self, stage: RowStage, slot: _HostSlot, n: int, event: torch.cuda.Event | None,
-                 segments: list[Segment]) -> None:
+                 segments: list[Segment], hists: list[tuple[int, torch.Tensor]] | None = None) -> None:
         self.steps = stage._steps[:n].copy()
         self.times = stage._times[:n].copy()
         self._host_scalars = stage._host_scalars[:n].copy()
         self._from_device = stage._from_device[:n].copy()
         self._free = stage._free
         self._slot, self._n, self._event, self._segments = slot, n, event, segments
+        self._hists = hists or []
 
     def ready(self) -> None:
         """On the writer thread: wait for the copies, then merge the segments into the slot. Once."""
@@ -71,6 +72,10 @@ class StagedRows:
 
     def stats(self) -> np.ndarray:
         return self._slot.stats[:self._n].numpy()
+
+    def hist(self) -> list[tuple[int, np.ndarray]]:
+        """The histogram rows: (row within this batch, (columns, bins) counts)."""
+        return [(row, counts.numpy()) for row, counts in self._hists]
 
     def scalars(self) -> np.ndarray:
         return np.where(self._from_device, self._slot.scalars[:self._n].numpy(), self._host_scalars)
@@ -100,6 +105,7 @@ class RowStage:
         self.dropped_rows = 0
         self._segments: list[Segment] = []
         self.deferred_bytes = 0  # memory held by the segments of this interval
+        self._hists: list[tuple[int, torch.Tensor]] = []  # (row, (columns, bins) counts) of histogram rows
         self._free: queue.SimpleQueue[_HostSlot] = queue.SimpleQueue()
         for _ in range(host_slots(capacity, sites, m)):
             self._free.put(_HostSlot(capacity, sites, m, device))
@@ -127,6 +133,10 @@ class RowStage:
         """Statistics (n, S, 8) of rows first_row … first_row + n − 1."""
         self._stats[first_row:first_row + stats.shape[0]].copy_(stats)
 
+    def add_hist(self, row: int, counts: torch.Tensor) -> None:
+        """A histogram row for row ``row`` of this interval (counts on the device)."""
+        self._hists.append((row, counts))
+
     def defer(self, segment: Segment) -> None:
         """Rows whose statistics the writer thread merges from packed partials (CPU rows only)."""
         self._segments.append(segment)
@@ -139,6 +149,7 @@ class RowStage:
             return None
         self.rows = 0
         segments, self._segments = self._segments, []
+        hists, self._hists = self._hists, []
         self.deferred_bytes = 0
         try:
             slot = self._free.get_nowait()
@@ -151,11 +162,14 @@ class RowStage:
         if sum(segment.n for segment in segments) != n:  # rows merged at once are copied; deferred ones, not
             slot.stats[:n].copy_(self._stats[:n], non_blocking=True)
         slot.scalars[:n].copy_(self._device_scalars[:n], non_blocking=True)
+        if self.device.type == "cuda":  # histogram rows come along, copied before the event like the rest
+            hists = [(row, torch.empty(counts.shape, dtype=counts.dtype, pin_memory=True).copy_(counts, non_blocking=True))
+                     for row, counts in hists]
         event = None
         if self.device.type == "cuda":
             event = torch.cuda.Event()
             event.record()
-        rows = StagedRows(self, slot, n, event, segments)
+        rows = StagedRows(self, slot, n, event, segments, hists)
         self._reset_scalars(n)
         return rows
 

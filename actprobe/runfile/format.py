@@ -5,6 +5,7 @@ Imports nothing: the statistics kernels and the engine read these names without 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 FORMAT_NAME = "actprobe"
@@ -25,6 +26,13 @@ PARAM_STATS = "param_stats"
 PARAM_GRAD_STATS = "param_grad_stats"
 UPDATE_STATS = "update_stats"
 PARAM_GROUPS: tuple[str, ...] = (PARAM_STATS, PARAM_GRAD_STATS, UPDATE_STATS)
+
+# The histogram bins (``hist/edges``): symmetric and log-spaced in |x|, HIST_PER_DECADE per decade from
+# 1e-6 to 1e6, a bin [-1e-6, 1e-6) around zero, and underflow/overflow bins out to ∓inf (see
+# ``stats.histogram``).
+HIST_PER_DECADE = 4
+_HIST_MAGNITUDES = tuple(10.0 ** (k / HIST_PER_DECADE - 6) for k in range(12 * HIST_PER_DECADE + 1))
+HIST_EDGES: tuple[float, ...] = (-math.inf, *(-m for m in reversed(_HIST_MAGNITUDES)), *_HIST_MAGNITUDES, math.inf)
 
 # ``step`` of a row whose commit has not written it (a writer stopped by a crash or a write error):
 # readers take the rows up to the first step that is negative or not larger than the one before.

@@ -19,9 +19,33 @@ from ..errors import FormatError
 from ._swmr import open_swmr
 from .format import GRAD_STATS, PARAM_GROUPS, STATISTICS
 from .lazy import Source, Statistic
-from .validate import Checker, check_columns, check_epochs, check_graph, check_root, text
+from .validate import Checker, check_columns, check_epochs, check_graph, check_hist, check_root, text
 
 LIVE_ATTEMPTS = 3  # reads of a file that a live writer is extending
+
+
+class Histograms:
+    """A run file's histograms: ``edges`` (B + 1,), ``step`` (H,) the steps of the histogram rows, and
+    ``counts(group, rows)`` → (len(rows), S, B) float64 read on demand; groups ``counts`` (the outputs)
+    and, with gradients, ``grad_counts``."""
+
+    def __init__(self, path: Path, opener: Any, edges: np.ndarray, step: np.ndarray, groups: tuple[str, ...]) -> None:
+        self.path, self._opener, self.edges, self.step, self.groups = path, opener, edges, step, groups
+
+    def counts(self, group: str = "counts", rows: Any = slice(None), columns: Any = None) -> np.ndarray:
+        """Histogram rows ``rows`` (an int, a slice or indices of ``step``) of the sites ``columns`` (all
+        when None): (rows, S, B), or (S, B) for one row; read from the file now, row by row."""
+        if group not in self.groups:
+            raise FormatError(f"{self.path} has no histograms {group!r}; it has {', '.join(self.groups)}")
+        index = np.arange(len(self.step))[rows]
+        with self._opener(self.path) as f:
+            data = f["hist"][group]
+            sites = slice(None) if columns is None else np.asarray(columns)
+            picked = [np.asarray(data[int(h)], dtype=np.float64)[sites] for h in np.atleast_1d(index)]
+            shape = np.zeros(data.shape[1:])[sites].shape
+        if np.ndim(index) == 0:
+            return picked[0]
+        return np.stack(picked) if picked else np.zeros((0, *shape))
 
 
 @dataclass(frozen=True)
@@ -50,6 +74,7 @@ class Run:
     params: list[str] = field(default_factory=list)  # parameter tensors recorded (``Probe(params=True)``)
     # group (``param_stats``, ``param_grad_stats``, ``update_stats``) -> name -> (T, P); empty without params
     param_stats: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    hist: Histograms | None = field(default=None, repr=False)  # ``Probe(hist_every=k)``: see ``Histograms``
 
     @property
     def rows(self) -> int:
@@ -173,6 +198,7 @@ def _load(f: Any, path: Path, closed: bool) -> Run:
     count, steps, scalar_names, groups, params = check_columns(checker)
     epoch_names = check_epochs(checker)
     edges, uncalled = check_graph(checker, count)
+    hist = check_hist(checker, count, steps)
     rows = len(steps)
     units = f["site_unit_dim"][()] if "site_unit_dim" in f else np.zeros(count, np.int8)
     opener = lambda p: _open(_h5py(), p)[0]  # noqa: E731
@@ -189,6 +215,7 @@ def _load(f: Any, path: Path, closed: bool) -> Run:
         stats={name: Statistic(source, name) for name in STATISTICS},
         grad_stats={name: Statistic(source, name, GRAD_STATS) for name in STATISTICS} if GRAD_STATS in groups else {},
         params=params,
+        hist=None if hist is None else Histograms(path, opener, *hist),
         param_stats={group: {name: Statistic(param_source, name, group) for name in STATISTICS}
                      for group in PARAM_GROUPS if group in groups},
         scalars={name: np.asarray(f["scalars"][name][:rows], dtype=np.float64) for name in scalar_names},

@@ -21,7 +21,8 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import RunFileError
-from .format import FORMAT_NAME, FORMAT_VERSION, PARAM_GROUPS, STATISTICS, STATS, STEP_FILL, Site, SiteGraph
+from .format import (FORMAT_NAME, FORMAT_VERSION, HIST_EDGES, PARAM_GROUPS, STATISTICS, STATS, STEP_FILL, Site,
+                     SiteGraph)
 from .lock import WriterLock
 
 
@@ -35,6 +36,7 @@ def _fixed_utf8(values: Sequence[str]) -> np.ndarray:
 # Rows per chunk at least: a chunk per row (flush_every=1) makes every append extend an index of tens
 # of thousands of chunks per dataset; a row written into a larger chunk is a change in HDF5's cache.
 MIN_CHUNK_ROWS = 64
+HIST_CHUNK_ROWS = 8  # histogram rows per chunk (a row is sites × bins values)
 
 
 class RunFileWriter:
@@ -49,10 +51,14 @@ class RunFileWriter:
 
     def __init__(self, path: Path, *, sites: Sequence[Site], scalar_names: Sequence[str],
                  attributes: Mapping[str, Any], chunk_rows: int, graph: SiteGraph | None = None,
-                 stat_groups: Sequence[str] = (STATS,), params: Sequence[str] = ()) -> None:
+                 stat_groups: Sequence[str] = (STATS,), params: Sequence[str] = (),
+                 hist_groups: Sequence[str] = ()) -> None:
         self.path = path
         self.scalar_names = list(scalar_names)
         self.params = list(params)
+        self.hist_groups = list(hist_groups)  # hist/<group> datasets: "counts", "grad_counts"
+        self.hist_rows = 0
+        self.sites = len(sites)
         # the groups of a row's columns, side by side, and how many columns each has
         self.stat_groups = [(group, len(self.params) if group in PARAM_GROUPS else len(sites)) for group in stat_groups]
         self.rows = 0
@@ -103,14 +109,26 @@ class RunFileWriter:
             columns["graph/uncalled"] = f.create_dataset("graph/uncalled", data=_fixed_utf8(graph.uncalled))
             columns["graph"] = f["graph"]
         columns["scalars"] = f.require_group("scalars")
+        if self.hist_groups:
+            columns["hist/edges"] = f.create_dataset("hist/edges", data=np.array(HIST_EDGES, dtype=np.float64))
+            columns["hist/step"] = f.create_dataset("hist/step", shape=(0,), maxshape=(None,), dtype=np.int64,
+                                                    chunks=(HIST_CHUNK_ROWS,), fillvalue=STEP_FILL)
+            for group in self.hist_groups:
+                shape = (len(sites), len(HIST_EDGES) - 1)
+                columns[f"hist/{group}"] = f.create_dataset(
+                    f"hist/{group}", shape=(0, *shape), maxshape=(None, *shape), dtype=np.float64,
+                    chunks=(HIST_CHUNK_ROWS, *shape), fillvalue=np.nan)
+            columns["hist"] = f["hist"]
         for name in self.scalar_names:
             columns[f"scalars/{name}"] = _column(f, f"scalars/{name}", chunk_rows)
         f.flush()
         f.swmr_mode = True
 
-    def append(self, steps: np.ndarray, times: np.ndarray, stats: np.ndarray, scalars: np.ndarray) -> None:
+    def append(self, steps: np.ndarray, times: np.ndarray, stats: np.ndarray, scalars: np.ndarray,
+               hist: Sequence[tuple[int, np.ndarray]] = ()) -> None:
         """Commit rows. stats: (n, C, len(STATISTICS)) float, the stat groups' columns side by side
-        (S for the sites' groups, P for the parameters'); scalars: (n, len(scalar_names)).
+        (S for the sites' groups, P for the parameters'); scalars: (n, len(scalar_names)); hist: the
+        histogram rows among them, (row, (G × S, bins) counts), the hist groups' sites side by side.
 
         Raises:
             RunFileError: a write or flush failed; the file is frozen with the rows committed before.
@@ -132,15 +150,25 @@ class RunFileWriter:
                     _extend(columns[f"{group}/{name}"], start, end, part[:, :, index].astype(np.float32))
             for index, name in enumerate(self.scalar_names):
                 _extend(columns[f"scalars/{name}"], start, end, scalars[:, index])
+            if hist and self.hist_groups:
+                h0, h1 = self.hist_rows, self.hist_rows + len(hist)
+                for g, group in enumerate(self.hist_groups):
+                    _extend(columns[f"hist/{group}"], h0, h1,
+                            np.stack([counts[g * self.sites:(g + 1) * self.sites] for _, counts in hist]))
             self._file.flush()
 
-        def commit() -> None:  # phase 2: step, then a flush: now the rows are committed
+        def commit() -> None:  # phase 2: step (and hist/step), then a flush: now the rows are committed
+            if hist and self.hist_groups:
+                _extend(columns["hist/step"], self.hist_rows, self.hist_rows + len(hist),
+                        np.array([steps[row] for row, _ in hist], dtype=np.int64))
             _extend(columns["step"], start, end, steps)
             self._file.flush()
 
         self._checked("writing rows", data)
         self._checked("committing rows", commit)
         self.rows = end
+        if self.hist_groups:
+            self.hist_rows += len(hist)
 
     def close(self) -> None:
         """Close the file; after a write error it was closed already, frozen as it was.

@@ -159,6 +159,29 @@ def check_columns(c: Checker) -> tuple[int, np.ndarray, tuple[str, ...], tuple[s
     return count, steps, names, groups, param_names
 
 
+def check_hist(c: Checker, sites: int, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]] | None:
+    """The histograms (``hist/``): bin edges, the committed histogram rows' steps (those whose row is
+    committed too) and the count datasets; None when the file has none."""
+    if c.node("hist", h5py.Group, required=False) is None:
+        return None
+    edges = np.asarray(c.dataset("hist/edges", "f", 1)[()], dtype=np.float64)
+    if len(edges) < 2 or not np.all(edges[1:] > edges[:-1]):
+        raise c.fail("'hist/edges' is not increasing")
+    hist_step = c.dataset("hist/step", "iu", 1)
+    c.spend("hist/step", 8 * hist_step.shape[0])
+    rows = committed(np.asarray(hist_step[()], dtype=np.int64))
+    rows = rows[np.isin(rows, steps)]  # a histogram row counts once its row is committed
+    groups = tuple(g for g in ("counts", "grad_counts") if c.node(f"hist/{g}", h5py.Dataset, required=False) is not None)
+    if "counts" not in groups:
+        raise c.fail("it has 'hist' but no 'hist/counts'")
+    for group in groups:
+        ds = c.dataset(f"hist/{group}", "f", 3)
+        if ds.shape[0] < len(rows) or ds.shape[1:] != (sites, len(edges) - 1):
+            raise c.fail(f"'hist/{group}' has shape {ds.shape}; {len(rows)} rows of {sites} sites × "
+                         f"{len(edges) - 1} bins expected")
+    return edges, rows, groups
+
+
 def check_epochs(c: Checker) -> tuple[str, ...]:
     """The names of the ``epochs/`` columns (recipe files), each one-dimensional, numeric and bounded."""
     group = c.node("epochs", h5py.Group, required=False)

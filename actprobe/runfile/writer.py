@@ -25,6 +25,7 @@ class Batch(Protocol):
 
     def ready(self) -> None: ...
     def stats(self) -> np.ndarray: ...  # (n, S, len(STATISTICS))
+    def hist(self) -> list[tuple[int, np.ndarray]]: ...  # histogram rows: (row of the batch, (columns, bins))
     def scalars(self) -> np.ndarray: ...  # (n, number of scalar columns)
     def release(self) -> None: ...
 
@@ -116,7 +117,11 @@ class BackgroundWriter:
                 for batch in group:
                     batch.ready()
                 parts = [(b.steps, b.times, b.stats(), b.scalars()) for b in group]
-                self._file.append(*(np.concatenate(column) for column in zip(*parts)))
+                hist, offset = [], 0
+                for b in group:  # histogram rows, numbered within the whole append
+                    hist += [(offset + row, counts) for row, counts in getattr(b, "hist", list)()]
+                    offset += len(b.steps)
+                self._file.append(*(np.concatenate(column) for column in zip(*parts)), hist=hist)
                 self.rows_written = self._file.rows
         except BaseException as exc:  # reported by the probe, never raised into training
             self.error = exc

@@ -347,11 +347,11 @@ def test_a_failing_writer_warns_and_training_goes_on(tmp_path, monkeypatch):
     calls = {"n": 0}
     original = storage.RunFileWriter.append
 
-    def append(self, *args):
+    def append(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:
             raise OSError("disk full")
-        original(self, *args)
+        original(self, *args, **kwargs)
     monkeypatch.setattr(storage.RunFileWriter, "append", append)
     model = paper_cnn()
     with warnings.catch_warnings(record=True) as caught:

@@ -24,7 +24,7 @@ def run_file(tmp_path_factory):
     model = paper_cnn()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     with actprobe.Probe(model, path, flush_every=4, meta={"recipe": "doc-test"}, grads=True, params=True,
-                        optimizer=opt) as probe:
+                        optimizer=opt, hist_every=2) as probe:
         train_steps(model, 5, probe=probe, optimizer=opt)
     return path
 
@@ -34,7 +34,8 @@ def test_every_documented_dataset_exists_with_its_dtype_and_shape(run_file):
     with h5py.File(run_file, "r", libver="latest", swmr=True) as f:
         T, S = f["step"].shape[0], f["sites"].shape[0]
         dims = {"T": T, "S": S, "E": f["graph/edges"].shape[0], "U": f["graph/uncalled"].shape[0], "2": 2,
-                "P": f["params"].shape[0]}
+                "P": f["params"].shape[0], "H": f["hist/step"].shape[0], "B": f["hist/edges"].shape[0] - 1,
+                "B+1": f["hist/edges"].shape[0]}
         names_in_file = set()
         f.visititems(lambda name, obj: names_in_file.add(name) if isinstance(obj, h5py.Dataset) else None)
         documented_names = set()

@@ -105,9 +105,9 @@ def test_batches_queued_during_a_commit_are_committed_together_and_close_waits(t
     commits = []
     original = RunFileWriter.append
 
-    def counted(self, steps, *rest):
+    def counted(self, steps, *rest, **kwargs):
         commits.append(len(steps))
-        original(self, steps, *rest)
+        original(self, steps, *rest, **kwargs)
 
     RunFileWriter.append = counted
     try:
