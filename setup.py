@@ -1,5 +1,6 @@
 """Builds the optional C extensions (actprobe/stats/_cstats.c: the CPU kernel; actprobe/stats/_cmerge.c:
-merging partials into rows on the CPU); all other metadata lives in pyproject.toml.
+merging partials into rows on the CPU; actprobe/stats/_chist.c: histograms on the CPU); all other
+metadata lives in pyproject.toml.
 
 Both are optional: without a C compiler actprobe installs and uses torch operations instead.
 """
@@ -21,6 +22,8 @@ setup(
         ),
         # IEEE arithmetic (no -ffast-math): the partials it merges carry NaN and Inf
         Extension("actprobe.stats._cmerge", ["actprobe/stats/_cmerge.c"], extra_compile_args=["-O3", "-std=c11"],
+                  optional=True),
+        Extension("actprobe.stats._chist", ["actprobe/stats/_chist.c"], extra_compile_args=["-O3", "-std=c11"],
                   optional=True),
     ]
 )

@@ -1,5 +1,6 @@
 """Fixed-bin histograms of activations and gradients, computed on the tensor's device in one pass
-(``torch.bucketize`` and ``index_add_``: no host–device synchronisation).
+(``torch.bucketize`` and ``index_add_``: no host–device synchronisation); on the CPU by the C
+extension ``_chist`` in one pass, with the same bins and the same counts.
 
 The bins are part of the file format (``runfile.format.HIST_EDGES``, ``hist/edges``, docs/FORMAT.md): symmetric and log-spaced in
 |x|, four per decade from 1e-6 to 1e6, a bin [−1e-6, 1e-6) around zero, and an underflow and an
@@ -11,9 +12,17 @@ NaN in none. Values are compared in float64 (a float32 value at an edge lands wh
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..runfile.format import HIST_EDGES
+
+try:
+    from . import _chist
+except ImportError:  # built without a C compiler: torch operations count on the CPU too
+    _chist = None
+
+_INNER = np.ascontiguousarray(HIST_EDGES[1:-1], dtype=np.float64)
 
 BINS = len(HIST_EDGES) - 1
 CHUNK = 1 << 20  # values bucketed at a time: the int64 indices and float64 copy stay a few MiB
@@ -37,6 +46,13 @@ class Histograms:
             self.counts = grown
         row = self.counts[column]
         flat = x.detach().reshape(-1)
+        if _chist is not None and flat.device.type == "cpu" and self.device.type == "cpu":
+            # one pass in C (~3 ns a value); half precision converted to float32 first, exactly
+            flat = flat.contiguous() if flat.dtype in (torch.float32, torch.float64) else flat.float()
+            _chist.hist(flat.data_ptr(), flat.numel(), flat.dtype == torch.float64, _INNER.ctypes.data, len(_INNER),
+                        row.data_ptr())
+            self.touched = True
+            return
         for start in range(0, flat.numel(), CHUNK):
             part = flat[start:start + CHUNK].to(device=self.device, dtype=torch.float64)
             row.index_add_(0, torch.bucketize(part, self._inner, right=True), (~part.isnan()).to(torch.float64))

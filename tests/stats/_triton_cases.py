@@ -59,20 +59,29 @@ def probed_training() -> None:
     torch.manual_seed(0)
     model = paper_cnn()
     captured: list[torch.Tensor] = []
+    gradients: dict[int, torch.Tensor] = {}
+
+    def keep(module: torch.nn.Module, inputs: object, output: torch.Tensor) -> None:
+        index = len(captured)
+        captured.append(output.detach().clone())
+        output.register_hook(lambda grad: gradients.__setitem__(index, grad.clone()))
+
     for child in model.children():
-        child.register_forward_hook(lambda module, inputs, output: captured.append(output.detach().clone()))
+        child.register_forward_hook(keep)
     path = Path(tempfile.mkdtemp()) / "triton.h5"
-    with actprobe.Probe(model, path, flush_every=3) as probe:  # rows merged in rings of 3 steps
+    with actprobe.Probe(model, path, flush_every=3, grads=True) as probe:  # rows merged in rings of 3 steps
         train_steps(model, 7, probe=probe, batch=16)
     run = actprobe.read(path)
     assert run.rows == 7 and len(run.sites) == 11
     for step in range(7):
         for site in range(11):
             output = captured[step * 11 + site]
-            want = reference_statistics(output, 1 if output.ndim == 4 else (-1 if output.ndim == 2 else None))
+            unit = 1 if output.ndim == 4 else (-1 if output.ndim == 2 else None)
             got = {name: float(run.stats[name][step, site]) for name in run.stats}
-            assert_statistics_close(got, want)
-    print("PASS probed training, 7 steps x 11 sites")
+            assert_statistics_close(got, reference_statistics(output, unit))
+            got = {name: float(run.grad_stats[name][step, site]) for name in run.grad_stats}
+            assert_statistics_close(got, reference_statistics(gradients[step * 11 + site], unit))
+    print("PASS probed training, 7 steps x 11 sites, outputs and gradients")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from actprobe.stats import c_backend, merge
+from actprobe.runfile.format import HIST_EDGES
+from actprobe.stats import c_backend, histogram, merge
 from actprobe.stats.arena import Arena
 from actprobe.stats.dispatch import MomentKernel
 from actprobe.stats.single import tensor_statistics
@@ -71,6 +72,7 @@ def test_the_c_kernel_built_by_each_compiler_counts_non_finite_values(compiler, 
     assert build.returncode == 0, build.stderr
     monkeypatch.setattr(c_backend, "_cstats", _load(tmp_path, "_cstats"))
     monkeypatch.setattr(merge, "_cmerge", _load(tmp_path, "_cmerge"))
+    monkeypatch.setattr(histogram, "_chist", _load(tmp_path, "_chist"))
     for label, x, unit_dim in _cases():
         # the C merge of this compiler, against the torch merge, on the same packed partials
         arena = Arena(torch.device("cpu"))
@@ -80,6 +82,10 @@ def test_the_c_kernel_built_by_each_compiler_counts_non_finite_values(compiler, 
         merge.merge_into(layout, arena.row()[None], 1e-6, merged)
         want = merge.merge_rows(layout, arena.row()[None], 1e-6).numpy()
         np.testing.assert_allclose(merged, want, rtol=1e-12, err_msg=f"{compiler}, {label}: the C merge")
+        counts = histogram.Histograms(torch.device("cpu"))
+        counts.add(0, x * 1e-3)
+        np.testing.assert_array_equal(counts.take(1)[0].numpy(), np.histogram(
+            (x * 1e-3).double().numpy(), np.array(HIST_EDGES))[0], err_msg=f"{compiler}, {label}: the C histogram")
         got = tensor_statistics(x, unit_dim=unit_dim, implementation="c")
         try:
             assert_statistics_close(got, reference_statistics(x, unit_dim))
