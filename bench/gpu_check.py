@@ -5,8 +5,9 @@
    a mean 10,000 times the std, NaN and ±Inf, a dead unit.
 2. No host–device synchronisation: probed training steps of each workload (150 of the paper's CNN,
    30 of ResNet-50 and of the transformer) under torch.cuda.set_sync_debug_mode("error"); and 50 of
-   the paper's CNN with gradient and parameter statistics (grads=True, params=True: tensor hooks in the
-   autograd engine's device thread, the optimizer's step hooks), every value finite.
+   the paper's CNN with gradient and parameter statistics and histograms (grads=True, params=True,
+   hist_every=5: tensor hooks in the autograd engine's device thread, the optimizer's step hooks,
+   bucketize/index_add_ on the device), every value finite, every finite value in a histogram bin.
 3. Timing: bench/overhead.py on the GPU for the three workloads (the reference harness's
    selection, and actprobe's default selection for the paper's CNN).
 
@@ -22,6 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
@@ -94,7 +96,7 @@ def check_no_sync(device: torch.device) -> None:
 def check_grads_and_params(device: torch.device) -> None:
     workload = make("paper-cnn", device, None if device.type == "cuda" else 32)
     path = Path(tempfile.mkdtemp()) / "grads.h5"
-    with actprobe.Probe(workload.model, path, flush_every=25, grads=True, params=True,
+    with actprobe.Probe(workload.model, path, flush_every=25, grads=True, params=True, hist_every=5,
                         optimizer=workload.train_step.optimizer) as probe:
         workload.run(3, probe)
         if device.type == "cuda":
@@ -109,8 +111,12 @@ def check_grads_and_params(device: torch.device) -> None:
     assert run.rows == 53 and probe.error is None, probe.error
     grad_std = torch.tensor(run.grad_stats["std"][-1])
     assert torch.isfinite(grad_std[1:]).all() and torch.isfinite(torch.tensor(run.update_ratio()[-1])).all()
-    print(f"PASS paper-cnn with grads and params: 50 probed steps, {len(run.params)} parameters, finite gradients "
-          f"and update ratios" + (", no host-device synchronisation" if device.type == "cuda" else ""))
+    counts = run.hist.counts("counts", -1)
+    row = int(np.flatnonzero(run.step == run.hist.step[-1])[0])  # the histogram row's statistics row
+    assert len(run.hist.step) == 11 and counts.sum() == float(np.asarray(run.stats["count"][row]).sum())
+    print(f"PASS paper-cnn with grads, params and histograms: 50 probed steps, {len(run.params)} parameters, "
+          f"finite gradients and update ratios, {len(run.hist.step)} histogram rows"
+          + (", no host-device synchronisation" if device.type == "cuda" else ""))
 
 
 def main() -> None:

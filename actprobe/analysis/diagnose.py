@@ -113,6 +113,20 @@ def _gradient_path(run: Run, group: Sequence[Observation], fired: set[str], t: T
             "(torch.nn.utils.clip_grad_norm_), or add normalisation", evidence)
 
 
+def _update_ratio(run: Run, group: Sequence[Observation], fired: set[str], t: Thresholds) -> tuple[str, str, dict]:
+    small = group[0].evidence["kind"] == "small"
+    listed = _shown(group, lambda o: f"{o.value:.2g}")
+    evidence = {"update_ratio": {o.site: float(f"{o.value:.4g}") for o in group}}
+    if small:
+        cause = ("the gradient vanishes before these layers (see vanishing-gradient)" if "vanishing-gradient" in fired
+                 else "the learning rate is too small for them")
+        return (f"parameters that barely move: update-to-data ratio below {t.update_ratio_low:g} (the median over "
+                f"the recorded steps): {listed}",
+                f"{cause}; a ratio near 1e-3 is the usual rule of thumb", evidence)
+    return (f"parameters that move too far each step: update-to-data ratio above {t.update_ratio_high:g}: {listed}",
+            "lower the learning rate or warm it up; check for exploding gradients (see exploding-gradient)", evidence)
+
+
 def _mean_shift(run: Run, group: Sequence[Observation], fired: set[str], t: Thresholds) -> tuple[str, str, dict]:
     worst = max(o.value for o in group)
     return (f"mean shift after ReLU-like layers: |mean| up to {worst:.2f} std at {len(group)} site(s); the next "
@@ -186,5 +200,5 @@ def _drift(run: Run, group: Sequence[Observation], fired: set[str], t: Threshold
 
 
 _WORDING = {"vanishing": _path, "exploding": _path, "vanishing-gradient": _gradient_path,
-            "exploding-gradient": _gradient_path, "mean-shift": _mean_shift, "saturation": _saturation,
+            "exploding-gradient": _gradient_path, "update-ratio": _update_ratio, "mean-shift": _mean_shift, "saturation": _saturation,
             "dead-units": _dead, "non-finite": _non_finite, "drift": _drift}

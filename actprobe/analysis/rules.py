@@ -212,6 +212,33 @@ def check_exploding_gradient(ctx: Context) -> list[Observation]:
     return _check_gradient_path(ctx, "exploding-gradient", falls=False)
 
 
+def check_update_ratio(ctx: Context) -> list[Observation]:
+    """update-ratio: each parameter's update-to-data ratio, the median over the recorded steps after the
+    first (which Adam-like optimizers take at full learning rate), far from the usual ~1e-3. Parameters
+    are columns after the sites (``len(run.sites) + p``)."""
+    run, t = ctx.run, ctx.thresholds
+    if not run.param_stats or ctx.untrained or run.rows < 2:
+        return []  # one recorded step is the first, which says little (a zero-initialised head stops the rest)
+    values = np.asarray(run.param_stats["param_stats"]["std"], dtype=np.float64)
+    ratio = run.update_ratio()
+    rows = slice(1, None)
+    found = []
+    for p, name in enumerate(run.params):
+        if run.param_ndims is not None and run.param_ndims[p] < 2:
+            continue  # biases and normalisation scales start constant (0 or 1): their std says nothing of scale
+        judged = ratio[rows, p][(values[rows, p] > 0) & np.isfinite(ratio[rows, p])]
+        count = float(run.param_stats["param_stats"]["count"][0, p])
+        if not len(judged) or count < 2:
+            continue  # a constant (zero-initialised) or one-element parameter has no useful ratio
+        median = float(np.median(judged))
+        if median < t.update_ratio_low or median > t.update_ratio_high:
+            kind = "small" if median < t.update_ratio_low else "large"
+            found.append(Observation("update-ratio", "warning", len(run.sites) + p, name,
+                                     ctx.steps(list(range(run.rows))[rows]), median,
+                                     f"update ratio {median:.2g} (too {kind})", {"kind": kind, "parameter": True}))
+    return found
+
+
 def check_mean_shift(ctx: Context) -> list[Observation]:
     found = []
     for c, kind in enumerate(ctx.run.site_module_types):
@@ -390,6 +417,14 @@ RULES: tuple[Rule, ...] = (
     Rule("exploding-gradient", "warning", "the same factor is above {grad_exploding_factor}",
          "init gain too large, or a learning rate that blows up the early layers: clip gradients, lower the gain",
          check_exploding_gradient),
+    Rule("update-ratio", "warning",
+         "in a trained run with parameter statistics (`params=True`) and at least two recorded steps, a "
+         "parameter's update-to-data ratio "
+         "std(Δw) / std(w), the median over the recorded steps after the first, is below {update_ratio_low} or "
+         "above {update_ratio_high} (weights only: parameters of two or more dimensions, not biases or "
+         "normalisation scales, which start constant; constant ones left out)",
+         "too small: raise the learning rate, or look for a vanishing gradient; too large: lower it, or warm it up",
+         check_update_ratio),
     Rule("mean-shift", "info", "after a ReLU-like module, abs(mean) > {mean_shift} × std at the first or last "
          "recorded step", "a mean-centred activation (WIB-ReLU) or normalisation after it", check_mean_shift),
     Rule("saturation", "warning, info", "at an activation (gates such as Sigmoid, Hardsigmoid, Softmax left out) "

@@ -45,6 +45,14 @@ class SiteSummary:
 
 
 @dataclass(frozen=True)
+class ParameterSummary:
+    """A parameter tensor some rule observed (``params=True`` files): its name and the observations."""
+
+    name: str
+    observations: tuple[Observation, ...]
+
+
+@dataclass(frozen=True)
 class RunSummary:
     """What ``actprobe show`` prints: the run's context and one ``SiteSummary`` per site shown."""
 
@@ -64,6 +72,7 @@ class RunSummary:
     total_sites: int = 0  # sites in the run (``sites`` may show fewer: see ``pick``)
     observations: tuple[Observation, ...] = ()  # every observation of the run, also at sites not shown
     grads: bool = False  # the file has gradient statistics: each site's first/last carry "grad_std"
+    parameters: tuple[ParameterSummary, ...] = ()  # the parameters some rule observed (update-ratio)
 
     def counts(self) -> dict[str, int]:
         """Observations per severity, over the whole run."""
@@ -103,7 +112,9 @@ class RunSummary:
         return {"path": self.path, "rows": self.rows, "first_step": self.first_step, "last_step": self.last_step,
                 "sites_total": self.total_sites, "counts": self.counts(), "uncalled": list(self.uncalled),
                 "sites": [{"site": s.name, "module_type": s.module_type, "first": s.first, "last": s.last,
-                           "observations": [_observation_json(o) for o in s.observations]} for s in self.sites]}
+                           "observations": [_observation_json(o) for o in s.observations]} for s in self.sites],
+                "parameters": [{"parameter": p.name, "observations": [_observation_json(o) for o in p.observations]}
+                               for p in self.parameters]}
 
 
 def _observation_json(o: Observation) -> dict[str, Any]:
@@ -141,7 +152,9 @@ def summarize(run: Run, thresholds: Thresholds | None = None, *, live: bool = Fa
         scalars_first={k: float(v[first_row]) for k, v in run.scalars.items()},
         scalars_last={k: float(v[last_row]) for k, v in run.scalars.items()}, live=live,
         stopped=not run.closed and not live, thresholds=thresholds, uncalled=tuple(run.uncalled),
-        total_sites=len(run.sites), observations=tuple(observations), grads=bool(run.grad_stats))
+        total_sites=len(run.sites), observations=tuple(observations), grads=bool(run.grad_stats),
+        parameters=tuple(ParameterSummary(run.params[c - len(run.sites)], tuple(found))
+                         for c, found in sorted(by_site.items()) if c >= len(run.sites)))
 
 
 def state(run: Run, live: bool) -> str:

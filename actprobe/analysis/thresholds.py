@@ -34,6 +34,10 @@ class Thresholds:
         0.5, "vanishing-gradient", "the per-layer factor (geometric mean along a path, from its last layer back "
         "to its first) of the gradient's size below which the gradient vanishes on its way back")
     grad_exploding_factor: float = _threshold(2.0, "exploding-gradient", "the same factor above which it explodes")
+    update_ratio_low: float = _threshold(
+        1e-5, "update-ratio", "the update-to-data ratio std(Δw)/std(w) (median over the recorded steps) below which "
+        "a parameter barely moves")
+    update_ratio_high: float = _threshold(0.1, "update-ratio", "the same ratio above which its steps are too large")
     mean_shift: float = _threshold(0.5, "mean-shift", "abs(mean) above this many stds after a ReLU-like module")
     saturation: float = _threshold(0.5, "saturation", "the near-zero fraction above which a site is saturated")
     saturation_zeroing: float = _threshold(

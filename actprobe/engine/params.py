@@ -20,13 +20,13 @@ Observe = Callable[[int, int, torch.Tensor], None]  # (group: 0 values, 1 gradie
 VALUES, GRADIENT, UPDATE = 0, 1, 2
 
 
-def parameter_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[str]:
-    """The names (``model.named_parameters()``) of the optimizer's parameters, in its order; a parameter
-    the model does not own is ``param_group<g>.<k>``."""
+def parameter_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[tuple[str, int]]:
+    """The names (``model.named_parameters()``) and numbers of dimensions of the optimizer's parameters,
+    in its order; a parameter the model does not own is ``param_group<g>.<k>``."""
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise OptionError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
     names: Mapping[int, str] = {id(p): name for name, p in model.named_parameters()}
-    return [names.get(id(p), f"param_group{g}.{k}") for g, group in enumerate(optimizer.param_groups)
+    return [(names.get(id(p), f"param_group{g}.{k}"), p.ndim) for g, group in enumerate(optimizer.param_groups)
             for k, p in enumerate(group["params"])]
 
 

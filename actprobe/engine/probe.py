@@ -93,7 +93,8 @@ class Probe:
         if params and optimizer is None:
             raise OptionError("params=True records the optimizer's steps: pass it too, "
                               "Probe(model, path, params=True, optimizer=opt)")
-        param_names = parameter_names(model, optimizer) if params else []
+        named = parameter_names(model, optimizer) if params else []
+        param_names, self._param_ndims = [name for name, _ in named], [ndim for _, ndim in named]
         modules = select_modules(model, select)
         extra = containers(model) if select is None else []
         self.path = Path(path)
@@ -249,7 +250,8 @@ class Probe:
                           "every": settings.every, "grads": settings.grads, "params": settings.params,
                           "hist_every": settings.hist_every, **settings.meta}
             self._sink.open(recorder.sites, names, attributes, settings.rows_per_flush, recorder.graph,
-                            recorder.stat_groups, recorder.params, recorder.hist_groups if settings.hist_every else ())
+                            recorder.stat_groups, recorder.params, recorder.hist_groups if settings.hist_every else (),
+                            self._param_ndims)
             self._engine.unhook(recorder.idle_containers)
         self._report_new_sites()
         recorder.end_step(self._step, time.perf_counter() - self._started,

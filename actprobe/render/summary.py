@@ -94,12 +94,17 @@ def _header(summary: RunSummary, data_line: bool) -> list[str]:
 def verdict_line(summary: RunSummary) -> tuple[str, str]:
     """The counts line under the table and its style: errors, warnings, and how many sites they touch."""
     counts = summary.counts()
-    touched = len({o.column for o in summary.observations if o.severity != "info"})
+    judged = {o.column for o in summary.observations if o.severity != "info"}
+    touched = len({c for c in judged if c < summary.total_sites})
+    parameters = len(judged) - touched
+    places = ([f"{touched} of {summary.total_sites} sites"] if touched or not parameters else []) + (
+        [f"{parameters} parameter{'s' if parameters != 1 else ''}"] if parameters else [])
+    where = " and ".join(places)
     info = f"{counts['info']} info" if counts["info"] else ""
     if not counts["error"] and not counts["warning"]:
         return "no warnings or errors" + (f" ({info})" if info else ""), "green"
     parts = [f"{counts[s]} {s}{'s' if counts[s] != 1 else ''}" for s in reversed(SEVERITIES[1:]) if counts[s]]
-    return (f"{', '.join(parts)} at {touched} of {summary.total_sites} sites" + (f"; {info}" if info else ""),
+    return (f"{', '.join(parts)} at {where}" + (f"; {info}" if info else ""),
             "bold red" if counts["error"] else "yellow")
 
 
@@ -110,6 +115,11 @@ def render_summary(summary: RunSummary, console: Console, *, data_line: bool = T
     console.print(summary_table(summary, console.width))
     if len(summary.sites) < summary.total_sites:
         console.print(f"showing {len(summary.sites)} of {summary.total_sites} sites", highlight=False)
+    for parameter in summary.parameters:
+        line = Text(printable(f"parameter {parameter.name}: "))
+        for k, obs in enumerate(parameter.observations):
+            line.append((", " if k else "") + printable(obs.detail), style=STYLE[obs.severity])
+        console.print(line)
     text, style = verdict_line(summary)
     console.print(text, style=style, highlight=False)
     fired = dict.fromkeys(o.rule for o in summary.observations)

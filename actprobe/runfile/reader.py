@@ -72,6 +72,7 @@ class Run:
     # the file has none
     grad_stats: dict[str, Any] = field(default_factory=dict, repr=False)
     params: list[str] = field(default_factory=list)  # parameter tensors recorded (``Probe(params=True)``)
+    param_ndims: np.ndarray | None = field(default=None, repr=False)  # (P,) their numbers of dimensions
     # group (``param_stats``, ``param_grad_stats``, ``update_stats``) -> name -> (T, P); empty without params
     param_stats: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     hist: Histograms | None = field(default=None, repr=False)  # ``Probe(hist_every=k)``: see ``Histograms``
@@ -215,6 +216,7 @@ def _load(f: Any, path: Path, closed: bool) -> Run:
         stats={name: Statistic(source, name) for name in STATISTICS},
         grad_stats={name: Statistic(source, name, GRAD_STATS) for name in STATISTICS} if GRAD_STATS in groups else {},
         params=params,
+        param_ndims=np.asarray(f["param_ndim"][()], dtype=np.int64) if "param_ndim" in f else None,
         hist=None if hist is None else Histograms(path, opener, *hist),
         param_stats={group: {name: Statistic(param_source, name, group) for name in STATISTICS}
                      for group in PARAM_GROUPS if group in groups},

@@ -52,10 +52,11 @@ class RunFileWriter:
     def __init__(self, path: Path, *, sites: Sequence[Site], scalar_names: Sequence[str],
                  attributes: Mapping[str, Any], chunk_rows: int, graph: SiteGraph | None = None,
                  stat_groups: Sequence[str] = (STATS,), params: Sequence[str] = (),
-                 hist_groups: Sequence[str] = ()) -> None:
+                 hist_groups: Sequence[str] = (), param_ndims: Sequence[int] = ()) -> None:
         self.path = path
         self.scalar_names = list(scalar_names)
         self.params = list(params)
+        self.param_ndims = list(param_ndims)
         self.hist_groups = list(hist_groups)  # hist/<group> datasets: "counts", "grad_counts"
         self.hist_rows = 0
         self.sites = len(sites)
@@ -97,6 +98,8 @@ class RunFileWriter:
         columns["time"] = _column(f, "time", chunk_rows)
         if self.params:
             columns["params"] = f.create_dataset("params", data=_fixed_utf8(self.params))
+            if self.param_ndims:
+                columns["param_ndim"] = f.create_dataset("param_ndim", data=np.array(self.param_ndims, dtype=np.int8))
         for group, width in self.stat_groups:
             for name in STATISTICS:
                 columns[f"{group}/{name}"] = f.create_dataset(

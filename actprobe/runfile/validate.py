@@ -137,6 +137,9 @@ def check_columns(c: Checker) -> tuple[int, np.ndarray, tuple[str, ...], tuple[s
     if params is not None:
         check_names(c, "params", params)
     groups = (STATS,) + tuple(g for g in (GRAD_STATS, *PARAM_GROUPS) if c.node(g, h5py.Group, required=False) is not None)
+    ndims = c.dataset("param_ndim", "iu", 1, required=False)
+    if ndims is not None and ndims.shape[0] != len(param_names):
+        raise c.fail(f"'param_ndim' has {ndims.shape[0]} entries for {len(param_names)} parameters")
     found = [g for g in PARAM_GROUPS if g in groups]
     if found and (params is None or len(found) < len(PARAM_GROUPS)):
         raise c.fail(f"it has {', '.join(found)} but not " + ("'params'" if params is None else

@@ -73,8 +73,12 @@ def test_normal_weights_explode_along_the_relus(zoo_files):
 def test_dead_bias_is_reported_where_the_units_die(zoo_files):
     found = diagnose(actprobe.read(zoo_files["dead-bias"]))
     dead = [f for f in found if f.rule == "dead-units"]
-    assert above_info(zoo_files["dead-bias"]) == {"dead-units": {"4"}}  # the ReLU after the -10 bias
+    # the ReLU after the -10 bias; behind it nothing reaches the weights: none of them moves
+    assert above_info(zoo_files["dead-bias"]) == {"dead-units": {"4"},
+                                                  "update-ratio": {"1.weight", "3.weight", "5.weight", "7.weight"}}
     assert dead[0].severity == "error" and "lower the learning rate" in dead[0].advice
+    (frozen,) = [f for f in found if f.rule == "update-ratio"]
+    assert "barely move" in frozen.message and all(v == 0 for v in frozen.evidence["update_ratio"].values())
 
 
 def test_nan_from_a_step_names_its_first_site(zoo_files):
@@ -110,10 +114,11 @@ def test_show_and_diagnose_agree(zoo_files, name):
     diagnosed = json.loads(runner.invoke(app, ["diagnose", str(zoo_files[name]), "--json",
                                                "--fail-on", "never"]).stdout)
     from_show = {(o["rule"], site["site"]) for site in shown["sites"] for o in site["observations"]}
+    from_show |= {(o["rule"], p["parameter"]) for p in shown["parameters"] for o in p["observations"]}
     from_diagnose = {(f["rule"], site) for f in diagnosed for site in f["sites"]}
     assert from_show == from_diagnose
     worst_show: dict[str, int] = {}
-    for site in shown["sites"]:
+    for site in shown["sites"] + [{"observations": p["observations"]} for p in shown["parameters"]]:
         for o in site["observations"]:
             worst_show[o["rule"]] = max(worst_show.get(o["rule"], 0), rank(o["severity"]))
     worst_diagnose: dict[str, int] = {}

@@ -189,7 +189,8 @@ def record(name: str, path: Path) -> Path:
     model = member.build()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     batches = _batches()
-    with actprobe.Probe(model, path, overwrite=True, grads=True) as probe:  # the gradient rules judged too
+    # gradients and parameters recorded too: the gradient and update-ratio rules are judged as well
+    with actprobe.Probe(model, path, overwrite=True, grads=True, params=True, optimizer=optimizer) as probe:
         for step in range(member.steps):
             if step == member.nan_from:
                 with torch.no_grad():

@@ -105,3 +105,29 @@ def test_a_run_without_params_says_so(tmp_path):
     with pytest.raises(actprobe.FormatError, match="no parameter statistics"):
         run.update_ratio()
     assert np.isfinite(np.asarray(run.stats["std"])).all()
+
+
+def test_a_learning_rate_far_too_small_is_named_by_show_and_diagnose(tmp_path):
+    from typer.testing import CliRunner
+
+    from actprobe.analysis.diagnose import diagnose
+    from actprobe.cli import app
+
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-7)
+    with actprobe.Probe(model, tmp_path / "run.h5", params=True, optimizer=optimizer) as probe:
+        for _ in range(5):
+            optimizer.zero_grad()
+            model(torch.randn(32, 8)).pow(2).sum().backward()
+            optimizer.step()
+            probe.step()
+    run = actprobe.read(tmp_path / "run.h5")
+    (finding,) = [f for f in diagnose(run) if f.rule == "update-ratio"]
+    assert set(finding.sites) == {"0.weight", "2.weight"}, "weights only: biases start constant"
+    want = np.median(run.update_ratio()[1:, 0])
+    assert finding.evidence["update_ratio"]["0.weight"] == pytest.approx(want, rel=1e-3) and want < 1e-5
+    shown = CliRunner().invoke(app, ["show", str(tmp_path / "run.h5")], env={"COLUMNS": "160"})
+    assert shown.exit_code == 0
+    assert f"parameter 0.weight: update ratio {want:.2g} (too small)" in shown.stdout
+    assert "2 warnings at 2 parameters" in shown.stdout
