@@ -121,7 +121,11 @@ class RowStage:
         self._times[row] = elapsed
         for name, value in scalars.items():
             column = self.scalar_index[name]
-            if isinstance(value, torch.Tensor):
+            if isinstance(value, torch.Tensor) and value.is_cpu:
+                # a CPU tensor is read where it lies (no device to wait for): one host write, where the
+                # device path's indexing and copies cost ~50 µs in a step that left the caches cold
+                self._host_scalars[row, column] = float(value.detach())
+            elif isinstance(value, torch.Tensor):
                 self._device_scalars[row, column].copy_(value.detach().reshape(()).to(self.device, non_blocking=True))
                 self._from_device[row, column] = True
             else:
