@@ -143,7 +143,8 @@ class Probe:
     @property
     def recording(self) -> bool:
         """Whether the current step is being recorded."""
-        return self.error is None and not self.closed and self._step % self.settings.every == 0
+        return (self.error is None and not self.closed and not self._forked
+                and self._step % self.settings.every == 0)
 
     @property
     def graph(self) -> SiteGraph:
@@ -241,6 +242,9 @@ class Probe:
     def _end_recorded_step(self, scalars: Mapping[str, Any]) -> None:
         recorder = self._recorder
         if not recorder.has_partials:
+            return
+        if not recorder.started and not recorder.has_site_partials:
+            recorder.discard_step()  # the optimizer ran, no selected module did: no sites to fix the file with
             return
         if not recorder.started:
             names = recordable_names(scalars)

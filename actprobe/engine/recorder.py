@@ -57,6 +57,7 @@ class Recorder:
         self.params = list(params)
         self._param_partials: list[tuple[int, Partial]] = []  # (group × P + parameter, partial)
         self._generation = 0  # changes when a step ends or is discarded: older gradient hooks do nothing
+        self._leaf_hooks: list[torch.utils.hooks.RemovableHandle] = []  # gradient hooks on leaf tensors
         self.hist_now = False  # set by the probe before each step that takes a histogram row
         self._hist: Histograms | None = None  # the step's histograms of the outputs …
         self._grad_hist: Histograms | None = None  # … and of their gradients
@@ -128,14 +129,17 @@ class Recorder:
             self._hist = self._hist or Histograms(self._arena.device)
             self._hist.add(index, tensor)
         if self.grads and tensor.requires_grad:
-            tensor.register_hook(partial(self._on_grad, index, self._generation))
+            handle = tensor.register_hook(partial(self._on_grad, index, self._generation))
+            if tensor.is_leaf:  # a module that returns a parameter or its input: the hook would stay on the
+                self._leaf_hooks.append(handle)  # tensor for good, so it goes when the step ends
         return index
 
     def _on_grad(self, index: int, generation: int, grad: torch.Tensor) -> None:
         """A gradient hook: the moments of d(loss)/d(output) of site ``index``, in the backward pass of
         the step that registered it (a later backward through an old graph is not this step's)."""
         try:
-            if generation == self._generation and grad is not None and grad.numel() and self._arena is not None:
+            if (generation == self._generation and grad is not None and grad.layout == torch.strided
+                    and grad.numel() and self._arena is not None):
                 self._grad_partials.append((index, self.kernel(grad, self.sites[index].unit_dim, self._arena)))
                 if self.hist_now:
                     self._grad_hist = self._grad_hist or Histograms(self._arena.device)
@@ -159,10 +163,18 @@ class Recorder:
         return len(self.sites) - 1
 
     def observe_param(self, group: int, index: int, tensor: torch.Tensor) -> None:
-        """The moments of parameter ``index``'s values (group 0), gradient (1) or update (2) in this step."""
+        """The moments of parameter ``index``'s values (group 0), gradient (1) or update (2) in this step;
+        a sparse gradient (``nn.Embedding(sparse=True)``) is left out: its column stays NaN."""
+        if tensor.layout != torch.strided or not tensor.numel():
+            return
         if self._arena is None:
             self._arena = Arena(self.device or tensor.device)
         self._param_partials.append((group * len(self.params) + index, self.kernel(tensor, None, self._arena)))
+
+    @property
+    def has_site_partials(self) -> bool:
+        """Whether a selected module's output was recorded in this step (not only gradients or parameters)."""
+        return bool(self._partials)
 
     @property
     def has_partials(self) -> bool:
@@ -252,7 +264,7 @@ class Recorder:
             first = len(self.sites) * len(self.site_groups)
             partials += [(first + column, part) for column, part in self._param_partials]
             self._param_partials = []
-        self._generation += 1
+        self._end_generation()
         assert self._arena is not None
         row = self._arena.row()
         key = arrangement(partials)
@@ -313,15 +325,24 @@ class Recorder:
         return sorted(self._containers - self._producers)
 
     def release_memory(self) -> None:
+        self._end_generation()  # at close: no hook of this recorder computes anything any more
         self.kernel.release_memory()
         if self._tracer is not None:
             self._tracer.clear()
+
+    def _end_generation(self) -> None:
+        """The step's gradient hooks go quiet (a later backward through its graph adds nothing), and those
+        on leaf tensors are removed."""
+        self._generation += 1
+        for handle in self._leaf_hooks:
+            handle.remove()
+        self._leaf_hooks = []
 
     def discard_step(self) -> None:
         self._partials = []
         self._grad_partials = []
         self._param_partials = []
-        self._generation += 1
+        self._end_generation()
         for hist in (self._hist, self._grad_hist):
             if hist is not None:
                 hist.take(0)

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..analysis.thresholds import Thresholds
 from ..runfile.reader import Run
 from .figures import labelled_indices, pyplot, save_figure, site_label
 from .text import figure_label
 
 MAX_HIST_PANELS = 12  # sites drawn as histogram images (evenly spread over the chosen ones)
 MAX_POINTS = 2000  # steps drawn per line or image column at most (evenly spaced rows)
-RATIO_BAND = (1e-4, 1e-2)  # shaded on the update-ratio panel: around the common rule of thumb of 1e-3
+# shaded on the update-ratio panel: where the update-ratio rule stays quiet (its default thresholds)
+RATIO_BAND = (Thresholds().update_ratio_low, Thresholds().update_ratio_high)
 
 
 def training_figures(run: Run, columns: Sequence[int], out_dir: Path, stem: str) -> list[Path]:
@@ -54,7 +56,8 @@ def gradient_profile(run: Run, columns: Sequence[int], path: Path) -> Path:
 
 
 def update_ratios(run: Run, path: Path) -> Path:
-    """Each parameter's update-to-data ratio std(Δw)/std(w) against step (log), the 1e-4…1e-2 band shaded."""
+    """Each parameter's update-to-data ratio std(Δw)/std(w) against step (log), the band of the update-ratio
+    rule's default thresholds shaded."""
     ratio = run.update_ratio()
     rows = _rows(run.rows)
     fig, ax = pyplot().subplots(figsize=(8, 4.2))
@@ -68,7 +71,8 @@ def update_ratios(run: Run, path: Path) -> Path:
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("std(Δw) / std(w)")
-    ax.set_title(figure_label(f"{run.path.name}: update-to-data ratio per parameter (band: 1e-4 … 1e-2)"), fontsize=9)
+    ax.set_title(figure_label(f"{run.path.name}: update-to-data ratio per parameter (band: "
+                              f"{RATIO_BAND[0]:g} … {RATIO_BAND[1]:g}, where diagnose stays quiet)"), fontsize=9)
     ax.legend(fontsize=6, ncol=2 if len(chosen) > 6 else 1)
     return save_figure(fig, path)
 

@@ -37,6 +37,11 @@ class Source:
         self._identity = (stat.st_dev, stat.st_ino, run_id)  # run_id: the file's own, None before 0.2
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
 
+    def reading(self) -> Any:
+        """The open file, for reads of other datasets of the same run (``reader.Histograms``): refused with a
+        ``FormatError`` when the path no longer holds this run, and any read error made one."""
+        return self._file()
+
     @contextmanager
     def _file(self) -> Iterator[Any]:
         try:

@@ -29,8 +29,8 @@ class Histograms:
     ``counts(group, rows)`` → (len(rows), S, B) float64 read on demand; groups ``counts`` (the outputs)
     and, with gradients, ``grad_counts``."""
 
-    def __init__(self, path: Path, opener: Any, edges: np.ndarray, step: np.ndarray, groups: tuple[str, ...]) -> None:
-        self.path, self._opener, self.edges, self.step, self.groups = path, opener, edges, step, groups
+    def __init__(self, source: Source, edges: np.ndarray, step: np.ndarray, groups: tuple[str, ...]) -> None:
+        self.path, self._source, self.edges, self.step, self.groups = source.path, source, edges, step, groups
 
     def counts(self, group: str = "counts", rows: Any = slice(None), columns: Any = None) -> np.ndarray:
         """Histogram rows ``rows`` (an int, a slice or indices of ``step``) of the sites ``columns`` (all
@@ -38,7 +38,7 @@ class Histograms:
         if group not in self.groups:
             raise FormatError(f"{self.path} has no histograms {group!r}; it has {', '.join(self.groups)}")
         index = np.arange(len(self.step))[rows]
-        with self._opener(self.path) as f:
+        with self._source.reading() as f:  # the same run, or a FormatError
             data = f["hist"][group]
             sites = slice(None) if columns is None else np.asarray(columns)
             picked = [np.asarray(data[int(h)], dtype=np.float64)[sites] for h in np.atleast_1d(index)]
@@ -217,7 +217,7 @@ def _load(f: Any, path: Path, closed: bool) -> Run:
         grad_stats={name: Statistic(source, name, GRAD_STATS) for name in STATISTICS} if GRAD_STATS in groups else {},
         params=params,
         param_ndims=np.asarray(f["param_ndim"][()], dtype=np.int64) if "param_ndim" in f else None,
-        hist=None if hist is None else Histograms(path, opener, *hist),
+        hist=None if hist is None else Histograms(source, *hist),
         param_stats={group: {name: Statistic(param_source, name, group) for name in STATISTICS}
                      for group in PARAM_GROUPS if group in groups},
         scalars={name: np.asarray(f["scalars"][name][:rows], dtype=np.float64) for name in scalar_names},

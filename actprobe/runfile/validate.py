@@ -133,9 +133,9 @@ def check_columns(c: Checker) -> tuple[int, np.ndarray, tuple[str, ...], tuple[s
     steps = committed(np.asarray(step[()], dtype=np.int64))
     rows = len(steps)
     params = c.dataset("params", "SOU", 1, required=False)
-    param_names = [text(v) for v in params[()]] if params is not None else []
     if params is not None:
-        check_names(c, "params", params)
+        check_names(c, "params", params)  # counted against the budget before it is read
+    param_names = [text(v) for v in params[()]] if params is not None else []
     groups = (STATS,) + tuple(g for g in (GRAD_STATS, *PARAM_GROUPS) if c.node(g, h5py.Group, required=False) is not None)
     ndims = c.dataset("param_ndim", "iu", 1, required=False)
     if ndims is not None and ndims.shape[0] != len(param_names):
@@ -167,7 +167,9 @@ def check_hist(c: Checker, sites: int, steps: np.ndarray) -> tuple[np.ndarray, n
     committed too) and the count datasets; None when the file has none."""
     if c.node("hist", h5py.Group, required=False) is None:
         return None
-    edges = np.asarray(c.dataset("hist/edges", "f", 1)[()], dtype=np.float64)
+    edges_ds = c.dataset("hist/edges", "f", 1)
+    c.spend("hist/edges", 8 * edges_ds.shape[0])  # before it is read
+    edges = np.asarray(edges_ds[()], dtype=np.float64)
     if len(edges) < 2 or not np.all(edges[1:] > edges[:-1]):
         raise c.fail("'hist/edges' is not increasing")
     hist_step = c.dataset("hist/step", "iu", 1)

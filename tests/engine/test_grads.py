@@ -322,3 +322,51 @@ def test_a_file_with_part_of_grad_stats_is_refused_in_one_line(tmp_path):
         del f["grad_stats/dead"]
     with pytest.raises(actprobe.FormatError, match="grad_stats/dead"):
         actprobe.read(tmp_path / "run.h5")
+
+
+class LearnedPosition(nn.Module):
+    """Returns its own parameter: a leaf tensor, on which a gradient hook would stay for good."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(4, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.table
+
+
+def test_hooks_on_leaf_outputs_go_when_the_step_ends_and_at_close(tmp_path):
+    class Model(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pos, self.lin = LearnedPosition(), nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(x + self.pos(x))
+
+    torch.manual_seed(8)
+    model = Model()
+    with actprobe.Probe(model, tmp_path / "run.h5", grads=True) as probe:
+        for _ in range(20):
+            model(torch.randn(4, 8)).sum().backward()
+            probe.step()
+            assert not model.pos.table._backward_hooks, "no gradient hook is left on the parameter"
+    run = actprobe.read(tmp_path / "run.h5")
+    column = run.sites.index("pos")
+    assert np.isfinite(run.grad_stats["std"][:, column]).all(), "the leaf's gradient is recorded all the same"
+    model(torch.randn(4, 8)).sum().backward()  # after close: nothing of the probe runs
+
+
+def test_a_first_step_in_which_only_the_optimizer_ran_adds_no_row(tmp_path):
+    torch.manual_seed(9)
+    model = nn.Sequential(nn.Linear(5, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with actprobe.Probe(model, tmp_path / "run.h5", params=True, optimizer=optimizer, grads=True) as probe:
+        for step in range(4):
+            model.train(step > 0)  # step 0 in eval mode: train_only leaves its forward out, the optimizer steps
+            model(torch.randn(4, 5)).sum().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            probe.step()
+    run = actprobe.read(tmp_path / "run.h5")
+    assert list(run.step) == [1, 2, 3] and run.sites == ["0"] and probe.error is None

@@ -116,3 +116,28 @@ def test_a_file_whose_histograms_are_damaged_is_refused_in_one_line(tmp_path):
         f["hist/edges"] = np.array([1.0, 0.0])
     with pytest.raises(actprobe.FormatError, match="hist/edges"):
         actprobe.read(tmp_path / "run.h5")
+
+
+def test_histograms_of_a_replaced_file_are_refused(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 2))
+    for k in range(2):
+        with actprobe.Probe(model, tmp_path / "run.h5", hist_every=1, overwrite=True) as probe:
+            model(torch.randn(2, 4)).sum().backward()
+            probe.step()
+        if k == 0:
+            run = actprobe.read(tmp_path / "run.h5")
+            run.hist.counts("counts", 0)
+    with pytest.raises(actprobe.FormatError, match="replaced by another run"):
+        run.hist.counts("counts", 0)
+
+
+def test_a_file_declaring_huge_edges_is_refused_before_reading_them(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 2))
+    with actprobe.Probe(model, tmp_path / "run.h5", hist_every=1) as probe:
+        model(torch.randn(2, 4)).sum().backward()
+        probe.step()
+    with h5py.File(tmp_path / "run.h5", "r+") as f:
+        del f["hist/edges"]
+        f.create_dataset("hist/edges", shape=(50_000_000,), dtype=np.float64)  # 400 MB declared, none stored
+    with pytest.raises(actprobe.FormatError, match="declares more data"):
+        actprobe.read(tmp_path / "run.h5")

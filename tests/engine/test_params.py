@@ -131,3 +131,20 @@ def test_a_learning_rate_far_too_small_is_named_by_show_and_diagnose(tmp_path):
     assert shown.exit_code == 0
     assert f"parameter 0.weight: update ratio {want:.2g} (too small)" in shown.stdout
     assert "2 warnings at 2 parameters" in shown.stdout
+
+
+def test_sparse_gradients_are_left_out_and_recording_goes_on(tmp_path):
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Embedding(50, 8, sparse=True), nn.Flatten(), nn.Linear(24, 2))
+    sparse = torch.optim.SparseAdam(list(model[0].parameters()), lr=1e-2)
+    with actprobe.Probe(model, tmp_path / "run.h5", params=True, optimizer=sparse) as probe:
+        for _ in range(3):
+            sparse.zero_grad()
+            model(torch.randint(0, 50, (4, 3))).sum().backward()
+            sparse.step()
+            probe.step()
+    assert probe.error is None
+    run = actprobe.read(tmp_path / "run.h5")
+    stats = run.param_stats
+    assert np.isnan(stats["param_grad_stats"]["std"][:, 0]).all(), "the sparse gradient: NaN"
+    assert (stats["param_stats"]["count"][:, 0] == 400).all() and np.isfinite(stats["update_stats"]["std"][:, 0]).all()
