@@ -106,11 +106,16 @@ def test_hist_every_must_be_a_whole_number(tmp_path):
         actprobe.Probe(nn.Linear(2, 2), tmp_path / "run.h5", hist_every=-1)
 
 
-def test_a_file_whose_histograms_are_damaged_is_refused_in_one_line(tmp_path):
+def tiny_run(path) -> None:
+    """One recorded step of a Linear, with a histogram row: a file to damage or replace."""
     model = nn.Sequential(nn.Linear(4, 2))
-    with actprobe.Probe(model, tmp_path / "run.h5", hist_every=1) as probe:
+    with actprobe.Probe(model, path, hist_every=1, overwrite=True) as probe:
         model(torch.randn(2, 4)).sum().backward()
         probe.step()
+
+
+def test_a_file_whose_histograms_are_damaged_is_refused_in_one_line(tmp_path):
+    tiny_run(tmp_path / "run.h5")
     with h5py.File(tmp_path / "run.h5", "r+") as f:
         del f["hist/edges"]
         f["hist/edges"] = np.array([1.0, 0.0])
@@ -119,23 +124,16 @@ def test_a_file_whose_histograms_are_damaged_is_refused_in_one_line(tmp_path):
 
 
 def test_histograms_of_a_replaced_file_are_refused(tmp_path):
-    model = nn.Sequential(nn.Linear(4, 2))
-    for k in range(2):
-        with actprobe.Probe(model, tmp_path / "run.h5", hist_every=1, overwrite=True) as probe:
-            model(torch.randn(2, 4)).sum().backward()
-            probe.step()
-        if k == 0:
-            run = actprobe.read(tmp_path / "run.h5")
-            run.hist.counts("counts", 0)
+    tiny_run(tmp_path / "run.h5")
+    run = actprobe.read(tmp_path / "run.h5")
+    run.hist.counts("counts", 0)
+    tiny_run(tmp_path / "run.h5")  # another run at the same path
     with pytest.raises(actprobe.FormatError, match="replaced by another run"):
         run.hist.counts("counts", 0)
 
 
 def test_a_file_declaring_huge_edges_is_refused_before_reading_them(tmp_path):
-    model = nn.Sequential(nn.Linear(4, 2))
-    with actprobe.Probe(model, tmp_path / "run.h5", hist_every=1) as probe:
-        model(torch.randn(2, 4)).sum().backward()
-        probe.step()
+    tiny_run(tmp_path / "run.h5")
     with h5py.File(tmp_path / "run.h5", "r+") as f:
         del f["hist/edges"]
         f.create_dataset("hist/edges", shape=(50_000_000,), dtype=np.float64)  # 400 MB declared, none stored
