@@ -197,6 +197,9 @@ def _load(f: Any, path: Path, closed: bool) -> Run:
     attrs = check_root(f, path)
     checker = Checker(f, path)
     count, steps, scalar_names, groups, params = check_columns(checker)
+    for attribute, group in (("grads", GRAD_STATS), ("params", PARAM_GROUPS[0])):
+        if attrs.get(attribute) is True and group not in groups:  # the probe wrote it whole, or the file is bad
+            raise FormatError(f"{path} is damaged: it was recorded with {attribute}=True but has no {group!r}")
     epoch_names = check_epochs(checker)
     edges, uncalled = check_graph(checker, count)
     hist = check_hist(checker, count, steps)

@@ -370,3 +370,14 @@ def test_a_first_step_in_which_only_the_optimizer_ran_adds_no_row(tmp_path):
             probe.step()
     run = actprobe.read(tmp_path / "run.h5")
     assert list(run.step) == [1, 2, 3] and run.sites == ["0"] and probe.error is None
+
+
+def test_a_file_recorded_with_grads_that_lost_its_group_is_refused(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 2))
+    with actprobe.Probe(model, tmp_path / "run.h5", grads=True) as probe:
+        model(torch.randn(2, 4)).sum().backward()
+        probe.step()
+    with h5py.File(tmp_path / "run.h5", "r+") as f:
+        del f["grad_stats"]
+    with pytest.raises(actprobe.FormatError, match="grads=True but has no 'grad_stats'"):
+        actprobe.read(tmp_path / "run.h5")
