@@ -48,6 +48,18 @@ def train_steps(model: nn.Module, steps: int, *, probe=None, seed: int = 0, batc
     return losses
 
 
+def one_recorded_step(path: Path, model: nn.Module | None = None, **options) -> nn.Module:
+    """A run file of one recorded step (a forward and a backward, no optimizer) of ``model`` (default: a
+    Linear(4, 2)), with the probe's ``options``; returns the model."""
+    import actprobe
+
+    model = model or nn.Sequential(nn.Linear(4, 2))
+    with actprobe.Probe(model, path, **options) as probe:
+        model(torch.randn(2, 4)).sum().backward()
+        probe.step()
+    return model
+
+
 def assert_one_line_error(result, *fragments: str) -> None:
     """A CLI result that failed on bad input: exit 2, one ``error: …`` line on stderr, no traceback."""
     assert result.exit_code == 2, result.output

@@ -26,7 +26,7 @@ from torch import nn
 from ..runfile.format import GRAD_STATS, PARAM_GROUPS, STATS, SiteGraph
 from ..stats.arena import Arena, Partial
 from ..stats.dispatch import MomentKernel
-from ..stats.histogram import Histograms
+from ..stats.histogram import BINS, Histograms
 from ..stats.merge import RING_BUFFERS, RING_BYTES, Layout, PartialRing, arrangement, merge_now
 from .graph import GraphTracer
 from .sites import Site, floating_outputs, site_name, unit_dim
@@ -218,7 +218,8 @@ class Recorder:
         assert stage is not None, "start() comes before the first end_step()"
         row = stage.add_row(step, elapsed, scalars)
         if self.hist_now:  # a histogram row: the outputs' (and the gradients') counts, side by side
-            counts = [(h or Histograms(stage.device)).take(len(self.sites))
+            sites = len(self.sites)
+            counts = [torch.zeros((sites, BINS), dtype=torch.float64, device=stage.device) if h is None else h.take(sites)
                       for h in ((self._hist, self._grad_hist) if self.grads else (self._hist,))]
             stage.add_hist(row, torch.cat(counts))
         self._finish_step(stage, row)

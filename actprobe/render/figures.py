@@ -86,7 +86,7 @@ def labelled_indices(count: int, limit: int = MAX_LABELLED) -> list[int]:
     return sorted({int(round(i)) for i in np.linspace(0, count - 1, limit)})
 
 
-def _positive(values: np.ndarray) -> np.ndarray:
+def positive(values: np.ndarray) -> np.ndarray:
     """A copy with NaN for every value ≤ 0: a log axis has no place for them (std 0: a constant output)."""
     values = np.array(values, dtype=np.float64)
     values[~(values > 0)] = np.nan
@@ -142,7 +142,7 @@ def _draw_grey(ax: Any, stat: str, lines: Sequence[SiteLine], by_row: bool, read
 
 
 def _shown(stat: str, values: np.ndarray) -> np.ndarray:
-    return _positive(values) if stat == "std" else values
+    return positive(values) if stat == "std" else values
 
 
 def _draw_line(ax: Any, stat: str, line: SiteLine, style: dict[str, Any], by_row: bool, reads: SeriesReads,
@@ -213,7 +213,7 @@ def plot_run(run: Run, columns: Sequence[int], out_dir: Path, stem: str) -> list
     run_panels(axes, run, columns)
     fig.suptitle(figure_label(run.path.name), fontsize=9)
     written = [save_figure(fig, out_dir / f"{stem}-mean-std.png")]
-    fig, ax = plt.subplots(figsize=(min(MAX_BAR_INCHES, max(6, 0.45 * len(columns) + 2)), 4))
+    fig, ax = plt.subplots(figsize=(per_site_width(len(columns)), 4))
     x = np.arange(len(columns))
     for k, (row, label) in enumerate(((0, "first"), (run.rows - 1, "last"))):
         values = 100 * run.stats["near_zero"][row, columns].astype(np.float64)
@@ -240,9 +240,13 @@ MAX_BAR_INCHES = 28  # the near-zero bar figure grows with the sites up to this 
 MAX_TICK_LABELS = 60  # a bar panel names at most this many sites (every k-th one beyond)
 
 
-def _percent_by_site(ax: Any, labels: Sequence[str]) -> None:
-    """A bar panel's axes: one x tick per site, named ``labels`` (every k-th one when there are more than
-    MAX_TICK_LABELS); y from 0 to 100 %."""
+def per_site_width(sites: int) -> float:
+    """Inches of a figure with one x position per site: it grows with the sites, up to MAX_BAR_INCHES."""
+    return min(MAX_BAR_INCHES, max(6, 0.45 * sites + 2))
+
+
+def site_ticks(ax: Any, labels: Sequence[str]) -> None:
+    """One x tick per site, named ``labels`` (every k-th one when there are more than MAX_TICK_LABELS)."""
     tilted = len(labels) > 6
     every = -(-len(labels) // MAX_TICK_LABELS) if labels else 1
     ticks = np.arange(0, len(labels), every)
@@ -250,6 +254,11 @@ def _percent_by_site(ax: Any, labels: Sequence[str]) -> None:
                   ha="right" if tilted else "center", fontsize=7)
     if every > 1:
         ax.set_xlabel(f"sites (one in {every} named)", fontsize=7)
+
+
+def _percent_by_site(ax: Any, labels: Sequence[str]) -> None:
+    """A bar panel's axes: ``site_ticks``; y from 0 to 100 %."""
+    site_ticks(ax, labels)
     ax.set_ylim(0, 100)
 
 
@@ -310,8 +319,8 @@ def depth_curves(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], title: st
     fig, ax = pyplot().subplots(figsize=(7, 4))
     for label, measured, theory in curves:
         layers = np.arange(1, len(measured) + 1)
-        line = ax.plot(layers, _positive(measured), marker="o", ms=3, label=label)[0]
-        ax.plot(layers, _positive(theory), ls="--", lw=0.8, color=line.get_color())
+        line = ax.plot(layers, positive(measured), marker="o", ms=3, label=label)[0]
+        ax.plot(layers, positive(theory), ls="--", lw=0.8, color=line.get_color())
     ax.set_yscale("log")
     ax.set_xlabel("layer")
     ax.set_ylabel("std of the layer's output (median)")

@@ -12,11 +12,11 @@ import numpy as np
 
 from ..analysis.thresholds import Thresholds
 from ..runfile.reader import Run
-from .figures import labelled_indices, pyplot, save_figure, site_label
+from ..analysis.series import POINTS
+from .figures import labelled_indices, per_site_width, positive, pyplot, save_figure, site_label, site_ticks
 from .text import figure_label
 
 MAX_HIST_PANELS = 12  # sites drawn as histogram images (evenly spread over the chosen ones)
-MAX_POINTS = 2000  # steps drawn per line or image column at most (evenly spaced rows)
 # shaded on the update-ratio panel: where the update-ratio rule stays quiet (its default thresholds)
 RATIO_BAND = (Thresholds().update_ratio_low, Thresholds().update_ratio_high)
 
@@ -35,20 +35,18 @@ def training_figures(run: Run, columns: Sequence[int], out_dir: Path, stem: str)
 
 
 def _rows(count: int) -> np.ndarray:
-    return np.unique(np.linspace(0, count - 1, min(count, MAX_POINTS)).round().astype(int))
+    """At most POINTS evenly spaced rows of ``count`` (the steps drawn per line or image)."""
+    return np.unique(np.linspace(0, count - 1, min(count, POINTS)).round().astype(int))
 
 
 def gradient_profile(run: Run, columns: Sequence[int], path: Path) -> Path:
     """The std of d(loss)/d(output) of each chosen site against its depth, at the first and last row."""
-    fig, ax = pyplot().subplots(figsize=(max(6.0, min(28.0, 0.45 * len(columns) + 2)), 4))
+    fig, ax = pyplot().subplots(figsize=(per_site_width(len(columns)), 4))
     for row, style in ((0, "o-"), (run.rows - 1, "s--")):
-        values = np.asarray(run.grad_stats["std"][row], dtype=np.float64)[list(columns)]
-        values[~(values > 0)] = np.nan
+        values = positive(np.asarray(run.grad_stats["std"][row])[list(columns)])
         ax.plot(np.arange(len(columns)), values, style, ms=3, label=f"step {int(run.step[row])}")
     ax.set_yscale("log")
-    every = max(1, -(-len(columns) // 60))
-    ax.set_xticks(np.arange(0, len(columns), every), [figure_label(run.sites[c]) for c in columns][::every],
-                  rotation=45 if len(columns) > 6 else 0, ha="right" if len(columns) > 6 else "center", fontsize=7)
+    site_ticks(ax, [figure_label(run.sites[c]) for c in columns])
     ax.set_ylabel("std of d(loss)/d(output) (log)")
     ax.set_title(figure_label(f"{run.path.name}: gradient std per layer (input side left)"), fontsize=9)
     ax.legend(fontsize=7)
@@ -64,9 +62,7 @@ def update_ratios(run: Run, path: Path) -> Path:
     ax.axhspan(*RATIO_BAND, color="green", alpha=0.08, lw=0)
     chosen = set(labelled_indices(len(run.params)))
     for k, name in enumerate(run.params):
-        values = ratio[rows, k]
-        values = np.where(values > 0, values, np.nan)
-        ax.plot(run.step[rows], values, lw=1.0 if k in chosen else 0.5, color=None if k in chosen else "0.75",
+        ax.plot(run.step[rows], positive(ratio[rows, k]), lw=1.0 if k in chosen else 0.5, color=None if k in chosen else "0.75",
                 label=figure_label(name) if k in chosen else "_nolegend_", zorder=2 if k in chosen else 1)
     ax.set_yscale("log")
     ax.set_xlabel("step")

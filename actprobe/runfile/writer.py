@@ -119,7 +119,7 @@ class BackgroundWriter:
                 parts = [(b.steps, b.times, b.stats(), b.scalars()) for b in group]
                 hist, offset = [], 0
                 for b in group:  # histogram rows, numbered within the whole append
-                    hist += [(offset + row, counts) for row, counts in getattr(b, "hist", list)()]
+                    hist += [(offset + row, counts) for row, counts in b.hist()]
                     offset += len(b.steps)
                 self._file.append(*(np.concatenate(column) for column in zip(*parts)), hist=hist)
                 self.rows_written = self._file.rows

@@ -35,7 +35,6 @@ class Histograms:
         self.device = device
         self._inner = torch.tensor(HIST_EDGES[1:-1], dtype=torch.float64).to(device, non_blocking=True)
         self.counts = torch.zeros((0, BINS), dtype=torch.float64, device=device)
-        self.touched = False
 
     def add(self, column: int, x: torch.Tensor) -> None:
         """Count the values of ``x`` into column ``column`` (merged with earlier calls of the step)."""
@@ -51,12 +50,10 @@ class Histograms:
             flat = flat.contiguous() if flat.dtype in (torch.float32, torch.float64) else flat.float()
             _chist.hist(flat.data_ptr(), flat.numel(), flat.dtype == torch.float64, _INNER.ctypes.data, len(_INNER),
                         row.data_ptr())
-            self.touched = True
             return
         for start in range(0, flat.numel(), CHUNK):
             part = flat[start:start + CHUNK].to(device=self.device, dtype=torch.float64)
             row.index_add_(0, torch.bucketize(part, self._inner, right=True), (~part.isnan()).to(torch.float64))
-        self.touched = True
 
     def take(self, columns: int) -> torch.Tensor:
         """The step's (columns, BINS) counts (zeros where nothing was counted); the buffer starts afresh."""
@@ -64,5 +61,4 @@ class Histograms:
         n = min(columns, self.counts.shape[0])
         out[:n] = self.counts[:n]
         self.counts.zero_()
-        self.touched = False
         return out

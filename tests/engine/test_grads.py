@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import actprobe
-from conftest import assert_statistics_close, paper_cnn, reference_statistics
+from conftest import assert_statistics_close, one_recorded_step, paper_cnn, reference_statistics
 
 
 class Twice(nn.Module):
@@ -200,10 +200,7 @@ def test_unrecorded_steps_and_old_graphs_leave_no_gradient_behind(tmp_path):
 
 
 def test_without_grads_the_file_has_no_grad_stats_and_readers_say_so(tmp_path):
-    model = nn.Sequential(nn.Linear(4, 2))
-    with actprobe.Probe(model, tmp_path / "run.h5") as probe:
-        model(torch.randn(2, 4)).sum().backward()
-        probe.step()
+    one_recorded_step(tmp_path / "run.h5")
     run = actprobe.read(tmp_path / "run.h5")
     assert not run.has_grads and run.grad_stats == {}
     with h5py.File(tmp_path / "run.h5") as f:
@@ -316,10 +313,7 @@ def test_actprobe_run_grads_and_show_prints_the_gradient_column(tmp_path):
 @pytest.mark.parametrize("removed, message", [("grad_stats/dead", "grad_stats/dead"),
                                                ("grad_stats", "grads=True but has no 'grad_stats'")])
 def test_a_file_with_part_of_its_gradient_statistics_is_refused_in_one_line(tmp_path, removed, message):
-    model = nn.Sequential(nn.Linear(4, 2))
-    with actprobe.Probe(model, tmp_path / "run.h5", grads=True) as probe:
-        model(torch.randn(2, 4)).sum().backward()
-        probe.step()
+    one_recorded_step(tmp_path / "run.h5", grads=True)
     with h5py.File(tmp_path / "run.h5", "r+") as f:
         del f[removed]
     with pytest.raises(actprobe.FormatError, match=message):

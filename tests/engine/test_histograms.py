@@ -14,6 +14,7 @@ import actprobe
 from actprobe.runfile.format import HIST_EDGES
 from actprobe.stats import histogram
 from actprobe.stats.histogram import CHUNK, Histograms
+from conftest import one_recorded_step
 
 
 def numpy_histogram(tensors: list[torch.Tensor]) -> np.ndarray:
@@ -108,10 +109,7 @@ def test_hist_every_must_be_a_whole_number(tmp_path):
 
 def tiny_run(path) -> None:
     """One recorded step of a Linear, with a histogram row: a file to damage or replace."""
-    model = nn.Sequential(nn.Linear(4, 2))
-    with actprobe.Probe(model, path, hist_every=1, overwrite=True) as probe:
-        model(torch.randn(2, 4)).sum().backward()
-        probe.step()
+    one_recorded_step(path, hist_every=1, overwrite=True)
 
 
 def test_a_file_whose_histograms_are_damaged_is_refused_in_one_line(tmp_path):

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import actprobe
-from conftest import reference_statistics
+from conftest import one_recorded_step, reference_statistics
 
 
 def hooked(model: nn.Module) -> int:
@@ -70,10 +70,7 @@ def test_the_probe_hook_keeps_its_place_before_a_users_hook(tmp_path):
 
 
 def test_rows_read_are_the_callers_to_change(tmp_path):
-    model = nn.Sequential(nn.Linear(4, 4))
-    with actprobe.Probe(model, tmp_path / "r.h5") as probe:
-        model(torch.randn(2, 4)).sum().backward()
-        probe.step()
+    one_recorded_step(tmp_path / "r.h5", nn.Sequential(nn.Linear(4, 4)))
     run = actprobe.read(tmp_path / "r.h5")
     row = run.stats["mean"][0]
     want = row.copy()

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import actprobe
-from conftest import assert_statistics_close, paper_cnn, reference_statistics
+from conftest import assert_statistics_close, one_recorded_step, paper_cnn, reference_statistics
 
 
 def _train(model, optimizer, probe, steps: int, seed: int = 0, every: int = 1) -> list[dict]:
@@ -96,10 +96,7 @@ def test_a_file_with_part_of_the_parameter_groups_is_refused(tmp_path):
 
 
 def test_a_run_without_params_says_so(tmp_path):
-    model = nn.Sequential(nn.Linear(4, 2))
-    with actprobe.Probe(model, tmp_path / "run.h5") as probe:
-        model(torch.randn(2, 4)).sum().backward()
-        probe.step()
+    one_recorded_step(tmp_path / "run.h5")
     run = actprobe.read(tmp_path / "run.h5")
     assert run.params == [] and run.param_stats == {}
     with pytest.raises(actprobe.FormatError, match="no parameter statistics"):

@@ -8,7 +8,6 @@ import threading
 import h5py
 import numpy as np
 import pytest
-import torch
 from torch import nn
 
 import actprobe
@@ -18,6 +17,7 @@ from actprobe.runfile.format import STATISTICS, Site
 from actprobe.runfile.storage import RunFileWriter
 from actprobe.runfile import writer as writer_module
 from actprobe.runfile.writer import BackgroundWriter
+from conftest import one_recorded_step
 
 
 class Rows:
@@ -39,6 +39,9 @@ class Rows:
 
     def scalars(self) -> np.ndarray:
         return np.zeros((len(self.steps), 0))
+
+    def hist(self) -> list:
+        return []
 
     def release(self) -> None:
         self.released = True
@@ -88,13 +91,9 @@ def test_show_reads_the_first_and_last_rows_and_the_drift_windows_only(tmp_path,
 
 
 def test_a_file_replaced_after_reading_is_refused(tmp_path):
-    model = nn.Sequential(nn.Linear(4, 4))
-    for k in range(2):
-        with actprobe.Probe(model, tmp_path / "r.h5", overwrite=True) as probe:
-            model(torch.randn(2, 4)).sum().backward()
-            probe.step()
-        if k == 0:
-            run = actprobe.read(tmp_path / "r.h5")
+    model = one_recorded_step(tmp_path / "r.h5", nn.Sequential(nn.Linear(4, 4)))
+    run = actprobe.read(tmp_path / "r.h5")
+    one_recorded_step(tmp_path / "r.h5", model, overwrite=True)  # another run at the same path
     with pytest.raises(actprobe.FormatError, match="replaced"):
         run.stats["mean"][0, 0]
 
