@@ -81,6 +81,13 @@ class Context:
                 judged.append(([c for c, k in zip(path, keep) if k], stds[keep]))
         return judged
 
+    @cached_property
+    def path_observations(self) -> dict[str, list[Observation]]:
+        """What vanishing and exploding observe along the judged paths, found once: their rules report it,
+        the gradient rules compare with it."""
+        return {"vanishing": _check_path(self, "vanishing", falls=True),
+                "exploding": _check_path(self, "exploding", falls=False)}
+
     def stat(self, name: str, row: int, column: int) -> float:
         return float(self.run.stats[name][row, column])
 
@@ -159,11 +166,11 @@ def _longest_start(t: Thresholds, stds: np.ndarray, falls: bool) -> int | None:
 
 
 def check_vanishing(ctx: Context) -> list[Observation]:
-    return _check_path(ctx, "vanishing", falls=True)
+    return list(ctx.path_observations["vanishing"])
 
 
 def check_exploding(ctx: Context) -> list[Observation]:
-    return _check_path(ctx, "exploding", falls=False)
+    return list(ctx.path_observations["exploding"])
 
 
 def gradient_size(run: Run, row: int, column: int) -> float:
@@ -182,19 +189,19 @@ def _check_gradient_path(ctx: Context, rule: str, falls: bool) -> list[Observati
     run, t = ctx.run, ctx.thresholds
     if not run.grad_stats:
         return []
-    activation_vanishing = {o.column for o in _check_path(ctx, "vanishing", True) + _check_path(ctx, "exploding", False)}
+    unhealthy = {o.column for found in ctx.path_observations.values() for o in found}  # activations' verdicts
     found = []
     for path, _ in ctx.judged_paths:
-        row = next((r for r in range(min(run.rows, 8))
-                    if all(math.isfinite(gradient_size(run, r, c)) and gradient_size(run, r, c) > 0 for c in path)),
-                   None)
-        if row is None:
-            continue
-        sizes = np.array([gradient_size(run, row, c) for c in path])
+        for row in range(min(run.rows, 8)):
+            sizes = np.array([gradient_size(run, row, c) for c in path])
+            if np.all(np.isfinite(sizes) & (sizes > 0)):
+                break
+        else:
+            continue  # no gradient reached the whole path in the first rows
         factor = float((sizes[0] / sizes[-1]) ** (1.0 / (len(path) - 1)))  # per layer, last → first
         if not (factor < t.grad_vanishing_factor if falls else factor > t.grad_exploding_factor):
             continue
-        healthy = not any(c in activation_vanishing for c in path)
+        healthy = not any(c in unhealthy for c in path)
         names = [run.sites[c] for c in path]
         found += [_observe(ctx, rule, "warning", c, [row], factor,
                            f"gradient ×{size / sizes[-1]:.2g} from the last layer of its path (×{factor:.2f}/layer)"

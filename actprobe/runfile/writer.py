@@ -113,9 +113,7 @@ class BackgroundWriter:
     def _write_group(self, group: list[Batch]) -> None:
         """Commit the batches as one append (one two-phase commit for all their rows); release them always."""
         try:
-            if self.error is None:
-                for batch in group:
-                    batch.ready()
+            if self.error is None:  # every batch was made ready when it was taken (``_prepare``)
                 parts = [(b.steps, b.times, b.stats(), b.scalars()) for b in group]
                 hist, offset = [], 0
                 for b in group:  # histogram rows, numbered within the whole append
