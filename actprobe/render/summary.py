@@ -19,6 +19,7 @@ from ..analysis.thresholds import Thresholds
 from ..runfile.lock import writer_active
 from ..runfile.reader import Run, read
 from .names import MIN_NAME_WIDTH, shorten
+from .tables import fix_widths
 from .text import cell, printable
 
 STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
@@ -58,8 +59,9 @@ def summary_table(summary: RunSummary, width: int = 120) -> Table:
     for name in columns:
         # narrow terminals wrap a cell onto more lines; a number or a name is never cut short
         table.add_column(name, justify="left" if name in ("module", "flags") else "right", overflow="fold")
+    rows = []
     for name, site in zip(names, summary.sites):
-        table.add_row(
+        rows.append([
             cell(name), cell(site.module_type),
             # Text, not str: a plain string would be parsed for markup and highlighted, cell by cell
             Text(_pair(_number(site.first["mean"]), _number(site.last["mean"]), single)),
@@ -69,7 +71,10 @@ def summary_table(summary: RunSummary, width: int = 120) -> Table:
             Text(_pair(percent(site.first["near_zero"]), percent(site.last["near_zero"]), single)),
             Text(_pair(percent(site.first["dead"]), percent(site.last["dead"]), single)),
             _flag_text(site.observations, summary),
-        )
+        ])
+    fix_widths(table, rows, width)
+    for row in rows:
+        table.add_row(*row)
     return table
 
 

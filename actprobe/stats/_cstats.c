@@ -9,15 +9,20 @@
  *
  * moments() is the fast path: it assumes every value is finite, is compiled to vector
  * instructions (AVX2 where the processor has it), and returns False when the assumption failed;
- * the caller then runs moments_masked(), which skips non-finite values one by one. Values are
+ * the caller then runs moments_masked(), which skips non-finite values one by one. The assumption is
+ * checked after the pass, not before it (a second read of the whole tensor): a NaN or an Inf among the
+ * values makes the sums of squares NaN or Inf, and the hardware propagates them whatever the compiler
+ * assumed. A finite value whose square overflows float32 (|x| > 1.8e19) sends the call to the masked
+ * path too, which sums in float64 and counts it as finite. Values are
  * summed in float32 within blocks of at most BLOCK values and the blocks in float64; shifting by
  * one of the entry's own values keeps the squares from cancelling when the mean is far from zero.
  *
  * The file is compiled with -ffast-math for vectorised reductions (min and max included). Under it a
  * compiler may assume that no floating-point value is NaN or Inf, and clang does: it folds every
  * finiteness test of a float, even one on its bits. So finiteness is only ever tested on integers
- * loaded from memory before any float is made of them: any_nonfinite() decides between the fast
- * path and the masked one, and the masked path loads each value as an integer first.
+ * loaded from memory before any float is made of them: sums_finite() reads the fast path's sums back
+ * through a volatile integer pointer (no assumption about a volatile load survives), and the masked
+ * path loads each value as an integer first.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -46,17 +51,15 @@ static void *scratch(size_t bytes) {
 
 static double quiet_nan(void) { uint64_t u = 0x7ff8000000000000ull; double d; memcpy(&d, &u, 8); return d; }
 
-/* Whether any of n values (read as unsigned integers of their width) has an all-ones exponent: NaN or
- * +-Inf. Integer operations only, which -ffast-math gives the compiler no licence to assume away. */
-#define ANY_NONFINITE(NAME, UT, EXP)                                                                  \
-__attribute__((target_clones("avx2", "default")))                                                     \
-static int NAME(const UT *restrict bits, int64_t n) {                                                 \
-    UT hits = 0;                                                                                      \
-    for (int64_t i = 0; i < n; i++) hits |= (UT)((bits[i] & (EXP)) == (EXP));                          \
-    return hits != 0;                                                                                 \
+/* Whether the fast path's n float64 sums (sums of shifted values and of their squares) are all finite:
+ * read as integers through a volatile pointer, so that -ffast-math's "no NaN, no Inf" cannot fold the
+ * test away. A non-finite input value, or a square beyond float32's range, leaves a NaN or Inf here. */
+static int sums_finite(const double *sums, int64_t n) {
+    const volatile uint64_t *bits = (const volatile uint64_t *)(const volatile void *)sums;
+    uint64_t hits = 0;
+    for (int64_t i = 0; i < n; i++) hits |= (uint64_t)((bits[i] & 0x7ff0000000000000ull) == 0x7ff0000000000000ull);
+    return hits == 0;
 }
-ANY_NONFINITE(any_nonfinite_f32, uint32_t, 0x7f800000u)
-ANY_NONFINITE(any_nonfinite_f64, uint64_t, 0x7ff0000000000000ull)
 
 #define MOMENTS_FAST(NAME, T, ABS, MIN, MAX)                                                          \
 __attribute__((target_clones("avx2", "default")))                                                     \
@@ -203,16 +206,11 @@ static PyObject *py_moments(PyObject *self, PyObject *args) {
     int ok;
     double *out = (double *)(uintptr_t)c.out;
     Py_BEGIN_ALLOW_THREADS
-    int64_t n = c.A * c.E * c.B;
-    ok = c.is_double ? !any_nonfinite_f64((const uint64_t *)(uintptr_t)c.data, n)
-                     : !any_nonfinite_f32((const uint32_t *)(uintptr_t)c.data, n);
-    if (ok && c.is_double) {
-        moments_f64((const double *)(uintptr_t)c.data, c.A, c.E, c.B, c.bound, out, columns);
-        reshift_f64((const double *)(uintptr_t)c.data, c.A, c.E, c.B, out);
-    } else if (ok) {
-        moments_f32((const float *)(uintptr_t)c.data, c.A, c.E, c.B, c.bound, out, columns);
-        reshift_f32((const float *)(uintptr_t)c.data, c.A, c.E, c.B, out);
-    }
+    if (c.is_double) moments_f64((const double *)(uintptr_t)c.data, c.A, c.E, c.B, c.bound, out, columns);
+    else moments_f32((const float *)(uintptr_t)c.data, c.A, c.E, c.B, c.bound, out, columns);
+    ok = sums_finite(out + 2 * c.E, 2 * c.E);  /* s1[E] then s2[E] */
+    if (ok && c.is_double) reshift_f64((const double *)(uintptr_t)c.data, c.A, c.E, c.B, out);
+    else if (ok) reshift_f32((const float *)(uintptr_t)c.data, c.A, c.E, c.B, out);
     Py_END_ALLOW_THREADS
     return PyBool_FromLong(ok);
 }

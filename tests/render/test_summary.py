@@ -284,3 +284,12 @@ def test_saturation_grown_out_of_is_info_and_says_when_once():
     (obs,) = summarize(run).sites[1].observations
     assert (obs.rule, obs.severity) == ("saturation", "info")
     assert "│ near-zero 80% at init, 30% by the last step │" in render(summarize(run), width=200)
+
+
+@pytest.mark.parametrize("width", [40, 70, 98, 99, 100, 130, 400])
+def test_fixed_column_widths_draw_the_table_rich_would_draw(width, monkeypatch):
+    """The table's columns get their text's width when it fits (fix_widths): the same text as rich's
+    own measurement, at widths where it fits, where it just fits (99) and where rich has to wrap."""
+    fixed = render(summarize(DEMO), width=width)
+    monkeypatch.setattr("actprobe.render.summary.fix_widths", lambda *args: None)
+    assert fixed == render(summarize(DEMO), width=width)

@@ -42,6 +42,9 @@ def _cases():
     outlier[0, :, 0, 0] = 1000.0  # every unit starts with a 1000-sigma outlier
     yield "outlier first", outlier, 1
     yield "float64 with NaN", nan_inf.double(), 1
+    huge = x.clone()
+    huge[1, 4, 2, 2] = 3e20  # finite, but its square is not in float32
+    yield "a square beyond float32", huge, 1
 
 
 def _load(build: Path, name: str):

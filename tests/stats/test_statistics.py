@@ -124,3 +124,16 @@ def test_an_outlier_as_the_first_value_keeps_the_documented_accuracy(kernel, dty
     x = x.to(dtype)
     got = tensor_statistics(x, unit_dim=unit_dim, implementation=kernel)
     assert_statistics_close(got, reference_statistics(x, unit_dim))
+
+
+@pytest.mark.skipif(not c_backend.available(), reason="the C extension is not built")
+def test_finite_values_whose_squares_overflow_float32():
+    """|x| near 1e20 is finite in float32 but its square is not: the C kernel sums such a tensor in float64.
+    (The torch and Triton kernels square in the input's precision: their std is Inf there, as documented.)"""
+    kernel = "c"
+    x = torch.randn(64, 8, 5, 5, generator=torch.Generator().manual_seed(9))
+    x[3, 2, 1, 1] = 3e20
+    x[7, 5] = -1e20
+    got = tensor_statistics(x, unit_dim=1, implementation=kernel)
+    assert got["nonfinite"] == 0.0 and np.isfinite(got["std"])
+    assert_statistics_close(got, reference_statistics(x, unit_dim=1))
