@@ -8,7 +8,11 @@
    the paper's CNN with gradient and parameter statistics and histograms (grads=True, params=True,
    hist_every=5: tensor hooks in the autograd engine's device thread, the optimizer's step hooks,
    bucketize/index_add_ on the device), every value finite, every finite value in a histogram bin.
-3. Timing: bench/overhead.py on the GPU for the three workloads (the reference harness's
+3. Distributed runs: two ranks of the paper's CNN recorded on the device in one process (torchrun's
+   RANK/WORLD_SIZE, no process group: the partials are merged on the device and staged with the rows)
+   under set_sync_debug_mode("error"), merged when read, against the float64 reference of both ranks'
+   outputs; with two GPUs or more, bench/distributed.py with NCCL (else said to be unmeasured).
+4. Timing: bench/overhead.py on the GPU for the three workloads (the reference harness's
    selection, and actprobe's default selection for the paper's CNN).
 
     python bench/gpu_check.py          # prints PASS lines (or fails loudly) and the overhead tables
@@ -119,11 +123,68 @@ def check_grads_and_params(device: torch.device) -> None:
           + (", no host-device synchronisation" if device.type == "cuda" else ""))
 
 
+def check_distributed(device: torch.device) -> None:
+    import os
+
+    folder = Path(tempfile.mkdtemp()) / "ddp"
+    outputs: list[dict[tuple[int, str], torch.Tensor]] = []
+    os.environ["WORLD_SIZE"] = "2"
+    try:
+        for rank in range(2):
+            os.environ["RANK"] = str(rank)
+            torch.manual_seed(0)
+            model = actprobe.models.paper_cnn().to(device)
+            seen: dict[tuple[int, str], torch.Tensor] = {}
+            now = [0]
+            for name, module in model.named_modules():
+                if name and next(module.children(), None) is None:
+                    module.register_forward_hook(lambda m, i, o, name=name: seen.__setitem__((now[0], name), o.detach().clone()))
+            gen = torch.Generator().manual_seed(rank)
+            batches = [torch.randn(64, 1, 28, 28, generator=gen).to(device) * (1 + rank) for _ in range(6)]
+            with actprobe.Probe(model, folder, grads=True, flush_every=3) as probe:
+                for step, x in enumerate(batches):
+                    now[0] = step
+                    if step == 2 and device.type == "cuda":
+                        torch.cuda.synchronize()
+                        torch.cuda.set_sync_debug_mode("error")
+                    try:
+                        model(x).logsumexp(1).mean().backward()
+                        probe.step()
+                    finally:
+                        if device.type == "cuda":
+                            torch.cuda.set_sync_debug_mode("default")
+            assert probe.error is None, probe.error
+            outputs.append(seen)
+    finally:
+        os.environ.pop("RANK", None)
+        os.environ.pop("WORLD_SIZE", None)
+    run = actprobe.read(folder)
+    assert run.distributed and run.rows == 6, (run.rows, run.notes)
+    units = {1: 1, -1: -1, 0: None}
+    for row in range(run.rows):
+        for column, site in enumerate(run.sites):
+            joined = torch.cat([seen[(row, site)] for seen in outputs])
+            want = reference_statistics(joined, units[int(run.site_unit_dims[column])])
+            got = {name: float(run.stats[name][row, column]) for name in actprobe.STATISTICS}
+            wrong = mismatches(got, want, 1e-4)
+            assert not wrong, (row, site, wrong)
+    print(f"PASS distributed run of 2 ranks on {device.type}: {run.rows} rows × {len(run.sites)} sites merged from the "
+          "ranks' partials equal the float64 reference of both ranks' outputs"
+          + (", no host-device synchronisation" if device.type == "cuda" else ""))
+    if device.type == "cuda":
+        if torch.cuda.device_count() >= 2:
+            subprocess.run([sys.executable, str(HERE / "distributed.py"), "--device", "cuda", "--nproc", "2",
+                            "--rounds", "10"], check=True)
+        else:
+            print("NOTE one GPU: the NCCL job of 2 processes (bench/distributed.py --device cuda) is unmeasured")
+
+
 def main() -> None:
     if "--cpu" in sys.argv[1:]:
         check_statistics(torch.device("cpu"))
         check_no_sync(torch.device("cpu"))
         check_grads_and_params(torch.device("cpu"))
+        check_distributed(torch.device("cpu"))
         return
     if not torch.cuda.is_available():
         sys.exit("error: no CUDA device")
@@ -132,6 +193,7 @@ def main() -> None:
     check_statistics(device)
     check_no_sync(device)
     check_grads_and_params(device)
+    check_distributed(device)
     rounds = "8" if "--quick" in sys.argv[1:] else "20"
     overhead = [sys.executable, str(HERE / "overhead.py"), "--device", "cuda", "--rounds", rounds]
     subprocess.run(overhead + ["--model", "all", "--select", "params", "--torch-kernel"], check=True)

@@ -199,6 +199,16 @@ def _drift(run: Run, group: Sequence[Observation], fired: set[str], t: Threshold
             {"std_ratio": {o.site: round(o.value, 4) for o in group}})
 
 
+def _rank_outlier(run: Run, group: Sequence[Observation], fired: set[str], t: Thresholds) -> tuple[str, str, dict]:
+    ranks = sorted({r for o in group for r in o.evidence["ranks"]})
+    return (f"ranks that differ: values on another scale than the other ranks' (× {t.rank_factor:g} or more) "
+            f"first at {_shown(group, lambda o: o.detail)}",
+            "the ranks should see data of the same kind: check the data loading and sharding of rank "
+            f"{', '.join(map(str, ranks))} (`actprobe show RUN --rank R` shows one rank's own statistics)",
+            {"ranks": ranks, "scale_ratio": {o.site: round(o.value, 4) for o in group}})
+
+
 _WORDING = {"vanishing": _path, "exploding": _path, "vanishing-gradient": _gradient_path,
             "exploding-gradient": _gradient_path, "update-ratio": _update_ratio, "mean-shift": _mean_shift, "saturation": _saturation,
-            "dead-units": _dead, "non-finite": _non_finite, "drift": _drift}
+            "dead-units": _dead, "non-finite": _non_finite, "drift": _drift,
+            "rank-outlier": _rank_outlier}

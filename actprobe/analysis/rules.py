@@ -358,6 +358,58 @@ def check_drift(ctx: Context) -> list[Observation]:
     return found
 
 
+def check_rank_outlier(ctx: Context) -> list[Observation]:
+    """rank-outlier: in a distributed run, a rank whose values at a site are on another scale than the
+    other ranks' (a bad data shard), reported where it starts: not at a site whose inputs showed it."""
+    run, t = ctx.run, ctx.thresholds
+    if len(run.ranks) < 2:
+        return []
+    found, seen = [], {}  # seen: (row, column) -> the ranks found off there
+    for row in distinct_first_and_last(run):
+        scales = np.array([_rank_scales(rank, int(run.step[row])) for rank in run.ranks])  # (R, S)
+        for c in ctx.graph.order:
+            off = _off_ranks(scales[:, c], t.rank_factor)
+            seen[(row, c)] = set(off)
+            if not off or any(set(off) & seen.get((row, p), set()) for p in ctx.graph.predecessors[c]):
+                continue
+            if any(o.column == c for o in found):
+                continue
+            ranks = [int(run.ranks[r].attrs.get("rank", r)) for r in off]
+            ratio = off[next(iter(off))]
+            who = f"rank {ranks[0]}" if len(ranks) == 1 else "ranks " + " and ".join(map(str, ranks))
+            found.append(_observe(ctx, "rank-outlier", "warning", c, [row], ratio,
+                                  f"{who} at ×{ratio:.3g} the other ranks' scale", ranks=ranks))
+    return found
+
+
+def _rank_scales(rank: Run, step: int) -> np.ndarray:
+    """(S,): a rank's root mean square (sqrt(mean² + std²)) of each site at ``step`` (NaN where it has no row)."""
+    row = int(np.searchsorted(rank.step, step))
+    if row >= rank.rows or int(rank.step[row]) != step:
+        return np.full(len(rank.sites), np.nan)
+    mean = rank.stats["mean"][row].astype(np.float64)
+    std = rank.stats["std"][row].astype(np.float64)
+    return np.sqrt(mean * mean + std * std)
+
+
+def _off_ranks(scales: np.ndarray, factor: float) -> dict[int, float]:
+    """The ranks whose scale is more than ``factor`` times (or less than 1/``factor``) the median of the
+    others', with that ratio; with two ranks, both or neither."""
+    found = {}
+    for r, scale in enumerate(scales):
+        others = np.delete(scales, r)
+        others = others[np.isfinite(others) & (others > 0)]
+        if not len(others) or not (np.isfinite(scale) and scale > 0):
+            continue
+        ratio = float(scale / np.median(others))
+        if ratio > factor or ratio < 1 / factor:
+            found[r] = ratio
+    if len(found) > 1 and len(scales) > 2:  # keep the farthest: the others are off only by comparison with it
+        worst = max(found, key=lambda r: abs(math.log(found[r])))
+        found = {worst: found[worst]}
+    return found
+
+
 def _medians(rows: np.ndarray) -> np.ndarray:
     """(S,) float64: each column's median over its finite values (NaN for a column without one).
 
@@ -451,6 +503,12 @@ RULES: tuple[Rule, ...] = (
          "{drift_from} of the way in and the median over the last {drift_window}; model outputs (sites nothing "
          "recorded reads, such as logits), Dropout/Flatten/Identity and Conv/Linear outputs read only by "
          "normalisation layers are left out", "lr too high, missing normalisation", check_drift),
+    Rule("rank-outlier", "warning", "in a distributed run, at the first or last recorded step, one rank's "
+         "values at a site have a scale (root mean square) more than × {rank_factor} (or below 1/{rank_factor}) "
+         "the median of the other ranks' scales; reported where it starts (not at a site one of whose inputs "
+         "showed it for the same rank); with two ranks it names both",
+         "a bad data shard or a rank that loads other data: compare the ranks with `actprobe show RUN --rank R`",
+         check_rank_outlier),
 )
 
 

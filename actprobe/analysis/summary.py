@@ -73,6 +73,8 @@ class RunSummary:
     observations: tuple[Observation, ...] = ()  # every observation of the run, also at sites not shown
     grads: bool = False  # the file has gradient statistics: each site's first/last carry "grad_std"
     parameters: tuple[ParameterSummary, ...] = ()  # the parameters some rule observed (update-ratio)
+    ranks: int = 0  # a distributed run merged from this many ranks' files; 0 otherwise
+    notes: tuple[str, ...] = ()  # how the run was put together (``Run.notes``)
 
     def counts(self) -> dict[str, int]:
         """Observations per severity, over the whole run."""
@@ -114,7 +116,7 @@ class RunSummary:
                 "sites": [{"site": s.name, "module_type": s.module_type, "first": s.first, "last": s.last,
                            "observations": [_observation_json(o) for o in s.observations]} for s in self.sites],
                 "parameters": [{"parameter": p.name, "observations": [_observation_json(o) for o in p.observations]}
-                               for p in self.parameters]}
+                               for p in self.parameters], "ranks": self.ranks, "notes": list(self.notes)}
 
 
 def _observation_json(o: Observation) -> dict[str, Any]:
@@ -154,7 +156,8 @@ def summarize(run: Run, thresholds: Thresholds | None = None, *, live: bool = Fa
         stopped=not run.closed and not live, thresholds=thresholds, uncalled=tuple(run.uncalled),
         total_sites=len(run.sites), observations=tuple(observations), grads=bool(run.grad_stats),
         parameters=tuple(ParameterSummary(run.params[c - len(run.sites)], tuple(found))
-                         for c, found in sorted(by_site.items()) if c >= len(run.sites)))
+                         for c, found in sorted(by_site.items()) if c >= len(run.sites)),
+        ranks=len(run.ranks), notes=tuple(run.notes))
 
 
 def state(run: Run, live: bool) -> str:

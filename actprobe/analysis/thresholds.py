@@ -48,6 +48,8 @@ class Thresholds:
     drift_factor: float = _threshold(5.0, "drift", "the change of a site's std over training, either way")
     drift_window: float = _threshold(0.1, "drift", "the fraction (at most 0.5) of the rows in each window whose median std is compared")
     drift_min_rows: int = _threshold(10, "drift", "the fewest rows a run needs to be judged for drift")
+    rank_factor: float = _threshold(10.0, "rank-outlier", "the factor between one rank's scale at a site and the "
+                                    "median of the other ranks' beyond which the rank is reported")
     drift_from: float = _threshold(0.25, "drift", "where the first window starts, as a fraction of the rows: "
                                    "the early growth out of a small init is not drift")
 

@@ -65,21 +65,25 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     pass
 
 
-def _read(path: Path) -> Any:
+def _read(path: Path, rank: int | None = None) -> Any:
     from ..runfile.reader import read
 
     try:
-        return read(path)
+        return read(path, rank=rank)
     except ActprobeError as exc:
         raise _fail(exc) from None
 
 
+RANK_HELP = "A distributed run: look at this rank's own file instead of the merged global statistics."
+
+
 @app.command()
-def info(path: Path = typer.Argument(..., help="A run file written by actprobe.")) -> None:
+def info(path: Path = typer.Argument(..., help="A run file written by actprobe (or a distributed run's folder)."),
+         rank: int | None = typer.Option(None, "--rank", help=RANK_HELP)) -> None:
     """Print a run file's attributes, sites and row count."""
     from ..render.info import info_lines
 
-    for line in info_lines(_read(path)):
+    for line in info_lines(_read(path, rank)):
         typer.echo(line)
 
 
@@ -96,6 +100,7 @@ def show(
                                      "repeatable."),
     json_output: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     threshold: list[str] = typer.Option([], "--threshold", help=THRESHOLD_HELP),
+    rank: int | None = typer.Option(None, "--rank", help=RANK_HELP),
 ) -> None:
     """Summarise a run file: per-site statistics at the first and last recorded step, and what the rules
     (the same as diagnose's) observed at each site."""
@@ -103,7 +108,7 @@ def show(
 
     try:
         show_view(path, ShowOptions(thresholds=tuple(threshold), flagged=flagged, top=top, select=tuple(select),
-                                    json_output=json_output))
+                                    json_output=json_output, rank=rank))
     except ActprobeError as exc:
         raise _fail(exc) from None
 
@@ -133,6 +138,9 @@ def run(
     hist_every: int = typer.Option(0, "--hist-every", help="Histograms of every site every k-th recorded step "
                                    "(0: none)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the --out file if it exists."),
+    nproc: int = typer.Option(1, "--nproc", help="Train in N processes with DistributedDataParallel (torchrun; "
+                              "gloo on the CPU, NCCL with one GPU each): --out is then the run folder of their "
+                              "rank files, read as one run."),
 ) -> None:
     """Run a model file with actprobe attached: train on its data(), or check its initialisation."""
     from .run_command import execute
@@ -141,7 +149,7 @@ def run(
     try:
         options = RunOptions(model_file=model_file, out=out, steps=steps, epochs=epochs, device=device, every=every,
                              select=tuple(select), seed=seed, batch_size=batch_size, init_check=init_check,
-                             grads=grads, params=params, hist_every=hist_every, overwrite=overwrite)
+                             grads=grads, params=params, hist_every=hist_every, overwrite=overwrite, nproc=nproc)
         code = execute(options, data_root)
     except ActprobeError as exc:
         raise _fail(exc) from None
@@ -177,12 +185,13 @@ def diagnose_command(
     fail_on: str = typer.Option("error", "--fail-on", help="Exit 1 when a finding is this severe or more: "
                                 "info, warning, error, or never."),
     threshold: list[str] = typer.Option([], "--threshold", help=THRESHOLD_HELP),
+    rank: int | None = typer.Option(None, "--rank", help=RANK_HELP),
 ) -> None:
     """Turn a run's statistics into findings with advice; the exit code can gate CI."""
     from .views import diagnose
 
     try:
-        code = diagnose(path, thresholds=threshold, fail_on=fail_on, json_output=json_output)
+        code = diagnose(path, thresholds=threshold, fail_on=fail_on, json_output=json_output, rank=rank)
     except ActprobeError as exc:
         raise _fail(exc) from None
     if code:
@@ -195,12 +204,13 @@ def plot_command(
     out: Path = typer.Option(Path("."), "--out", help="Folder for the PNG figures."),
     select: list[str] = typer.Option([], "--select", help="Site name glob or module class name to draw; "
                                      "repeatable [default: the activations, else the Conv/Linear layers]."),
+    rank: int | None = typer.Option(None, "--rank", help=RANK_HELP),
 ) -> None:
     """Draw the standard figures of a run: per-layer mean and std against step, near-zero % per layer."""
     from .views import plot
 
     try:
-        written = plot(path, out, select)
+        written = plot(path, out, select, rank)
     except ActprobeError as exc:
         raise _fail(exc) from None
     for item in written:

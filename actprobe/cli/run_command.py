@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -14,13 +15,17 @@ from ..errors import FormatError, RunFileError
 from ..runfile.lock import lock_path
 from .codes import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 from .modelfile import load_model_file
+from .ranks import in_job, launch
 from .runner import RunOptions, RunOutcome, run_model_file
 
 
-def output_path(model_file: Path, out: Path | None, overwrite: bool) -> Path:
-    """``out`` (refused if it exists, unless ``overwrite``), or ``<stem>.h5``, ``<stem>-2.h5``, … in the cwd."""
+def output_path(model_file: Path, out: Path | None, overwrite: bool, nproc: int = 1) -> Path:
+    """``out`` (refused if it exists, unless ``overwrite``), or ``<stem>.h5``, ``<stem>-2.h5``, … in the cwd.
+    With ``nproc`` > 1 it is the run folder of the ranks' files."""
     if out is not None:
-        if out.is_dir():
+        if nproc > 1 and out.is_file():
+            raise RunFileError(f"--out {out} is a file; a --nproc run writes a folder of rank files: choose another --out")
+        if out.is_dir() and nproc == 1:
             raise RunFileError(f"--out {out} is a folder; name a file such as {out / (model_file.stem + '.h5')}")
         if out.exists() and not overwrite:
             raise RunFileError(f"{out} exists; pass --overwrite to replace it, or choose another --out")
@@ -41,7 +46,15 @@ def execute(options: RunOptions, data_root: Path | None = None, console: Console
     from ..render.progress import ProgressDisplay
 
     console = console or Console()
-    options = replace(options, out=output_path(options.model_file, options.out, options.overwrite))
+    if in_job():  # one rank of a --nproc run: the launcher chose --out; only rank 0 prints
+        if options.out is None:
+            raise RunFileError("a rank of a distributed run needs --out (the run folder)")
+        if os.environ.get("RANK") != "0":
+            console = Console(quiet=True)
+    else:
+        options = replace(options, out=output_path(options.model_file, options.out, options.overwrite, options.nproc))
+        if options.nproc > 1:
+            return launch(options.nproc, arguments(options, data_root))
     with warnings.catch_warnings(record=True) as caught, use_data_root(data_root):
         warnings.simplefilter("default")
         spec = load_model_file(options.model_file)
@@ -50,6 +63,23 @@ def execute(options: RunOptions, data_root: Path | None = None, console: Console
     for warning in _unique(caught):
         console.print(f"warning: {warning}", style="yellow", highlight=False, markup=False)
     return report(outcome, console)
+
+
+def arguments(options: RunOptions, data_root: Path | None) -> list[str]:
+    """The ``actprobe run`` arguments of ``options`` (``--out`` resolved), for each rank of a --nproc run."""
+    argv = [str(options.model_file), "--out", str(options.out), "--device", options.device, "--every",
+            str(options.every), "--seed", str(options.seed), "--batch-size", str(options.batch_size),
+            "--hist-every", str(options.hist_every)]
+    for flag, value in (("--steps", options.steps), ("--epochs", options.epochs), ("--data-root", data_root)):
+        if value is not None:
+            argv += [flag, str(value)]
+    for name in options.select:
+        argv += ["--select", name]
+    for flag, on in (("--init-check", options.init_check), ("--grads", options.grads), ("--params", options.params),
+                     ("--overwrite", options.overwrite)):
+        if on:
+            argv.append(flag)
+    return argv
 
 
 def announce(console: Console, source: str, notes: tuple[str, ...]) -> None:
@@ -67,7 +97,6 @@ def report(outcome: RunOutcome, console: Console) -> int:
     """Print what the run recorded and how it ended; return the exit code."""
     from ..analysis.summary import summarize
     from ..render.summary import render_summary
-    from ..runfile.lock import writer_active
     from ..runfile.reader import read
 
     try:
@@ -77,7 +106,7 @@ def report(outcome: RunOutcome, console: Console) -> int:
         run = None
     if run is not None and run.rows:
         # the progress display already said what the data was
-        render_summary(summarize(run, live=writer_active(outcome.path)), console, data_line=False)
+        render_summary(summarize(run, live=run.live), console, data_line=False)
         kept = f"{run.rows} recorded steps are in {outcome.path}"
     else:
         kept = "nothing was recorded"
@@ -92,8 +121,11 @@ def report(outcome: RunOutcome, console: Console) -> int:
                       markup=False)
         return EXIT_INTERRUPTED
     rate = outcome.steps / outcome.seconds if outcome.seconds > 0 else float("inf")
-    console.print(f"{outcome.steps} {what} on {outcome.device} in {outcome.seconds:.1f} s ({rate:.1f}/s); "
-                  f"{kept}", highlight=False, markup=False)
+    where = outcome.device
+    if run is not None and run.distributed:
+        where = f"{run.attrs['ranks']} ranks ({outcome.device.split(':')[0]})"
+    console.print(f"{outcome.steps} {what} on {where} in {outcome.seconds:.1f} s ({rate:.1f}/s); {kept}",
+                  highlight=False, markup=False)
     return 0
 
 

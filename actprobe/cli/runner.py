@@ -22,6 +22,7 @@ from ..errors import ActprobeError, ModelFileError, OptionError
 from ..training import Progress, StepOutput, resolve_device, run_loop
 from .model_steps import DataBatches, ModelFileStep, describe, forward
 from .modelfile import ModelFile
+from .ranks import RankJob, in_job
 
 INIT_CHECK_STEPS = 10
 Announce = Callable[[str, tuple[str, ...]], None]  # (data source, notes) → None, before the first step
@@ -46,9 +47,10 @@ class RunOptions:
     params: bool = False  # also the parameters', their gradients' and updates' (training only)
     hist_every: int = 0  # histograms every k-th recorded step (0: none)
     overwrite: bool = False
+    nproc: int = 1  # processes (DDP ranks); more than one: ``ranks.launch`` starts them under torchrun
 
     def __post_init__(self) -> None:
-        for name in ("steps", "epochs", "every", "batch_size"):
+        for name in ("steps", "epochs", "every", "batch_size", "nproc"):
             positive_int(f"--{name.replace('_', '-')}", getattr(self, name), allow_none=True)
         if self.hist_every < 0:
             raise OptionError(f"--hist-every must be 0 (no histograms) or more, got {self.hist_every}")
@@ -83,11 +85,23 @@ def run_model_file(spec: ModelFile, options: RunOptions, progress: Progress | No
     if options.out is None:
         raise OptionError("RunOptions.out must name the run file")
     device = resolve_device(options.device)
+    if in_job() and (spec.data is None or options.init_check):
+        raise OptionError("--nproc (torchrun) trains on data() in several processes; an init check runs in one")
+    job = RankJob.join(device) if in_job() else None
+    device = job.device if job is not None else device
     torch.manual_seed(options.seed)
     model = spec.call("model()", spec.model)
     if not isinstance(model, nn.Module):
         raise ModelFileError(f"{spec.path}: model() must return a torch.nn.Module, got {type(model).__name__}")
     model.to(device)
+    if job is not None:
+        outcome = None
+        try:
+            outcome = _train(spec, options, model, device, progress, announce, job)
+            return outcome
+        finally:  # every rank's file is closed before rank 0 reads the merged run; a rank that failed
+            # does not wait for the others (they may be waiting for it in DDP's all-reduce): torchrun ends them
+            job.finish(wait=outcome is not None and outcome.error is None and not outcome.interrupted)
     if spec.data is not None and not options.init_check:
         return _train(spec, options, model, device, progress, announce)
     for flag, wanted in (("--grads", options.grads), ("--params", options.params)):
@@ -99,18 +113,25 @@ def run_model_file(spec: ModelFile, options: RunOptions, progress: Progress | No
 
 
 def _train(spec: ModelFile, options: RunOptions, model: nn.Module, device: torch.device,
-           progress: Progress | None, announce: Announce | None) -> RunOutcome:
+           progress: Progress | None, announce: Announce | None, job: RankJob | None = None) -> RunOutcome:
+    """Train on data(); in a ``--nproc`` job, the model wrapped in DDP on this rank's share of the batches
+    (the probe watches the model itself, so that its sites have the names of a single-process run)."""
     batches = DataBatches(spec, device)
-    step = ModelFileStep(spec, model)
-    total = options.steps
-    if total is None:
-        try:
-            total = (options.epochs or 1) * len(batches)
-        except TypeError:  # an iterable without a length
-            total = None
+    step = ModelFileStep(spec, job.wrap(model) if job is not None else model)
+    try:
+        length: int | None = len(batches)
+    except TypeError:  # an iterable without a length
+        length = None
+    if job is not None and length is None and options.steps is None:
+        raise OptionError(f"--nproc: data() of {spec.path.name} has no length, so the ranks cannot be given as many "
+                          "batches each; pass --steps")
+    per_epoch = length if job is None or length is None else length // job.world
+    total = options.steps if options.steps is not None else (
+        None if per_epoch is None else (options.epochs or 1) * per_epoch)
     model.train()
     return _record(options, model, device, "train", batches.source, batches.notes, progress, announce,
-                   step=step, batches=batches, epochs=None if options.steps is not None else (options.epochs or 1),
+                   step=step, batches=batches if job is None else job.shard(batches, length),
+                   epochs=None if options.steps is not None else (options.epochs or 1),
                    total=total, optimizer=step.optimizer)
 
 

@@ -14,7 +14,6 @@ from rich.console import Console
 from ..analysis.thresholds import Thresholds
 from ..errors import OptionError
 from ..render.text import printable
-from ..runfile.lock import writer_active
 from ..runfile.reader import Run, read
 from .codes import EXIT_FINDINGS
 
@@ -28,6 +27,7 @@ class ShowOptions:
     top: int | None = None
     select: tuple[str, ...] = ()
     json_output: bool = False
+    rank: int | None = None  # a distributed run: that rank's own file
 
 
 def show(path: Path, options: ShowOptions) -> None:
@@ -37,7 +37,8 @@ def show(path: Path, options: ShowOptions) -> None:
 
     check_number("--top", options.top, integer=True, allow_none=True)
     thresholds = Thresholds.parse(options.thresholds)
-    run, live = read(path), writer_active(path)
+    run = read(path, rank=options.rank)
+    live = run.live
     if run.rows == 0:
         if options.json_output:
             raise OptionError(state(run, live))
@@ -51,14 +52,14 @@ def show(path: Path, options: ShowOptions) -> None:
         render_summary(summary, Console())
 
 
-def diagnose(path: Path, *, thresholds: Sequence[str], fail_on: str, json_output: bool) -> int:
+def diagnose(path: Path, *, thresholds: Sequence[str], fail_on: str, json_output: bool, rank: int | None = None) -> int:
     """Print the findings; return 1 when one is at least as severe as ``fail_on``."""
-    from ..analysis.diagnose import SEVERITIES, diagnose as run_rules, rank
+    from ..analysis.diagnose import SEVERITIES, diagnose as run_rules, rank as severity_rank
 
     if fail_on not in (*SEVERITIES, "never"):
         raise OptionError(f"--fail-on must be one of {', '.join(SEVERITIES)}, never; got {fail_on!r}")
     rules = Thresholds.parse(thresholds)
-    run = read(path)
+    run = read(path, rank=rank)
     findings = run_rules(run, rules)
     if json_output:
         from ..render.diagnose import findings_json
@@ -67,12 +68,12 @@ def diagnose(path: Path, *, thresholds: Sequence[str], fail_on: str, json_output
     elif run.rows == 0:
         from ..analysis.summary import state
 
-        typer.echo(printable(state(run, writer_active(path))))
+        typer.echo(printable(state(run, run.live)))
     else:
         from ..render.diagnose import render_findings
 
-        render_findings(run, findings, Console(), live=writer_active(path))
-    if fail_on != "never" and any(rank(f.severity) >= rank(fail_on) for f in findings):
+        render_findings(run, findings, Console(), live=run.live)
+    if fail_on != "never" and any(severity_rank(f.severity) >= severity_rank(fail_on) for f in findings):
         return EXIT_FINDINGS
     return 0
 
@@ -86,7 +87,7 @@ def compare(files: Sequence[Path], *, step: str, stats: str, figure: Path | None
     runs = [read(path) for path in files]
     comparison = compare_runs(runs, step=step, stats=parse_stats(stats))
     console = Console()
-    render_comparison(comparison, console, live=tuple(writer_active(path) for path in files), top=top)
+    render_comparison(comparison, console, live=tuple(run.live for run in runs), top=top)
     if figure is not None:
         from ..render.figures import plot_compare
 
@@ -94,10 +95,10 @@ def compare(files: Sequence[Path], *, step: str, stats: str, figure: Path | None
         console.print(f"figure: {written}", highlight=False, markup=False)
 
 
-def plot(path: Path, out: Path, select: Sequence[str]) -> list[Path]:
+def plot(path: Path, out: Path, select: Sequence[str], rank: int | None = None) -> list[Path]:
     from ..analysis.roles import layer_chain, sites_matching
 
-    run: Run = read(path)
+    run: Run = read(path, rank=rank)
     if run.rows == 0:
         raise OptionError(f"{path} has no rows committed yet: nothing to draw")
     if out.exists() and not out.is_dir():
@@ -112,7 +113,8 @@ def plot(path: Path, out: Path, select: Sequence[str]) -> list[Path]:
     from ..render.figures import plot_run
     from ..render.training_figures import training_figures
 
-    return write_figure(lambda: plot_run(run, columns, out, path.stem) + training_figures(run, columns, out, path.stem))
+    stem = path.stem + ("" if rank is None else f"-rank{rank}")
+    return write_figure(lambda: plot_run(run, columns, out, stem) + training_figures(run, columns, out, stem))
 
 
 def write_figure(draw: Callable[[], T]) -> T:

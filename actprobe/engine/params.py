@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import OptionError
+from .sites import local_part
 
 Observe = Callable[[int, int, torch.Tensor], None]  # (group: 0 values, 1 gradient, 2 update; parameter; tensor)
 VALUES, GRADIENT, UPDATE = 0, 1, 2
@@ -37,7 +38,7 @@ class ParamWatch:
                  on_error: Callable[[Exception], None]) -> None:
         self._params = [p for group in optimizer.param_groups for p in group["params"]]
         self._observe, self._recording, self._on_error = observe, recording, on_error
-        self._before: list[torch.Tensor] | None = None
+        self._before: list[torch.Tensor | None] | None = None
         self._handles = [optimizer.register_step_pre_hook(self._pre), optimizer.register_step_post_hook(self._post)]
 
     def _pre(self, optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
@@ -46,12 +47,17 @@ class ParamWatch:
             return
         try:
             with torch.no_grad():
-                before = []
+                before: list[torch.Tensor | None] = []
                 for index, p in enumerate(self._params):
-                    self._observe(VALUES, index, p)
-                    if p.grad is not None:
-                        self._observe(GRADIENT, index, p.grad)
-                    before.append(p.detach().clone())
+                    local = local_part(p.detach())  # FSDP2's DTensor parameters: this rank's shard
+                    if local is None:  # pending reductions: nothing this rank can read alone
+                        before.append(None)
+                        continue
+                    self._observe(VALUES, index, local)
+                    grad = None if p.grad is None else local_part(p.grad)
+                    if grad is not None:
+                        self._observe(GRADIENT, index, grad)
+                    before.append(local.clone())
             self._before = before
         except Exception as exc:  # never into the user's optimizer step
             self._on_error(exc)
@@ -63,7 +69,9 @@ class ParamWatch:
         try:
             with torch.no_grad():
                 for index, (p, old) in enumerate(zip(self._params, before)):
-                    self._observe(UPDATE, index, p.detach() - old)
+                    local = local_part(p.detach())
+                    if old is not None and local is not None:
+                        self._observe(UPDATE, index, local - old)
         except Exception as exc:
             self._on_error(exc)
 

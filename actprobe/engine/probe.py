@@ -19,6 +19,7 @@ from ..runfile.format import SiteGraph
 from ..stats.dispatch import MomentKernel
 from .hooks import HookEngine
 from .params import ParamWatch, parameter_names
+from .ranks import RankPlace, place
 from .recorder import MAX_UNITS, Recorder
 from .scalars import accepted, recordable_names
 from .selection import Select, containers, select_modules
@@ -69,6 +70,13 @@ class Probe:
             bins: ``actprobe.stats.histogram.HIST_EDGES``).
         meta: extra root attributes for the file (str, bool, int, float, flat lists).
         overwrite: replace an existing file at ``path`` instead of refusing.
+        distributed: whether this process is one rank of a distributed run. None (the default): when it
+            belongs to a ``torch.distributed`` process group of more than one process (or runs under
+            torchrun). Then ``path`` is the run's folder: each rank writes
+            ``path/segment-<k>/rank-<r>.h5`` (``k``: torchelastic's restart count) without any
+            communication, and ``actprobe.read(path)`` merges the ranks into the statistics of the
+            global batch. False: a file of its own at ``path`` for every process.
+        group: the process group whose ranks make up the run (default: the default group).
         kernel: which statistics backend computes the moments: ``auto`` (the C kernel for CPU
             tensors, Triton for CUDA tensors, torch operations where neither is available), or
             ``torch`` (torch operations everywhere: for comparisons and benchmarks).
@@ -85,7 +93,7 @@ class Probe:
                  flush_every: int = FLUSH_EVERY, flush_seconds: float = FLUSH_SECONDS, train_only: bool = True,
                  grads: bool = False, params: bool = False, optimizer: torch.optim.Optimizer | None = None,
                  hist_every: int = 0, meta: Mapping[str, Any] | None = None, overwrite: bool = False,
-                 kernel: str = "auto") -> None:
+                 kernel: str = "auto", distributed: bool | None = None, group: Any = None) -> None:
         self.settings = ProbeSettings(every=every, near_zero_eps=near_zero_eps, dead_eps=dead_eps,
                                       flush_every=flush_every, flush_seconds=flush_seconds, train_only=train_only,
                                       grads=grads, params=params, hist_every=hist_every, overwrite=overwrite,
@@ -97,12 +105,17 @@ class Probe:
         param_names, self._param_ndims = [name for name, _ in named], [ndim for _, ndim in named]
         modules = select_modules(model, select)
         extra = containers(model) if select is None else []
+        if distributed is not None and not isinstance(distributed, bool):
+            raise OptionError(f"distributed must be True, False or None, got {distributed!r}")
         self.path = Path(path)
-        self._sink = FileSink(self.path, overwrite=overwrite)
+        self.rank: RankPlace | None = place(distributed, group)  # None: a single-process run
+        # the file this process writes: ``path`` itself, or this rank's file in the run folder ``path``
+        self.file = self.path if self.rank is None else self.rank.file(self.path)
+        self._sink = FileSink(self.file, overwrite=overwrite)
         self._recorder = Recorder(MomentKernel(near_zero_eps, **KERNEL_OPTIONS[kernel]), dead_eps=dead_eps,
                                   rows_per_flush=self.settings.rows_per_flush, grads=grads, params=param_names,
                                   on_error=self._on_call_error, hooked=[name for name, _ in modules],
-                                  containers=[name for name, _ in extra])
+                                  containers=[name for name, _ in extra], partials=self.rank is not None)
         self._step = 0
         self._recorder.hist_now = hist_every > 0  # recorded step 0 is histogram row 0
         self._started = time.perf_counter()
@@ -233,7 +246,7 @@ class Probe:
         dropped = self._recorder.dropped_rows
         if dropped:
             self._warn_once("dropped", f"{dropped} rows were dropped because writing "
-                            f"{self.path} could not keep up; raise flush_every or record less often (every=)")
+                            f"{self.file} could not keep up; raise flush_every or record less often (every=)")
 
     # -- internals -------------------------------------------------------------------------------
     def _on_call_error(self, exc: Exception) -> None:
@@ -252,10 +265,11 @@ class Probe:
             settings = self.settings
             attributes = {"near_zero_eps": settings.near_zero_eps, "dead_eps": settings.dead_eps,
                           "every": settings.every, "grads": settings.grads, "params": settings.params,
-                          "hist_every": settings.hist_every, **settings.meta}
+                          "hist_every": settings.hist_every, **settings.meta,
+                          **(self.rank.attributes() if self.rank is not None else {})}
             self._sink.open(recorder.sites, names, attributes, settings.rows_per_flush, recorder.graph,
                             recorder.stat_groups, recorder.params, recorder.hist_groups if settings.hist_every else (),
-                            self._param_ndims)
+                            self._param_ndims, recorder.unit_columns)
             self._engine.unhook(recorder.idle_containers)
         self._report_new_sites()
         recorder.end_step(self._step, time.perf_counter() - self._started,
@@ -274,7 +288,7 @@ class Probe:
                        "pass train_only=False to record them")
             else:
                 why = "no selected module was called while the probe was open"
-            self._warn_once("nothing", f"nothing was recorded, so {self.path} was not written: {why}")
+            self._warn_once("nothing", f"nothing was recorded, so {self.file} was not written: {why}")
         elif pending:
             self._warn_once("pending", "the forwards after the last probe.step() were not recorded: each "
                             "recorded step ends with probe.step()")
@@ -285,6 +299,11 @@ class Probe:
             self._warn_once("unitless", f"sites with more than {MAX_UNITS:,} units are recorded without per-unit "
                             f"statistics, to bound the probe's memory (their dead fraction is NaN): "
                             f"{', '.join(names[:5])}{' …' if len(names) > 5 else ''}")
+        if self._recorder.sharded:
+            names = sorted(self._recorder.sharded)
+            self._warn_once("sharded", f"outputs that are DTensors (tensor parallelism) are not recorded: each rank "
+                            f"holds a shard, whose statistics are not the tensor's: {', '.join(names[:5])}"
+                            f"{' …' if len(names) > 5 else ''}")
         if self._recorder.ignored:
             names = sorted(self._recorder.ignored)
             self._warn_once("new-sites", f"sites that first appeared after the first recorded step are not "
@@ -301,7 +320,7 @@ class Probe:
         if batch is not None:
             self._sink.submit(batch)
         elif self._recorder.dropped_rows:
-            self._warn_once("dropping", f"writing {self.path} is falling behind; rows are being dropped")
+            self._warn_once("dropping", f"writing {self.file} is falling behind; rows are being dropped")
 
     def _check_writer(self) -> None:
         if self._sink.error is not None and self.error is None:
@@ -313,7 +332,7 @@ class Probe:
             self.error = exc
             self._engine.active = False
             self._recorder.discard_step()
-            warnings.warn(f"actprobe stopped recording to {self.path}: {type(exc).__name__}: {exc}. "
+            warnings.warn(f"actprobe stopped recording to {self.file}: {type(exc).__name__}: {exc}. "
                           "Rows committed before this stay in the file; training goes on.",
                           ActprobeWarning, stacklevel=3)
 

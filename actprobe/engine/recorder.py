@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from functools import partial
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -29,7 +30,7 @@ from ..stats.dispatch import MomentKernel
 from ..stats.histogram import BINS, Histograms
 from ..stats.merge import RING_BUFFERS, RING_BYTES, Layout, PartialRing, arrangement, merge_now
 from .graph import GraphTracer
-from .sites import Site, floating_outputs, site_name, unit_dim
+from .sites import Site, floating_outputs, is_sharded, site_name, unit_dim
 from .staging import RowStage, StagedRows
 
 
@@ -42,13 +43,16 @@ class Recorder:
 
     def __init__(self, kernel: MomentKernel, *, dead_eps: float, rows_per_flush: int, grads: bool = False,
                  params: Sequence[str] = (), on_error: Callable[[Exception], None] | None = None,
-                 hooked: Sequence[str] = (), containers: Collection[str] = ()) -> None:
+                 hooked: Sequence[str] = (), containers: Collection[str] = (), partials: bool = False) -> None:
         """``hooked``: the selected modules' names; ``containers``: hooked modules whose outputs are
         recorded only when no recorded site produced them; ``grads``: record the outputs' gradients
         too; ``params``: the names of the parameter tensors whose values, gradients and updates are
         recorded (``observe_param``); ``on_error``: takes what a gradient hook raised (it never reaches
-        the backward pass)."""
+        the backward pass); ``partials``: keep each row's mergeable partials too (a rank of a
+        distributed run: ``unit_columns``)."""
         self.kernel = kernel
+        self.partials = partials
+        self.unit_columns: np.ndarray | None = None  # (columns, 2): first unit column (−1: none), units
         self.dead_eps = dead_eps
         self.rows_per_flush = rows_per_flush
         self.grads = grads
@@ -67,6 +71,7 @@ class Recorder:
         self.device: torch.device | None = None
         self.ignored: set[str] = set()
         self.unitless: set[str] = set()  # sites with more than MAX_UNITS units, recorded without units
+        self.sharded: set[str] = set()  # outputs that are DTensors (tensor parallelism): not recorded
         self._partials: list[tuple[int, Partial]] = []
         self._channel_first_shapes: set[torch.Size] = set()
         self._layouts: dict[tuple, Layout] = {}
@@ -113,6 +118,9 @@ class Recorder:
                 self._producers.add(module_name)
 
     def _observe_one(self, name: str, module: nn.Module, tensor: torch.Tensor) -> int | None:
+        if type(tensor) is not torch.Tensor and is_sharded(tensor):
+            self.sharded.add(name)
+            return None
         index = self._index.get(name)
         if index is None:
             if self.started:  # the site set is fixed
@@ -210,7 +218,27 @@ class Recorder:
             self._tracer.clear()
             self._tracer = None
         device = self.device or torch.device("cpu")
-        self.stage = RowStage(self.rows_per_flush, self.columns, scalar_names, device)
+        units = None
+        if self.partials:
+            self.unit_columns = self._unit_columns()
+            units = int(self.unit_columns[:, 1][self.unit_columns[:, 0] >= 0].sum())
+        self.stage = RowStage(self.rows_per_flush, self.columns, scalar_names, device, units)
+
+    def _unit_columns(self) -> np.ndarray:
+        """Where each column's per-unit partials go: the units of each site's first call in the first
+        recorded step, for its outputs' column and its gradients' column; none for the parameters'."""
+        units: dict[int, int] = {}
+        for site, part in self._partials:
+            if part.units and site not in units and self.sites[site].unit_dim is not None:
+                units[site] = part.units
+        sites = len(self.sites)
+        columns = np.full((self.columns, 2), -1, dtype=np.int64)
+        first = 0
+        for group in range(len(self.site_groups)):
+            for site, count in sorted(units.items()):
+                columns[group * sites + site] = (first, count)
+                first += count
+        return columns
 
     def end_step(self, step: int, elapsed: float, scalars: dict[str, float | torch.Tensor]) -> None:
         """Turn this step's partials into the next row of the stage (``start`` first)."""
@@ -282,7 +310,7 @@ class Recorder:
             if layout is None:
                 if len(self._layouts) >= 64:
                     self._layouts.clear()
-                layout = self._layouts[key] = Layout.build(partials, self.columns, stage.device)
+                layout = self._layouts[key] = Layout.build(partials, self.columns, stage.device, self.unit_columns)
             buffers = RING_BUFFERS if self._hands_over(stage) else 1
             capacity = PartialRing.capacity_for(layout, stage.capacity, buffers)
             if capacity < (1 if buffers > 1 else 2):  # too wide to gather: merge this step on its own

@@ -50,6 +50,23 @@ def floating_outputs(output: object, suffix: str = "", depth: int = 0) -> Iterat
             yield from floating_outputs(item, f"{suffix}[{key}]", depth + 1)
 
 
+def is_sharded(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a ``DTensor`` (tensor parallelism): each rank holds a shard of it, whose
+    statistics are not those of the tensor; such outputs are not recorded."""
+    return type(tensor) is not torch.Tensor and type(tensor).__name__ == "DTensor" and hasattr(tensor, "placements")
+
+
+def local_part(tensor: torch.Tensor) -> torch.Tensor | None:
+    """A parameter (or its gradient) as this rank holds it: a plain tensor itself; a DTensor sharded or
+    replicated over the ranks (FSDP2) its local part, which a distributed run merges over the ranks (a
+    replicated one counted once); None for a DTensor with pending reductions (``Partial`` placements)."""
+    if type(tensor) is torch.Tensor or type(tensor) is nn.Parameter or not is_sharded(tensor):
+        return tensor
+    if any(type(p).__name__ not in ("Shard", "Replicate") for p in tensor.placements):
+        return None
+    return tensor.to_local()
+
+
 def unit_dim(module: nn.Module, shape: torch.Size, channel_first_shapes: set[torch.Size]) -> int | None:
     """The dimension that holds the units of an output, used for the ``dead`` statistic.
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ..runfile.format import STATISTICS
-from ..stats.merge import Segment
+from ..stats.merge import PARTIAL_VALUES, UNIT_VALUES, Merged, Segment
 
 HOST_SLOTS = 3  # at least this many host slots; more when they are small, up to MAX_HOST_SLOTS
 MAX_HOST_SLOTS = 32
@@ -42,10 +42,14 @@ def _wait_for(event: torch.cuda.Event) -> None:
 
 
 class _HostSlot:
-    def __init__(self, capacity: int, sites: int, scalars: int, device: torch.device) -> None:
+    def __init__(self, capacity: int, sites: int, scalars: int, device: torch.device, units: int | None) -> None:
         pin = device.type == "cuda"
         self.stats = torch.empty((capacity, sites, len(STATISTICS)), dtype=torch.float64, pin_memory=pin)
         self.scalars = torch.empty((capacity, scalars), dtype=torch.float64, pin_memory=pin)
+        self.partials = self.units = None
+        if units is not None:  # a rank of a distributed run: the mergeable partials come along
+            self.partials = torch.empty((capacity, sites, PARTIAL_VALUES), dtype=torch.float64, pin_memory=pin)
+            self.units = torch.empty((capacity, units, UNIT_VALUES), dtype=torch.float64, pin_memory=pin)
 
 
 class StagedRows:
@@ -67,11 +71,21 @@ class StagedRows:
             _wait_for(self._event)
             self._event = None
         stats = self._slot.stats.numpy()
+        slot = self._slot
+        partials, units = (None, None) if slot.partials is None else (slot.partials.numpy(), slot.units.numpy())
         while self._segments:
-            self._segments.pop(0).merge_into(stats)
+            self._segments.pop(0).merge_into(stats, partials, units)
 
     def stats(self) -> np.ndarray:
         return self._slot.stats[:self._n].numpy()
+
+    def partials(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The rows' mergeable partials, (n, C, PARTIAL_VALUES) and (n, U, UNIT_VALUES), when the stage
+        keeps them (a rank of a distributed run)."""
+        slot = self._slot
+        if slot.partials is None or slot.units is None:
+            return None
+        return slot.partials[:self._n].numpy(), slot.units[:self._n].numpy()
 
     def hist(self) -> list[tuple[int, np.ndarray]]:
         """The histogram rows: (row within this batch, (columns, bins) counts)."""
@@ -89,13 +103,19 @@ class StagedRows:
 class RowStage:
     """The device rows of the current flush interval and the host slots they are copied to."""
 
-    def __init__(self, capacity: int, sites: int, scalar_names: Sequence[str], device: torch.device) -> None:
+    def __init__(self, capacity: int, sites: int, scalar_names: Sequence[str], device: torch.device,
+                 units: int | None = None) -> None:
+        """``units``: keep each row's mergeable partials too, with this many unit columns (distributed runs)."""
         self.capacity = capacity
         self.device = device
         self.scalar_names = list(scalar_names)
         self.scalar_index = {name: i for i, name in enumerate(self.scalar_names)}
         m = len(self.scalar_names)
         self._stats = torch.full((capacity, sites, len(STATISTICS)), torch.nan, dtype=torch.float64, device=device)
+        self._partials = self._units = None
+        if units is not None:
+            self._partials = torch.full((capacity, sites, PARTIAL_VALUES), torch.nan, dtype=torch.float64, device=device)
+            self._units = torch.full((capacity, units, UNIT_VALUES), torch.nan, dtype=torch.float64, device=device)
         self._device_scalars = torch.full((capacity, m), torch.nan, dtype=torch.float64, device=device)
         self._host_scalars = np.full((capacity, m), np.nan)
         self._from_device = np.zeros((capacity, m), dtype=bool)
@@ -108,7 +128,7 @@ class RowStage:
         self._hists: list[tuple[int, torch.Tensor]] = []  # (row, (columns, bins) counts) of histogram rows
         self._free: queue.SimpleQueue[_HostSlot] = queue.SimpleQueue()
         for _ in range(host_slots(capacity, sites, m)):
-            self._free.put(_HostSlot(capacity, sites, m, device))
+            self._free.put(_HostSlot(capacity, sites, m, device, units))
 
     @property
     def full(self) -> bool:
@@ -133,9 +153,15 @@ class RowStage:
         self.rows += 1
         return row
 
-    def set_stats(self, first_row: int, stats: torch.Tensor) -> None:
-        """Statistics (n, S, 8) of rows first_row … first_row + n − 1."""
-        self._stats[first_row:first_row + stats.shape[0]].copy_(stats)
+    def set_stats(self, first_row: int, merged: Merged) -> None:
+        """Statistics (n, S, 8) of rows first_row … first_row + n − 1, and their partials (kept when the
+        stage keeps them)."""
+        stats, partials, units = merged
+        rows = slice(first_row, first_row + stats.shape[0])
+        self._stats[rows].copy_(stats)
+        if self._partials is not None and self._units is not None and partials is not None and units is not None:
+            self._partials[rows].copy_(partials)
+            self._units[rows].copy_(units)
 
     def add_hist(self, row: int, counts: torch.Tensor) -> None:
         """A histogram row for row ``row`` of this interval (counts on the device)."""
@@ -165,6 +191,9 @@ class RowStage:
             return None
         if sum(segment.n for segment in segments) != n:  # rows merged at once are copied; deferred ones, not
             slot.stats[:n].copy_(self._stats[:n], non_blocking=True)
+            if slot.partials is not None and self._partials is not None:
+                slot.partials[:n].copy_(self._partials[:n], non_blocking=True)
+                slot.units[:n].copy_(self._units[:n], non_blocking=True)
         slot.scalars[:n].copy_(self._device_scalars[:n], non_blocking=True)
         if self.device.type == "cuda":  # histogram rows come along, copied before the event like the rest
             hists = [(row, torch.empty(counts.shape, dtype=counts.dtype, pin_memory=True).copy_(counts, non_blocking=True))

@@ -12,6 +12,10 @@ def info_lines(run: Run) -> list[str]:
     lines = [f"{run.path}: format_version {run.format_version}, {run.rows} rows, {len(run.sites)} sites"]
     if run.rows:
         lines.append(f"steps {int(run.step[0])}..{int(run.step[-1])}, {run.time[-1]:.1f} s")
+    if run.distributed:
+        lines.append(f"distributed run of {len(run.ranks)} ranks: " + ", ".join(
+            f"rank {r.attrs.get('rank')} {r.rows} rows" + ("" if r.closed else " (not closed)") for r in run.ranks))
+    lines += [f"note: {note}" for note in run.notes]
     lines += [f"  {key} = {run.attrs[key]}" for key in sorted(run.attrs)]
     lines += [f"  site {name} ({kind})" for name, kind in zip(run.sites, run.site_module_types)]
     if run.scalars:

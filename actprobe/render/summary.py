@@ -16,7 +16,6 @@ from ..analysis.rules import SEVERITIES, Observation, percent
 from ..analysis.rules_doc import legend
 from ..analysis.summary import RunSummary, summarize
 from ..analysis.thresholds import Thresholds
-from ..runfile.lock import writer_active
 from ..runfile.reader import Run, read
 from .names import MIN_NAME_WIDTH, shorten
 from .tables import fix_widths
@@ -85,6 +84,13 @@ def _header(summary: RunSummary, data_line: bool) -> list[str]:
              + (" — still being written" if summary.live else "")
              + (" — its writer stopped without closing it (a crash or a write error); these are its "
                 "committed rows" if summary.stopped else "")]
+    if summary.ranks:
+        lines.append(f"distributed run: the global batch of {summary.ranks} ranks (segment {attrs.get('segment', 0)}), "
+                     "merged from their files; --rank R shows one rank's own statistics")
+    elif "rank" in attrs:
+        lines.append(f"rank {attrs['rank']} of a distributed run of {attrs.get('world_size')} processes: this "
+                     "rank's values only (its folder reads as the global batch)")
+    lines += [f"note: {note}" for note in summary.notes]
     context = [f"{key} {attrs[key]}" for key in ("model_file", "mode", "device", "seed") if key in attrs]
     if context:
         lines.append(", ".join(context))
@@ -182,5 +188,5 @@ def summary(source: str | os.PathLike[str] | Run, thresholds: Thresholds | None 
         FormatError: the file cannot be read; OptionError: it has no rows, or ``select`` matches nothing.
     """
     run = source if isinstance(source, Run) else read(source)
-    data = summarize(run, thresholds, live=writer_active(run.path))
+    data = summarize(run, thresholds, live=run.live)
     return SummaryReport(data.pick(flagged=flagged, top=top, select=select))

@@ -27,6 +27,15 @@ PARAM_GRAD_STATS = "param_grad_stats"
 UPDATE_STATS = "update_stats"
 PARAM_GROUPS: tuple[str, ...] = (PARAM_STATS, PARAM_GRAD_STATS, UPDATE_STATS)
 
+# The mergeable partials of each row, kept by each rank of a distributed run (``partials/<name>``, (T, C)
+# float64, C: every column of a row, the stat groups side by side), and per unit of the columns that have
+# units (``unit_partials/<name>``, (T, U) float64; ``unit_partials/columns``: (C, 2) first unit column or
+# −1, and units, of each column). A distributed run's statistics are merged from them (``runfile.ranks``).
+PARTIALS = "partials"
+PARTIAL_NAMES: tuple[str, ...] = ("count", "mean", "m2", "min", "max", "numel", "far", "nonfinite")
+UNIT_PARTIALS = "unit_partials"
+UNIT_PARTIAL_NAMES: tuple[str, ...] = ("count", "mean", "m2")
+
 # The histogram bins (``hist/edges``): symmetric and log-spaced in |x|, HIST_PER_DECADE per decade from
 # 1e-6 to 1e6, a bin [-1e-6, 1e-6) around zero, and underflow/overflow bins out to ∓inf (see
 # ``stats.histogram``).

@@ -123,6 +123,11 @@ class Statistic:
     def __len__(self) -> int:
         return self.shape[0]
 
+    @property
+    def source(self) -> Source:
+        """Where the statistic is read from (``Source.reading()`` opens the same run's file)."""
+        return self._source
+
     def __getitem__(self, key: Any) -> Any:
         rows, columns = key if isinstance(key, tuple) and len(key) == 2 else (key, slice(None))
         if isinstance(key, tuple) and len(key) == 1:

@@ -19,7 +19,7 @@ from ..errors import FormatError
 from ._swmr import open_swmr
 from .format import GRAD_STATS, PARAM_GROUPS, STATISTICS
 from .lazy import Source, Statistic
-from .validate import Checker, check_columns, check_epochs, check_graph, check_hist, check_root, text
+from .validate import Checker, check_columns, check_epochs, check_graph, check_hist, check_partials, check_root, text
 
 LIVE_ATTEMPTS = 3  # reads of a file that a live writer is extending
 
@@ -76,6 +76,22 @@ class Run:
     # group (``param_stats``, ``param_grad_stats``, ``update_stats``) -> name -> (T, P); empty without params
     param_stats: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     hist: Histograms | None = field(default=None, repr=False)  # ``Probe(hist_every=k)``: see ``Histograms``
+    # a rank file of a distributed run: (C, 2) first unit column (−1: none) and units of each column of its
+    # mergeable partials (``partials/``, ``unit_partials/``); None otherwise
+    unit_columns: np.ndarray | None = field(default=None, repr=False)
+    # a distributed run read as one (``read(folder)``): the runs of its ranks, rank by rank; empty otherwise
+    ranks: tuple[Run, ...] = field(default=(), repr=False)
+    notes: tuple[str, ...] = ()  # what a reader should know about how the run was put together
+
+    @property
+    def distributed(self) -> bool:
+        """Whether this is a distributed run merged from its ranks' files."""
+        return bool(self.ranks)
+
+    @property
+    def live(self) -> bool:
+        """Whether a probe is writing the file now (any rank's file, for a distributed run)."""
+        return any(_live(run.path) for run in self.ranks) if self.ranks else _live(self.path)
 
     @property
     def rows(self) -> int:
@@ -116,9 +132,13 @@ class Run:
         return bool(self.grad_stats)
 
 
-def read(path: str | os.PathLike[str]) -> Run:
+def read(path: str | os.PathLike[str], *, rank: int | None = None) -> Run:
     """Read a run file: every committed row, also while another process is still writing it, and
     after its writer died or stopped on a write error.
+
+    A distributed run's folder (``Probe`` in a multi-process job) reads as one run whose statistics are
+    those of the global batch, merged from its ranks' files (``runfile.distributed``); ``rank``: that
+    rank's own file instead.
 
     The file's structure is checked against docs/FORMAT.md before its data is read (``validate``).
     A file whose writer has not committed a row yet gives a ``Run`` with no rows.
@@ -133,7 +153,13 @@ def read(path: str | os.PathLike[str]) -> Run:
     if not path.exists():
         raise FormatError(_missing(path))
     if path.is_dir():
-        raise FormatError(f"{path} is a folder, not a run file")
+        from .distributed import is_run_folder, read_folder
+
+        if not is_run_folder(path):
+            raise FormatError(f"{path} is a folder, not a run file (nor a distributed run's folder)")
+        return read_folder(path, read, rank)
+    if rank is not None:
+        raise FormatError(f"{path} is a single-process run file: it has no ranks (rank= is for distributed runs)")
     try:
         is_hdf5 = h5py.is_hdf5(path)
     except OSError as exc:
@@ -204,6 +230,8 @@ def _load(f: Any, path: Path, closed: bool) -> Run:
     edges, uncalled = check_graph(checker, count)
     hist = check_hist(checker, count, steps)
     rows = len(steps)
+    columns = count * (2 if GRAD_STATS in groups else 1) + len(params) * sum(g in groups for g in PARAM_GROUPS)
+    unit_columns = check_partials(checker, rows, columns) if attrs.get("distributed") is True else None
     units = f["site_unit_dim"][()] if "site_unit_dim" in f else np.zeros(count, np.int8)
     opener = lambda p: _open(_h5py(), p)[0]  # noqa: E731
     source = Source(path, rows, count, opener, attrs.get("run_id"))
@@ -228,4 +256,5 @@ def _load(f: Any, path: Path, closed: bool) -> Run:
         edges=edges,
         uncalled=uncalled,
         closed=closed,
+        unit_columns=unit_columns,
     )

@@ -21,8 +21,8 @@ import numpy as np
 
 from .._version import __version__
 from ..errors import RunFileError
-from .format import (FORMAT_NAME, FORMAT_VERSION, HIST_EDGES, PARAM_GROUPS, STATISTICS, STATS, STEP_FILL, Site,
-                     SiteGraph)
+from .format import (FORMAT_NAME, FORMAT_VERSION, HIST_EDGES, PARAM_GROUPS, PARTIAL_NAMES, PARTIALS, STATISTICS,
+                     STATS, STEP_FILL, UNIT_PARTIAL_NAMES, UNIT_PARTIALS, Site, SiteGraph)
 from .lock import WriterLock
 
 
@@ -52,8 +52,12 @@ class RunFileWriter:
     def __init__(self, path: Path, *, sites: Sequence[Site], scalar_names: Sequence[str],
                  attributes: Mapping[str, Any], chunk_rows: int, graph: SiteGraph | None = None,
                  stat_groups: Sequence[str] = (STATS,), params: Sequence[str] = (),
-                 hist_groups: Sequence[str] = (), param_ndims: Sequence[int] = ()) -> None:
+                 hist_groups: Sequence[str] = (), param_ndims: Sequence[int] = (),
+                 unit_columns: np.ndarray | None = None) -> None:
+        """``unit_columns``: keep each row's mergeable partials (``partials/``, ``unit_partials/``), with
+        these unit columns (a rank of a distributed run)."""
         self.path = path
+        self.unit_columns = unit_columns
         self.scalar_names = list(scalar_names)
         self.params = list(params)
         self.param_ndims = list(param_ndims)
@@ -124,14 +128,31 @@ class RunFileWriter:
             columns["hist"] = f["hist"]
         for name in self.scalar_names:
             columns[f"scalars/{name}"] = _column(f, f"scalars/{name}", chunk_rows)
+        if self.unit_columns is not None:
+            self._create_partials(chunk_rows)
         f.flush()
         f.swmr_mode = True
 
+    def _create_partials(self, chunk_rows: int) -> None:
+        f, columns, unit_columns = self._file, self._columns, self.unit_columns
+        assert unit_columns is not None
+        width = sum(count for _, count in self.stat_groups)
+        units = int(unit_columns[:, 1][unit_columns[:, 0] >= 0].sum())
+        for group, names, size in ((PARTIALS, PARTIAL_NAMES, width), (UNIT_PARTIALS, UNIT_PARTIAL_NAMES, units)):
+            for name in names:
+                columns[f"{group}/{name}"] = f.create_dataset(
+                    f"{group}/{name}", shape=(0, size), maxshape=(None, size), dtype=np.float64,
+                    chunks=(chunk_rows, max(1, size)), fillvalue=np.nan)
+        columns[f"{UNIT_PARTIALS}/columns"] = f.create_dataset(f"{UNIT_PARTIALS}/columns", data=unit_columns)
+        columns[PARTIALS], columns[UNIT_PARTIALS] = f[PARTIALS], f[UNIT_PARTIALS]
+
     def append(self, steps: np.ndarray, times: np.ndarray, stats: np.ndarray, scalars: np.ndarray,
-               hist: Sequence[tuple[int, np.ndarray]] = ()) -> None:
+               hist: Sequence[tuple[int, np.ndarray]] = (),
+               partials: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """Commit rows. stats: (n, C, len(STATISTICS)) float, the stat groups' columns side by side
         (S for the sites' groups, P for the parameters'); scalars: (n, len(scalar_names)); hist: the
-        histogram rows among them, (row, (G × S, bins) counts), the hist groups' sites side by side.
+        histogram rows among them, (row, (G × S, bins) counts), the hist groups' sites side by side;
+        partials: (n, C, 8) and (n, U, 3), the rows' mergeable partials (a file made with ``unit_columns``).
 
         Raises:
             RunFileError: a write or flush failed; the file is frozen with the rows committed before.
@@ -153,6 +174,11 @@ class RunFileWriter:
                     _extend(columns[f"{group}/{name}"], start, end, part[:, :, index].astype(np.float32))
             for index, name in enumerate(self.scalar_names):
                 _extend(columns[f"scalars/{name}"], start, end, scalars[:, index])
+            if self.unit_columns is not None:
+                assert partials is not None, "a file with partials takes them with every row"
+                for values, group, names in zip(partials, (PARTIALS, UNIT_PARTIALS), (PARTIAL_NAMES, UNIT_PARTIAL_NAMES)):
+                    for index, name in enumerate(names):
+                        _extend(columns[f"{group}/{name}"], start, end, values[:, :, index])
             if hist and self.hist_groups:
                 h0, h1 = self.hist_rows, self.hist_rows + len(hist)
                 for g, group in enumerate(self.hist_groups):

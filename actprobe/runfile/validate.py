@@ -17,7 +17,8 @@ import numpy as np
 
 from .._text import one_line
 from ..errors import FormatError
-from .format import FORMAT_NAME, FORMAT_VERSION, GRAD_STATS, GRAPH_INPUT, PARAM_GROUPS, STATISTICS, STATS, STEP_FILL
+from .format import (FORMAT_NAME, FORMAT_VERSION, GRAD_STATS, GRAPH_INPUT, PARAM_GROUPS, PARTIAL_NAMES, PARTIALS,
+                     STATISTICS, STATS, STEP_FILL, UNIT_PARTIAL_NAMES, UNIT_PARTIALS)
 
 MAX_SITES = 1_000_000
 MAX_NAME_BYTES = 4096  # a fixed-length site name or module type
@@ -185,6 +186,29 @@ def check_hist(c: Checker, sites: int, steps: np.ndarray) -> tuple[np.ndarray, n
             raise c.fail(f"'hist/{group}' has shape {ds.shape}; {len(rows)} rows of {sites} sites × "
                          f"{len(edges) - 1} bins expected")
     return edges, rows, groups
+
+
+def check_partials(c: Checker, rows: int, columns: int) -> np.ndarray | None:
+    """A rank file's mergeable partials: every ``partials/`` and ``unit_partials/`` dataset with at least
+    ``rows`` rows and the right width; returns the (C, 2) unit columns, None when the file has none."""
+    if c.node(PARTIALS, h5py.Group, required=False) is None:
+        return None
+    layout = c.dataset(f"{UNIT_PARTIALS}/columns", "iu", 2)
+    if layout.shape != (columns, 2):
+        raise c.fail(f"'{UNIT_PARTIALS}/columns' has shape {layout.shape}, not ({columns}, 2)")
+    c.spend(f"{UNIT_PARTIALS}/columns", 16 * columns)
+    units = np.asarray(layout[()], dtype=np.int64)
+    owned = units[units[:, 0] >= 0]
+    total = int(owned[:, 1].sum()) if len(owned) else 0
+    if (owned[:, 1] < 1).any() or (owned[:, 0] + owned[:, 1] > total).any():
+        raise c.fail(f"'{UNIT_PARTIALS}/columns' points outside its {total} unit columns")
+    for group, names, width in ((PARTIALS, PARTIAL_NAMES, columns), (UNIT_PARTIALS, UNIT_PARTIAL_NAMES, total)):
+        for name in names:
+            ds = c.dataset(f"{group}/{name}", "f", 2)
+            if ds.shape[0] < rows or ds.shape[1] != width:
+                raise c.fail(f"'{group}/{name}' has shape {ds.shape}; {rows} rows of {width} columns expected")
+            c.spend(f"{group}/{name}", rows * width * 8)
+    return units
 
 
 def check_epochs(c: Checker) -> tuple[str, ...]:

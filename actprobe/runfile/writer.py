@@ -27,6 +27,7 @@ class Batch(Protocol):
     def stats(self) -> np.ndarray: ...  # (n, S, len(STATISTICS))
     def hist(self) -> list[tuple[int, np.ndarray]]: ...  # histogram rows: (row of the batch, (columns, bins))
     def scalars(self) -> np.ndarray: ...  # (n, number of scalar columns)
+    def partials(self) -> tuple[np.ndarray, np.ndarray] | None: ...  # distributed runs: (n, C, 8), (n, U, 3)
     def release(self) -> None: ...
 
 
@@ -119,7 +120,10 @@ class BackgroundWriter:
                 for b in group:  # histogram rows, numbered within the whole append
                     hist += [(offset + row, counts) for row, counts in b.hist()]
                     offset += len(b.steps)
-                self._file.append(*(np.concatenate(column) for column in zip(*parts)), hist=hist)
+                partials = [b.partials() for b in group]
+                kept = None if any(p is None for p in partials) else tuple(
+                    np.concatenate(column) for column in zip(*partials))  # type: ignore[misc]
+                self._file.append(*(np.concatenate(column) for column in zip(*parts)), hist=hist, partials=kept)
                 self.rows_written = self._file.rows
         except BaseException as exc:  # reported by the probe, never raised into training
             self.error = exc

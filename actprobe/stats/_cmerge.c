@@ -11,6 +11,12 @@
  * Each row of packed partials is laid out as merge.Layout describes: for each partial, at its
  * offset, count[E] shift[E] sum[E] sumsq[E] and then R rows of (min max far nonfinite).
  * Output per row: S sites x 8 statistics (count mean std min max near_zero dead nonfinite).
+ *
+ * Optionally (the rank files of a distributed run), each row's mergeable partials too: per site, 8
+ * values (count mean m2 min max numel far nonfinite: count 0, mean 0 and m2 0 when the site saw no
+ * finite value, min/max NaN then); per unit of the sites that have units, 3 (count mean m2), at the
+ * unit columns `units` gives: (first unit column or -1, units) per site. A site absent from the row
+ * leaves its units at 0; a site whose row has another number of groups than its units, at NaN.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -23,13 +29,34 @@ enum { STATS = 8 };
 /* parts: P x 4 int64 (site, offset, entries, scalar rows); sites: S x 3 int64 (first group, groups,
  * has units); numel: S float64; acc: 5 * G + 6 * S float64 of scratch. */
 typedef struct {
-    const int64_t *parts, *sites;
+    const int64_t *parts, *sites, *units;  /* units: S x 2 (first unit column or -1, units), or NULL */
     const double *numel;
-    int64_t P, S, G;
+    int64_t P, S, G, U;
     double dead_eps;
 } layout_t;
 
-static void merge_row(const layout_t *L, const double *row, double *out, double *acc) {
+enum { PARTIALS = 8, UNIT_PARTIALS = 3 };
+
+/* The units of site s (groups g0 ... g0 + groups - 1 of the row) into their unit columns of `unit_out`. */
+static void unit_partials(const layout_t *L, int64_t s, const int64_t *site, const double *g_n,
+                          const double *g_mean, const double *g_m2a, const double *g_m2b, double *unit_out) {
+    int64_t first = L->units[2 * s], count = L->units[2 * s + 1], g0 = site[0], groups = site[1];
+    if (first < 0) return;
+    double *u = unit_out + UNIT_PARTIALS * first;
+    for (int64_t k = 0; k < count; k++) {
+        if (groups == count && site[2]) {
+            u[3 * k] = g_n[g0 + k];
+            u[3 * k + 1] = g_mean[g0 + k];
+            u[3 * k + 2] = g_m2a[g0 + k] + g_m2b[g0 + k];
+        } else {  /* absent from this row: nothing seen; another number of groups: unknown */
+            double fill = groups == 0 ? 0.0 : NAN;
+            u[3 * k] = u[3 * k + 1] = u[3 * k + 2] = fill;
+        }
+    }
+}
+
+static void merge_row(const layout_t *L, const double *row, double *out, double *acc, double *partial_out,
+                      double *unit_out) {
     int64_t G = L->G, S = L->S;
     double *g_n = acc, *g_mean = acc + G, *g_m2a = acc + 2 * G, *g_m2b = acc + 3 * G, *g_sum = acc + 4 * G;
     double *s_n = acc + 5 * G, *s_mean = s_n + S, *s_min = s_n + 2 * S, *s_max = s_n + 3 * S;
@@ -102,26 +129,43 @@ static void merge_row(const layout_t *L, const double *row, double *out, double 
         o[5] = (numel - s_far[s]) / numel;
         o[6] = dead / units;
         o[7] = s_nonfinite[s] / numel;
+        if (partial_out) {
+            double *q = partial_out + PARTIALS * s;
+            q[0] = n;
+            q[1] = mean;
+            q[2] = m2a + m2b;
+            q[3] = some ? s_min[s] : NAN;
+            q[4] = some ? s_max[s] : NAN;
+            q[5] = numel;
+            q[6] = s_far[s];
+            q[7] = s_nonfinite[s];
+        }
+        if (unit_out) unit_partials(L, s, site, g_n, g_mean, g_m2a, g_m2b, unit_out);
     }
 }
 
-/* merge(rows, n, width, parts, P, sites, numel, S, G, dead_eps, out): pointers as integers; rows hold
- * n x width float64, out n x S x 8 float64. */
+/* merge(rows, n, width, parts, P, sites, numel, S, G, dead_eps, out[, partials, units, unit_columns, U]):
+ * pointers as integers; rows hold n x width float64, out n x S x 8 float64; partials (0: none) n x S x 8,
+ * units (0: none) n x U x 3 float64, unit_columns S x 2 int64. */
 static PyObject *py_merge(PyObject *self, PyObject *args) {
-    unsigned long long rows, parts, sites, numel, out;
+    unsigned long long rows, parts, sites, numel, out, partials = 0, unit_out = 0, unit_columns = 0;
     long long n, width;
     layout_t L;
-    if (!PyArg_ParseTuple(args, "KLLKLKKLLdK", &rows, &n, &width, &parts, &L.P, &sites, &numel, &L.S, &L.G,
-                          &L.dead_eps, &out))
+    L.U = 0;
+    if (!PyArg_ParseTuple(args, "KLLKLKKLLdK|KKKL", &rows, &n, &width, &parts, &L.P, &sites, &numel, &L.S, &L.G,
+                          &L.dead_eps, &out, &partials, &unit_out, &unit_columns, &L.U))
         return NULL;
     L.parts = (const int64_t *)(uintptr_t)parts;
     L.sites = (const int64_t *)(uintptr_t)sites;
+    L.units = unit_out ? (const int64_t *)(uintptr_t)unit_columns : NULL;
     L.numel = (const double *)(uintptr_t)numel;
     double *acc = malloc(sizeof(double) * (size_t)(5 * L.G + 6 * L.S + 1));
     if (!acc) return PyErr_NoMemory();
     Py_BEGIN_ALLOW_THREADS
     for (long long r = 0; r < n; r++)
-        merge_row(&L, (const double *)(uintptr_t)rows + r * width, (double *)(uintptr_t)out + r * L.S * STATS, acc);
+        merge_row(&L, (const double *)(uintptr_t)rows + r * width, (double *)(uintptr_t)out + r * L.S * STATS, acc,
+                  partials ? (double *)(uintptr_t)partials + r * L.S * PARTIALS : NULL,
+                  unit_out ? (double *)(uintptr_t)unit_out + r * L.U * UNIT_PARTIALS : NULL);
     Py_END_ALLOW_THREADS
     free(acc);
     Py_RETURN_NONE;

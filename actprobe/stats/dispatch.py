@@ -64,6 +64,9 @@ class MomentKernel:
     def __call__(self, x: torch.Tensor, unit_dim: int | None, arena: Arena) -> Partial:
         """Write the moments of ``x`` into ``arena``; return where they are. ``x`` need not be detached:
         each backend reads it without recording anything for autograd."""
+        if type(x) is not torch.Tensor and type(x) is not torch.nn.Parameter:
+            # a tensor subclass (a DTensor, a quantised tensor) may hold no memory of its own to read
+            raise TypeError(f"actprobe reads plain tensors; this one is a {type(x).__name__}")
         key = (x.shape, x.dtype, x.device, unit_dim, x.is_contiguous())
         plan = self._plans.get(key)
         if plan is None:

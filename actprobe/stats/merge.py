@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..runfile.format import PARTIAL_NAMES, UNIT_PARTIAL_NAMES
 from .arena import Partial
 
 try:
@@ -34,6 +35,11 @@ RING_BYTES = 64 << 20
 RING_BUFFERS = 3  # buffers of a ring whose rows are handed over: one filling, others being merged
 
 Partials = Sequence[tuple[int, Partial]]
+
+# The mergeable partials of a merged row (distributed runs: ``runfile.format.PARTIALS``), per column and
+# per unit: whatever two ranks' rows hold, these merge into the statistics of both ranks' values.
+PARTIAL_VALUES = len(PARTIAL_NAMES)  # count mean m2 min max numel far nonfinite
+UNIT_VALUES = len(UNIT_PARTIAL_NAMES)  # count mean m2
 
 
 def arrangement(partials: Partials) -> tuple:
@@ -61,9 +67,18 @@ class Layout:
     host_parts: np.ndarray
     host_sites: np.ndarray
     host_numel: np.ndarray
+    # with unit columns (``build(units=…)``): (S, 2) first unit column (−1: none) and units of each site,
+    # their number U, and for merge_rows the unit column of each group (U: none) and each unit column's
+    # value where no group fills it (0: the site is absent from the row; NaN: it has other groups)
+    host_units: np.ndarray | None = None
+    unit_total: int = 0
+    unit_target: torch.Tensor | None = None
+    unit_fill: torch.Tensor | None = None
 
     @classmethod
-    def build(cls, partials: Partials, sites: int, device: torch.device) -> Layout:
+    def build(cls, partials: Partials, sites: int, device: torch.device, units: np.ndarray | None = None) -> Layout:
+        """``units``: (S, 2) int64, the first unit column (−1: none) and units of each site, to merge rows
+        into their mergeable partials too (``merge_partials``)."""
         group_count: dict[int, int] = {}
         has_units: dict[int, bool] = {}
         numel = [0] * sites
@@ -87,6 +102,9 @@ class Layout:
         host_sites = np.zeros((sites, 3), dtype=np.int64)
         for site in order:
             host_sites[site] = (start[site], group_count[site], has_units[site])
+        unit_fields: dict = {}
+        if units is not None:
+            unit_fields = _unit_fields(units, host_sites, int(counts.sum()), device)
         return cls(
             sites=sites, width=width, parts=scalars.shape[0],
             moments=moments.to(device, non_blocking=True),
@@ -100,7 +118,26 @@ class Layout:
             host_parts=np.array([(s, p.offset, p.entries, p.scalar_rows) for s, p in partials], dtype=np.int64),
             host_sites=host_sites,
             host_numel=np.array(numel, dtype=np.float64),
+            **unit_fields,
         )
+
+
+def _unit_fields(units: np.ndarray, host_sites: np.ndarray, groups: int, device: torch.device) -> dict:
+    """Where the groups of a row go among its unit columns (see ``Layout.host_units``)."""
+    units = np.ascontiguousarray(units, dtype=np.int64)
+    total = int(units[:, 1][units[:, 0] >= 0].sum())
+    target = np.full(groups, total, dtype=np.int64)
+    fill = np.zeros(total, dtype=np.float64)
+    for site, (first, count) in enumerate(units):
+        if first < 0:
+            continue
+        g0, n, has = host_sites[site]
+        if n == count and has:
+            target[g0:g0 + n] = np.arange(first, first + count)
+        elif n:
+            fill[first:first + count] = np.nan
+    return {"host_units": units, "unit_total": total, "unit_target": _to_device(target.tolist(), torch.int64, device),
+            "unit_fill": _to_device(fill.tolist(), torch.float64, device)}
 
 
 def _to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -110,6 +147,20 @@ def _to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.
 
 def merge_rows(layout: Layout, rows: torch.Tensor, dead_eps: float) -> torch.Tensor:
     """Statistics of n steps: rows (n, width) of packed partials → (n, S, len(STATISTICS)) float64."""
+    return _merged(layout, rows, dead_eps, False)[0]
+
+
+Merged = tuple[torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"]
+
+
+def merge_partials(layout: Layout, rows: torch.Tensor, dead_eps: float) -> Merged:
+    """``merge_rows``'s statistics, and — for a layout built with ``units`` — the rows' mergeable partials:
+    (n, S, PARTIAL_VALUES) per site and (n, U, UNIT_VALUES) per unit column (else None, None)."""
+    return _merged(layout, rows, dead_eps, layout.host_units is not None)
+
+
+def _merged(layout: Layout, rows: torch.Tensor, dead_eps: float,
+            with_partials: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     n = rows.shape[0]
     count, shift, first, second = rows.index_select(1, layout.moments.view(-1)).view(n, 4, -1).unbind(1)
     scalars = rows.index_select(1, layout.scalars.view(-1)).view(n, layout.parts, 4)
@@ -133,7 +184,7 @@ def merge_rows(layout: Layout, rows: torch.Tensor, dead_eps: float) -> torch.Ten
     numel = layout.site_numel.expand_as(n_site)
     nan = torch.full_like(n_site, torch.nan)
     some = n_site > 0
-    return torch.stack((
+    stats = torch.stack((
         torch.where(numel > 0, n_site, nan),
         torch.where(some, mean_site, nan),
         torch.where(some, torch.sqrt(m2_site / n_site), nan),
@@ -143,24 +194,49 @@ def merge_rows(layout: Layout, rows: torch.Tensor, dead_eps: float) -> torch.Ten
         dead / units,
         nonfinite / numel,
     ), dim=-1)
+    if not with_partials:
+        return stats, None, None
+    partials = torch.stack((n_site, mean_site, m2_site, torch.where(some, minimum, nan),
+                            torch.where(some, maximum, nan), numel, far, nonfinite), dim=-1)
+    assert layout.unit_target is not None and layout.unit_fill is not None, "a layout built with units"
+    total = layout.unit_total
+    unit_rows = torch.empty((n, total + 1, UNIT_VALUES), dtype=torch.float64, device=rows.device)
+    unit_rows[:, :total] = layout.unit_fill[None, :, None]
+    unit_rows.index_copy_(1, layout.unit_target, torch.stack((n_group, mean_group, m2_group), dim=-1))
+    return stats, partials, unit_rows[:, :total]
 
 
-def merge_into(layout: Layout, rows: torch.Tensor, dead_eps: float, out: np.ndarray) -> None:
+def merge_into(layout: Layout, rows: torch.Tensor, dead_eps: float, out: np.ndarray,
+               partials: np.ndarray | None = None, units: np.ndarray | None = None) -> None:
     """Statistics of n steps of CPU rows (n, width) into ``out`` (n, S, len(STATISTICS)) float64: with
-    ``_cmerge`` (no lock held, no allocation per row) when it was built, else with ``merge_rows``."""
+    ``_cmerge`` (no lock held, no allocation per row) when it was built, else with ``merge_rows``. With
+    ``partials`` (n, S, PARTIAL_VALUES) and ``units`` (n, U, UNIT_VALUES), the mergeable partials too (a
+    layout built with units)."""
+    with_partials = partials is not None
     if _cmerge is None or rows.device.type != "cpu":
-        out[...] = merge_rows(layout, rows, dead_eps).cpu().numpy()
+        merged = _merged(layout, rows, dead_eps, with_partials)
+        for target, values in zip((out, partials, units), merged):
+            if target is not None and values is not None:
+                target[...] = values.cpu().numpy()
         return
     rows = rows.contiguous()
-    assert out.flags.c_contiguous and out.dtype == np.float64 and out.shape == (rows.shape[0], layout.sites, 8)
-    _cmerge.merge(rows.data_ptr(), rows.shape[0], rows.shape[1], layout.host_parts.ctypes.data,
+    n = rows.shape[0]
+    assert out.flags.c_contiguous and out.dtype == np.float64 and out.shape == (n, layout.sites, 8)
+    extra: tuple = ()
+    if with_partials:
+        assert units is not None and layout.host_units is not None, "a layout built with units"
+        assert partials.flags.c_contiguous and partials.shape == (n, layout.sites, PARTIAL_VALUES)
+        assert units.flags.c_contiguous and units.shape == (n, layout.unit_total, UNIT_VALUES)
+        extra = (partials.ctypes.data, units.ctypes.data, layout.host_units.ctypes.data, layout.unit_total)
+    _cmerge.merge(rows.data_ptr(), n, rows.shape[1], layout.host_parts.ctypes.data,
                   layout.host_parts.shape[0], layout.host_sites.ctypes.data, layout.host_numel.ctypes.data,
-                  layout.sites, layout.group_site.numel(), dead_eps, out.ctypes.data)
+                  layout.sites, layout.group_site.numel(), dead_eps, out.ctypes.data, *extra)
 
 
-def merge_now(layout: Layout, row: torch.Tensor, dead_eps: float) -> torch.Tensor:
-    """Statistics (1, S, 8) of one step from its (width,) row of packed partials."""
-    return merge_rows(layout, row[None], dead_eps)
+def merge_now(layout: Layout, row: torch.Tensor, dead_eps: float) -> Merged:
+    """Statistics (1, S, 8) of one step from its (width,) row of packed partials, and its partials
+    (``merge_partials``)."""
+    return merge_partials(layout, row[None], dead_eps)
 
 
 class PartialRing:
@@ -194,10 +270,11 @@ class PartialRing:
         self.rows[self.filled].copy_(row)
         self.filled += 1
 
-    def merge(self, dead_eps: float) -> torch.Tensor:
-        """(filled, S, 8) statistics of the rows gathered so far; empties the ring."""
+    def merge(self, dead_eps: float) -> Merged:
+        """(filled, S, 8) statistics of the rows gathered so far, and their partials (``merge_partials``);
+        empties the ring."""
         n, self.filled = self.filled, 0
-        return merge_rows(self.layout, self.rows[:n], dead_eps)
+        return merge_partials(self.layout, self.rows[:n], dead_eps)
 
     def hand_over(self, dead_eps: float) -> Segment | None:
         """The rows gathered so far, to be merged elsewhere; the ring goes on in a free buffer. None
@@ -225,10 +302,13 @@ class Segment:
     dead_eps: float
     _give_back: Callable[[torch.Tensor], None]
 
-    def merge_into(self, stats: np.ndarray) -> None:
-        """Write the statistics into ``stats`` (the flush interval's rows, (rows, S, 8)); release the buffer."""
+    def merge_into(self, stats: np.ndarray, partials: np.ndarray | None = None, units: np.ndarray | None = None) -> None:
+        """Write the statistics into ``stats`` (the flush interval's rows, (rows, S, 8)), and the partials
+        into ``partials`` and ``units`` when given; release the buffer."""
+        rows = slice(self.first_row, self.first_row + self.n)
         try:
-            merge_into(self.layout, self.buffer[:self.n], self.dead_eps, stats[self.first_row:self.first_row + self.n])
+            merge_into(self.layout, self.buffer[:self.n], self.dead_eps, stats[rows],
+                       None if partials is None else partials[rows], None if units is None else units[rows])
         finally:
             self.release()
 

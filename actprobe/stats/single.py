@@ -30,5 +30,5 @@ def tensor_statistics(x: torch.Tensor, *, unit_dim: int | None, near_zero_eps: f
     arena = Arena(x.device)
     partial = MomentKernel(near_zero_eps, **options)(x.detach(), unit_dim, arena)
     layout = Layout.build([(0, partial)], 1, x.device)
-    row = merge_now(layout, arena.row(), dead_eps)[0, 0].cpu().tolist()
+    row = merge_now(layout, arena.row(), dead_eps)[0][0, 0].cpu().tolist()
     return dict(zip(STATISTICS, row))

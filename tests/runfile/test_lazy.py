@@ -43,6 +43,9 @@ class Rows:
     def hist(self) -> list:
         return []
 
+    def partials(self) -> None:
+        return None
+
     def release(self) -> None:
         self.released = True
 

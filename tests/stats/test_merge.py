@@ -113,7 +113,7 @@ def test_a_ring_hands_its_buffers_over_and_gets_them_back():
 def _spy_on_merges(monkeypatch) -> list[str]:
     """The names of the threads that merge rows, from now on."""
     threads: list[str] = []
-    for name in ("merge_into", "merge_rows"):
+    for name in ("merge_into", "merge_rows", "merge_partials"):
         real = getattr(merge, name)
 
         def spy(*args, real=real, **kwargs):
@@ -155,7 +155,7 @@ def test_when_the_writer_falls_behind_the_training_thread_merges_and_no_row_is_l
     threads = _spy_on_merges(monkeypatch)
     go_on = threading.Event()
     real = merge.Segment.merge_into
-    monkeypatch.setattr(merge.Segment, "merge_into", lambda self, stats: (go_on.wait(60), real(self, stats)))
+    monkeypatch.setattr(merge.Segment, "merge_into", lambda self, *out: (go_on.wait(60), real(self, *out)))
     model = _model()
     with actprobe.Probe(model, tmp_path / "run.h5", flush_every=4) as probe:
         _train(model, probe, 40, 1)  # the writer is stuck on its first segment: the ring's buffers run out
@@ -191,3 +191,92 @@ def test_an_arrangement_that_changes_every_step_holds_no_buffers_for_the_writer(
     assert held == 0
     run = actprobe.read(tmp_path / "run.h5")
     assert run.rows == 60 and np.isnan(run.stats["std"][1::2, 1]).all() and np.isfinite(run.stats["std"][::2, 1]).all()
+
+
+UNITS_OF = {0: 8, 1: 12, 2: 3, 4: 6, 6: 6}  # the unit sites of _calls and their units (site 3 has none)
+
+
+def _unit_columns(sites: int) -> np.ndarray:
+    columns = np.full((sites, 2), -1, dtype=np.int64)
+    first = 0
+    for site in range(sites):
+        if site in UNITS_OF:
+            columns[site] = (first, UNITS_OF[site])
+            first += UNITS_OF[site]
+    return columns
+
+
+def _partials_of(calls, sites: int, units: np.ndarray, *, use_c: bool):
+    arena = Arena(torch.device("cpu"))
+    kernel = MomentKernel(0.05, use_c=True, use_triton=False)
+    partials = [(site, kernel(x, unit_dim, arena)) for site, x, unit_dim in calls]
+    layout = merge.Layout.build(partials, sites, torch.device("cpu"), units=units)
+    row = arena.row().clone()[None]
+    if not use_c:
+        return [t.numpy() for t in merge.merge_partials(layout, row, 1e-6)]
+    out = [np.empty((1, sites, 8)), np.empty((1, sites, merge.PARTIAL_VALUES)),
+           np.empty((1, layout.unit_total, merge.UNIT_VALUES))]
+    merge.merge_into(layout, row, 1e-6, *out)
+    return out
+
+
+@needs_c
+def test_the_c_merge_writes_the_partials_that_the_torch_merge_computes():
+    calls = _calls(torch.Generator().manual_seed(11))
+    units = _unit_columns(7)
+    for got, want in zip(_partials_of(calls, 7, units, use_c=True), _partials_of(calls, 7, units, use_c=False)):
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-300)
+
+
+@pytest.mark.parametrize("use_c", [True, False] if merge._cmerge is not None else [False])
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_ranks_partials_combine_into_the_statistics_of_the_whole_batch(ranks, use_c):
+    """Each call's batch split over ranks (unevenly, one rank empty at a site): the ranks' partials,
+    combined, are the float64 reference's statistics of the whole batch — the dead units too."""
+    from actprobe.runfile.ranks import combine
+
+    calls = _calls(torch.Generator().manual_seed(12 + ranks))
+    units = _unit_columns(7)
+    per_rank = [[] for _ in range(ranks)]
+    for site, x, unit_dim in calls:
+        cuts = np.linspace(0, x.shape[0], ranks + 1).round().astype(int)
+        cuts[1] = min(cuts[1] + 1, x.shape[0])  # uneven
+        for r in range(ranks):
+            if cuts[r + 1] > cuts[r]:
+                per_rank[r].append((site, x[cuts[r]:cuts[r + 1]], unit_dim))
+    merged = [_partials_of(rank_calls, 7, units, use_c=use_c) for rank_calls in per_rank]
+    stats = combine([m[1] for m in merged], [m[2] for m in merged], units, 1e-6)
+    for site in range(7):
+        tensors = [x for s, x, _ in calls if s == site]
+        if not tensors:
+            assert np.isnan(stats[0, site]).all()
+            continue
+        unit_dim = next(u for s, _, u in calls if s == site)
+        want = reference_statistics(torch.cat([t.double() for t in tensors]), unit_dim)
+        assert_statistics_close(dict(zip(actprobe.STATISTICS, stats[0, site].tolist())), want, rtol=1e-6)
+
+
+def test_a_unit_constant_on_each_rank_but_not_across_them_is_not_dead():
+    from actprobe.runfile.ranks import combine
+
+    units = np.array([[0, 5]], dtype=np.int64)
+    merged = []
+    for r in range(3):
+        x = torch.randn(10 + r, 5, generator=torch.Generator().manual_seed(r))
+        x[:, 1] = 0.25  # dead everywhere
+        x[:, 3] = float(r)  # constant on each rank, a different constant on each
+        merged.append(_partials_of([(0, x, -1)], 1, units, use_c=merge._cmerge is not None))
+        assert merged[-1][0][0, 0, 6] == pytest.approx(2 / 5)  # the rank's own row: two dead units
+    stats = combine([m[1] for m in merged], [m[2] for m in merged], units, 1e-6)
+    assert stats[0, 0, 6] == pytest.approx(1 / 5)
+
+
+def test_without_the_extension_merge_into_fills_the_partials_too(monkeypatch):
+    calls = _calls(torch.Generator().manual_seed(13))
+    units = _unit_columns(7)
+    want = _partials_of(calls, 7, units, use_c=False)
+    monkeypatch.setattr(merge, "_cmerge", None)
+    got = _partials_of(calls, 7, units, use_c=True)  # merge_into, which now falls back to torch
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(np.nan_to_num(g, nan=-7.0), np.nan_to_num(w, nan=-7.0))
