@@ -31,7 +31,7 @@ from ..stats.histogram import BINS, Histograms
 from ..stats.merge import RING_BUFFERS, RING_BYTES, Layout, PartialRing, arrangement, merge_now
 from .graph import GraphTracer
 from .sites import Site, floating_outputs, is_sharded, site_name, unit_dim
-from .staging import RowStage, StagedRows
+from .staging import RowStage, StagedRows, stage_capacity
 
 
 MAX_UNITS = 1 << 16  # units per site with per-unit moments (the dead fraction); more: none
@@ -222,7 +222,8 @@ class Recorder:
         if self.partials:
             self.unit_columns = self._unit_columns()
             units = int(self.unit_columns[:, 1][self.unit_columns[:, 0] >= 0].sum())
-        self.stage = RowStage(self.rows_per_flush, self.columns, scalar_names, device, units)
+        capacity = stage_capacity(self.rows_per_flush, self.columns, units)
+        self.stage = RowStage(capacity, self.columns, scalar_names, device, units)
 
     def _unit_columns(self) -> np.ndarray:
         """Where each column's per-unit partials go: the units of each site's first call in the first

@@ -24,12 +24,26 @@ from ..stats.merge import PARTIAL_VALUES, UNIT_VALUES, Merged, Segment
 HOST_SLOTS = 3  # at least this many host slots; more when they are small, up to MAX_HOST_SLOTS
 MAX_HOST_SLOTS = 32
 HOST_SLOT_BUDGET = 8 << 20  # bytes of host slots beyond the first HOST_SLOTS: small flushes get more slots
+# The most bytes of mergeable partials (distributed runs) that one stage (and each host slot) holds: a model
+# with many units flushes more often instead (1000 sites of 64 units: 1.6 MB a row, 10 rows a flush)
+PARTIALS_BYTES = 16 << 20
 
 
-def host_slots(capacity: int, sites: int, scalars: int) -> int:
+def partial_bytes(sites: int, units: int | None) -> int:
+    """Bytes of mergeable partials per row: 0 without them."""
+    return 0 if units is None else 8 * (sites * PARTIAL_VALUES + units * UNIT_VALUES)
+
+
+def stage_capacity(rows: int, sites: int, units: int | None) -> int:
+    """Rows a stage holds: ``rows`` (a flush's), fewer when their partials would pass PARTIALS_BYTES."""
+    per_row = partial_bytes(sites, units)
+    return rows if not per_row else max(1, min(rows, PARTIALS_BYTES // per_row))
+
+
+def host_slots(capacity: int, sites: int, scalars: int, units: int | None = None) -> int:
     """How many host slots a stage gets: more when each is small (``flush_every=1`` at a fast step
     rate), so that the writer thread, which commits whatever queued up as one append, can catch up."""
-    slot_bytes = 8 * capacity * (sites * len(STATISTICS) + scalars)
+    slot_bytes = capacity * (8 * (sites * len(STATISTICS) + scalars) + partial_bytes(sites, units))
     return max(HOST_SLOTS, min(MAX_HOST_SLOTS, HOST_SLOT_BUDGET // max(slot_bytes, 1)))
 
 
@@ -127,7 +141,7 @@ class RowStage:
         self.deferred_bytes = 0  # memory held by the segments of this interval
         self._hists: list[tuple[int, torch.Tensor]] = []  # (row, (columns, bins) counts) of histogram rows
         self._free: queue.SimpleQueue[_HostSlot] = queue.SimpleQueue()
-        for _ in range(host_slots(capacity, sites, m)):
+        for _ in range(host_slots(capacity, sites, m, units)):
             self._free.put(_HostSlot(capacity, sites, m, device, units))
 
     @property

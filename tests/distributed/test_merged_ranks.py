@@ -4,6 +4,7 @@ reference of the whole batch; its rank view, scalars, histograms and parameters 
 
 from __future__ import annotations
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -206,3 +207,19 @@ def test_dtensor_outputs_are_left_out_with_a_clear_warning(tmp_path):
         assert actprobe.read(tmp_path / "tp.h5").sites == ["0.a"]
     finally:
         dist.destroy_process_group()
+
+
+def test_many_units_flush_more_often_with_bounded_memory(tmp_path, monkeypatch):
+    """Partials of a wide model take 24 bytes a unit per row: a stage holds what fits in PARTIALS_BYTES
+    and flushes more often; every row still reaches the file and merges exactly."""
+    from actprobe.engine import staging
+
+    monkeypatch.setattr(staging, "PARTIALS_BYTES", 3 * staging.partial_bytes(11, 378))  # 3 rows a stage
+    gen = torch.Generator().manual_seed(4)
+    batches = [[torch.randn(3, 1, 28, 28, generator=gen) for _ in range(8)] for _ in range(2)]
+    outputs = _record(tmp_path / "run", monkeypatch, 2, batches, flush_every=100)
+    run = actprobe.read(tmp_path / "run")
+    assert run.rows == 8 and run.ranks[0].unit_columns[:, 1].sum() == 378  # the paper CNN's units
+    with h5py.File(run.ranks[0].path) as f:  # committed 3 rows at a time: the stage held 3
+        assert f["step"].chunks is not None and len(f["step"]) == 8
+    _check_against_reference(run, outputs)
