@@ -5,6 +5,7 @@
         probe.step(loss=loss)
     run = actprobe.read("run.h5")
     print(actprobe.summary("run.h5"))      # what ``actprobe show`` prints
+    figures = actprobe.plot("run.h5")      # what ``actprobe plot`` draws, as matplotlib figures
 
 ``import actprobe`` is light: ``Probe`` (and with it torch) and ``read`` (and h5py) load on first use.
 The layers, from the bottom: ``runfile`` (the HDF5 contract), ``stats`` (kernels), ``engine`` (hooks
@@ -31,11 +32,12 @@ from .runfile.format import STATISTICS
 
 if TYPE_CHECKING:
     from .engine.probe import Probe
+    from .render.plots import plot
     from .render.summary import summary
     from .runfile.reader import Run, read
 
 _LAZY = {"Probe": ".engine.probe", "Run": ".runfile.reader", "read": ".runfile.reader",
-         "summary": ".render.summary"}
+         "summary": ".render.summary", "plot": ".render.plots"}
 install_moved_modules()
 
 __all__ = [
@@ -51,6 +53,7 @@ __all__ = [
     "RunFileError",
     "SelectionError",
     "__version__",
+    "plot",
     "read",
     "summary",
 ]

@@ -18,9 +18,7 @@ from rich.console import Console
 
 import actprobe
 from actprobe import datasets
-from actprobe.analysis.summary import summarize
 from actprobe.models import paper_cnn
-from actprobe.render.summary import render_summary
 from actprobe.training import TrainStep, run_loop
 
 
@@ -42,7 +40,7 @@ def main() -> None:
         # loss as a tensor (recorded without a host sync); the epochs go on until --steps steps
         run_loop(TrainStep(model, optimizer), lambda epoch: loader, probe=probe, steps=args.steps, epochs=None)
 
-    render_summary(summarize(actprobe.read(args.out)), Console())
+    Console().print(actprobe.summary(args.out))  # what `actprobe show` prints
 
 
 if __name__ == "__main__":

@@ -53,6 +53,16 @@ def _fail(exc: ActprobeError | str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
     return typer.Exit(code)
 
 
+def _exit_with(call: Any) -> None:
+    """Run a command's body: an ``ActprobeError`` becomes one ``error:`` line, a non-zero result the exit code."""
+    try:
+        code = call()
+    except ActprobeError as exc:
+        raise _fail(exc) from None
+    if code:
+        raise typer.Exit(code)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"actprobe {__version__}")
@@ -190,12 +200,7 @@ def diagnose_command(
     """Turn a run's statistics into findings with advice; the exit code can gate CI."""
     from .views import diagnose
 
-    try:
-        code = diagnose(path, thresholds=threshold, fail_on=fail_on, json_output=json_output, rank=rank)
-    except ActprobeError as exc:
-        raise _fail(exc) from None
-    if code:
-        raise typer.Exit(code)
+    _exit_with(lambda: diagnose(path, thresholds=threshold, fail_on=fail_on, json_output=json_output, rank=rank))
 
 
 @app.command(name="plot")
@@ -215,6 +220,46 @@ def plot_command(
         raise _fail(exc) from None
     for item in written:
         typer.echo(f"wrote {item}")
+
+
+@app.command()
+def watch(
+    path: Path = typer.Argument(..., help="A run file (or a distributed run's folder) a probe is writing."),
+    interval: float = typer.Option(2.0, "--interval", help="Seconds between two looks at the file."),
+    idle: float = typer.Option(120.0, "--idle", help="Stop after this many seconds without new rows when no "
+                               "writer on this machine holds the file (a writer on another machine, or a crash)."),
+    flagged: bool = typer.Option(False, "--flagged", help="Only the sites with a warning or an error."),
+    threshold: list[str] = typer.Option([], "--threshold", help=THRESHOLD_HELP),
+    rank: int | None = typer.Option(None, "--rank", help=RANK_HELP),
+) -> None:
+    """Follow a run while it is written: the summary redrawn as rows arrive, until the writer closes it."""
+    from .watch import WatchOptions, watch as watch_run
+
+    _exit_with(lambda: watch_run(path, WatchOptions(interval=interval, idle=idle, rank=rank, flagged=flagged,
+                                                    thresholds=tuple(threshold))))
+
+
+@app.command(name="export")
+def export_command(
+    path: Path = typer.Argument(..., help="A run file (or a distributed run's folder), finished or growing."),
+    tensorboard: Path = typer.Option(..., "--tensorboard", help="Folder to write TensorBoard event files into "
+                                     "(point `tensorboard --logdir` at it)."),
+    stats: str = typer.Option(",".join(("mean", "std", "near_zero", "dead", "nonfinite")), "--stats",
+                              help="Comma-separated statistics to export (of the outputs, and of the gradients "
+                                   "when recorded)."),
+    rank: int | None = typer.Option(None, "--rank", help=RANK_HELP),
+) -> None:
+    """Export a run's statistics, scalars and histograms as TensorBoard event files."""
+    from ..render.tensorboard import export_tensorboard
+
+    run = _read(path, rank)
+    try:
+        written, values = export_tensorboard(run, tensorboard, [s.strip() for s in stats.split(",") if s.strip()])
+    except ActprobeError as exc:
+        raise _fail(exc) from None
+    except OSError as exc:
+        raise _fail(f"cannot write {tensorboard}: {exc.strerror or exc}") from None
+    typer.echo(f"wrote {values} values of {run.rows} rows to {written}")
 
 
 @app.command()

@@ -96,20 +96,12 @@ def compare(files: Sequence[Path], *, step: str, stats: str, figure: Path | None
 
 
 def plot(path: Path, out: Path, select: Sequence[str], rank: int | None = None) -> list[Path]:
-    from ..analysis.roles import layer_chain, sites_matching
+    from ..render.plots import chosen_columns
 
     run: Run = read(path, rank=rank)
-    if run.rows == 0:
-        raise OptionError(f"{path} has no rows committed yet: nothing to draw")
+    columns = chosen_columns(run, select)
     if out.exists() and not out.is_dir():
         raise OptionError(f"--out {out} is a file; name a folder")
-    if select:
-        columns = sites_matching(run, select)
-        if not columns:
-            raise OptionError(f"--select {' '.join(select)} matches no site name or module class; the sites "
-                              f"are: {', '.join(run.sites)}")
-    else:
-        columns = layer_chain(run)
     from ..render.figures import plot_run
     from ..render.training_figures import training_figures
 

@@ -203,6 +203,14 @@ class Probe:
         except Exception as exc:  # the profiler never crashes training
             self._fail(exc)
 
+    def begin_forward(self) -> None:
+        """Say that a new forward pass begins: module calls are numbered from 0 again (``name``, then
+        ``name#1`` for a second call within the pass). The probe knows it by itself when the model it
+        watches is called; a loop that calls only its submodules (Lightning's ``training_step``) says
+        so before each batch, so that several forwards in one step (gradient accumulation) merge into
+        the same sites."""
+        self._engine.new_step()
+
     def flush(self, *, wait: bool = False) -> None:
         """Send every recorded row to the writer; with ``wait``, return once they are committed."""
         if self.closed or not self._staged_rows_valid or self._forked:
@@ -273,7 +281,7 @@ class Probe:
             self._engine.unhook(recorder.idle_containers)
         self._report_new_sites()
         recorder.end_step(self._step, time.perf_counter() - self._started,
-                          accepted(scalars, recorder.scalar_columns, self._warn_once))
+                          accepted(scalars, recorder.add_scalar, self._warn_once))
 
     def _report_unrecorded(self) -> None:
         """At close: say why nothing, or not everything, reached the file."""

@@ -258,10 +258,10 @@ class Recorder:
         """The histogram datasets of the file: ``counts``, and ``grad_counts`` with ``grads``."""
         return ("counts", "grad_counts") if self.grads else ("counts",)
 
-    @property
-    def scalar_columns(self) -> dict[str, int]:
-        """The scalar names that have a column in the file, and their column (empty before ``start``)."""
-        return {} if self.stage is None else self.stage.scalar_index
+    def add_scalar(self, name: str) -> bool:
+        """Give scalar ``name`` a column from this row on (``start`` first); False when there is no room."""
+        assert self.stage is not None, "start() comes before scalars"
+        return self.stage.add_scalar(name)
 
     @property
     def full(self) -> bool:

@@ -22,22 +22,23 @@ def scalar_value(value: object) -> float | torch.Tensor | None:
 
 
 def recordable_names(scalars: Mapping[str, object]) -> list[str]:
-    """The names that get a column: those with a recordable value at the first recorded step."""
+    """The names that get a column at the first recorded step: those with a recordable value."""
     return [name for name, value in scalars.items() if scalar_value(value) is not None]
 
 
-def accepted(scalars: Mapping[str, object], columns: Mapping[str, int],
+def accepted(scalars: Mapping[str, object], add_column: Callable[[str], bool],
              warn_once: Callable[[str, str], None]) -> dict[str, float | torch.Tensor]:
-    """The values of ``scalars`` that have a column; each other one is reported once."""
+    """The values of ``scalars`` that are recorded: numbers and 1-element tensors, under a name that has a
+    column or gets one now (``add_column``: False when there is no room); each other one is reported once."""
     kept = {}
     for name, value in scalars.items():
         clean = scalar_value(value)
         if clean is None:
             warn_once(f"scalar-type:{name}", f"step({name}=…) is not a number or a 1-element tensor "
                       f"({type(value).__name__}); it is not recorded")
-        elif name not in columns:
-            warn_once(f"scalar-new:{name}", f"step({name}=…) was not passed at the first recorded step, so "
-                      "the file has no column for it; it is not recorded")
+        elif not add_column(name):
+            warn_once(f"scalar-new:{name}", f"step({name}=…) is not recorded: the file already has the most "
+                      "scalar columns a probe keeps")
         else:
             kept[name] = clean
     return kept

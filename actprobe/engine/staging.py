@@ -27,6 +27,9 @@ HOST_SLOT_BUDGET = 8 << 20  # bytes of host slots beyond the first HOST_SLOTS: s
 # The most bytes of mergeable partials (distributed runs) that one stage (and each host slot) holds: a model
 # with many units flushes more often instead (1000 sites of 64 units: 1.6 MB a row, 10 rows a flush)
 PARTIALS_BYTES = 16 << 20
+# Scalar columns a stage has room for: names passed to probe.step() at any step get one, in order of
+# their first appearance (the file gains the column then)
+MAX_SCALARS = 64
 
 
 def partial_bytes(sites: int, units: int | None) -> int:
@@ -73,6 +76,7 @@ class StagedRows:
                  segments: list[Segment], hists: list[tuple[int, torch.Tensor]] | None = None) -> None:
         self.steps = stage._steps[:n].copy()
         self.times = stage._times[:n].copy()
+        self.scalar_names = list(stage.scalar_names)  # the columns of scalars(), in order (names only grow)
         self._host_scalars = stage._host_scalars[:n].copy()
         self._from_device = stage._from_device[:n].copy()
         self._free = stage._free
@@ -106,7 +110,8 @@ class StagedRows:
         return [(row, counts.numpy()) for row, counts in self._hists]
 
     def scalars(self) -> np.ndarray:
-        return np.where(self._from_device, self._slot.scalars[:self._n].numpy(), self._host_scalars)
+        m = len(self.scalar_names)
+        return np.where(self._from_device[:, :m], self._slot.scalars[:self._n, :m].numpy(), self._host_scalars[:, :m])
 
     def release(self) -> None:
         for segment in self._segments:
@@ -122,9 +127,11 @@ class RowStage:
         """``units``: keep each row's mergeable partials too, with this many unit columns (distributed runs)."""
         self.capacity = capacity
         self.device = device
-        self.scalar_names = list(scalar_names)
-        self.scalar_index = {name: i for i, name in enumerate(self.scalar_names)}
-        m = len(self.scalar_names)
+        self.scalar_names: list[str] = []
+        self.scalar_index: dict[str, int] = {}
+        for name in scalar_names:
+            self.add_scalar(name)
+        m = MAX_SCALARS
         self._stats = torch.full((capacity, sites, len(STATISTICS)), torch.nan, dtype=torch.float64, device=device)
         self._partials = self._units = None
         if units is not None:
@@ -147,6 +154,16 @@ class RowStage:
     @property
     def full(self) -> bool:
         return self.rows >= self.capacity
+
+    def add_scalar(self, name: str) -> bool:
+        """Give ``name`` a scalar column (its earlier rows are NaN); False when all MAX_SCALARS are taken."""
+        if name in self.scalar_index:
+            return True
+        if len(self.scalar_names) >= MAX_SCALARS:
+            return False
+        self.scalar_index[name] = len(self.scalar_names)
+        self.scalar_names.append(name)
+        return True
 
     def add_row(self, step: int, elapsed: float, scalars: dict[str, float | torch.Tensor]) -> int:
         """Start a row; its statistics follow through ``set_stats``. Returns the row's index."""

@@ -12,7 +12,9 @@ the site and its module type, and steps with non-finite values get a red × at t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,13 +65,33 @@ def _colors(count: int) -> list[Any]:
     return [cmap(i if count <= 10 else i / max(count - 1, 1)) for i in range(count)]
 
 
+_KEPT: ContextVar[list[Any] | None] = ContextVar("actprobe_kept_figures", default=None)
+
+
 def save_figure(fig: Any, path: Path, dpi: int = DPI) -> Path:
-    """Lay out, write as PNG (creating the folder) and close ``fig``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Lay out, write as PNG (creating the folder) and close ``fig``; inside ``kept_figures()``, keep it
+    open instead (labelled with the file name it would have had) and write nothing."""
     fig.tight_layout()
+    kept = _KEPT.get()
+    if kept is not None:
+        fig.set_label(path.stem)
+        kept.append(fig)
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     pyplot().close(fig)
     return path
+
+
+@contextmanager
+def kept_figures() -> Iterator[list[Any]]:
+    """The figures drawn inside the block, open, instead of PNG files (``actprobe.plot``)."""
+    figures: list[Any] = []
+    token = _KEPT.set(figures)
+    try:
+        yield figures
+    finally:
+        _KEPT.reset(token)
 
 
 # -- per-site lines: the one helper every such panel uses ----------------------------------------

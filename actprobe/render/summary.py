@@ -172,6 +172,12 @@ class SummaryReport:
         render_summary(self.data, buffer)
         return buffer.file.getvalue()  # type: ignore[attr-defined]
 
+    def _repr_html_(self) -> str:
+        """Jupyter's display: the same table, colours kept, as HTML."""
+        console = Console(file=io.StringIO(), width=self.width, record=True, force_terminal=True)
+        render_summary(self.data, console)
+        return console.export_html(inline_styles=True, code_format="<pre style=\"font-size:12px\">{code}</pre>")
+
     __repr__ = __str__
 
 

@@ -106,9 +106,9 @@ def merged_run(segment: Path, runs: list[Any], notes: list[str]) -> Any:
     attrs = dict(first.attrs)
     attrs.pop("rank", None)
     attrs["ranks"] = len(runs)
-    with np.errstate(invalid="ignore"):
-        scalars = {name: _nanmean([run.scalars[name][r] for run, r in zip(runs, rows)])
-                   for name in first.scalars if all(name in run.scalars for run in runs)}
+    names = dict.fromkeys(name for run in runs for name in run.scalars)  # a name some ranks never passed too
+    scalars = {name: _nanmean([run.scalars[name][r] if name in run.scalars else np.full(len(r), np.nan)
+                               for run, r in zip(runs, rows)]) for name in names}
     return Run(
         path=segment, attrs=attrs, sites=first.sites, site_module_types=first.site_module_types,
         site_unit_dims=first.site_unit_dims, step=steps,

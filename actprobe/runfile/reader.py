@@ -126,6 +126,36 @@ class Run:
         with np.errstate(divide="ignore", invalid="ignore"):
             return update / values
 
+    def to_pandas(self, statistics: Any = None, *, grad: bool = False) -> Any:
+        """The statistics as a long ``pandas.DataFrame``: one row per (step, site, statistic), columns
+        ``step``, ``site``, ``module_type``, ``statistic``, ``value`` (float64); with ``grad``, the
+        gradients' (``grad_stats``). ``statistics``: names to include (default: all eight). Reads every
+        row of them: for a very long run, slice ``run.stats`` instead. Needs pandas (``actprobe[pandas]``).
+
+        Raises:
+            FormatError: an unknown statistic, or ``grad`` on a run without gradient statistics.
+            ImportError: pandas is not installed (the message names the extra).
+        """
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("Run.to_pandas() needs pandas: pip install 'actprobe[pandas]'") from None
+        names = list(STATISTICS if statistics is None else ([statistics] if isinstance(statistics, str) else statistics))
+        frames = []
+        sites = np.asarray(self.sites, dtype=object)
+        kinds = np.asarray(self.site_module_types, dtype=object)
+        for name in names:
+            values = self.stat(name, grad=grad).astype(np.float64)  # (T, S), checked names
+            frames.append(pd.DataFrame({
+                "step": np.repeat(self.step, len(sites)),
+                "site": np.tile(sites, self.rows),
+                "module_type": np.tile(kinds, self.rows),
+                "statistic": name,
+                "value": values.reshape(-1),
+            }))
+        columns = ["step", "site", "module_type", "statistic", "value"]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+
     @property
     def has_grads(self) -> bool:
         """Whether the file holds gradient statistics (``grad_stats``)."""

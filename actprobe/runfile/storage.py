@@ -58,6 +58,7 @@ class RunFileWriter:
         these unit columns (a rank of a distributed run)."""
         self.path = path
         self.unit_columns = unit_columns
+        self.chunk_rows = max(MIN_CHUNK_ROWS, chunk_rows)
         self.scalar_names = list(scalar_names)
         self.params = list(params)
         self.param_ndims = list(param_ndims)
@@ -148,11 +149,13 @@ class RunFileWriter:
 
     def append(self, steps: np.ndarray, times: np.ndarray, stats: np.ndarray, scalars: np.ndarray,
                hist: Sequence[tuple[int, np.ndarray]] = (),
-               partials: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+               partials: tuple[np.ndarray, np.ndarray] | None = None, scalar_names: Sequence[str] | None = None) -> None:
         """Commit rows. stats: (n, C, len(STATISTICS)) float, the stat groups' columns side by side
         (S for the sites' groups, P for the parameters'); scalars: (n, len(scalar_names)); hist: the
         histogram rows among them, (row, (G × S, bins) counts), the hist groups' sites side by side;
-        partials: (n, C, 8) and (n, U, 3), the rows' mergeable partials (a file made with ``unit_columns``).
+        partials: (n, C, 8) and (n, U, 3), the rows' mergeable partials (a file made with ``unit_columns``);
+        scalar_names: the names of the scalar columns, when they grew since the file was made (a name passed
+        at a later step gets its dataset now, NaN in the rows before).
 
         Raises:
             RunFileError: a write or flush failed; the file is frozen with the rows committed before.
@@ -164,8 +167,12 @@ class RunFileWriter:
             raise RunFileError(f"{self.path} takes no more rows after a write error")
         start, end = self.rows, self.rows + n
         columns = self._columns
+        new_names = [name for name in (scalar_names or ()) if name not in self.scalar_names]
 
         def data() -> None:  # phase 1: every column but step, then a flush
+            for name in new_names:  # NaN (the fill value) in the rows before this append
+                columns[f"scalars/{name}"] = _column(self._file, f"scalars/{name}", self.chunk_rows)
+                self.scalar_names.append(name)
             _extend(columns["time"], start, end, times)
             first = 0
             for group, width in self.stat_groups:

@@ -22,6 +22,7 @@ class Batch(Protocol):
 
     steps: np.ndarray  # (n,) int64
     times: np.ndarray  # (n,) float64
+    scalar_names: list[str]  # the columns of scalars(): the names so far, in order of first appearance
 
     def ready(self) -> None: ...
     def stats(self) -> np.ndarray: ...  # (n, S, len(STATISTICS))
@@ -115,7 +116,8 @@ class BackgroundWriter:
         """Commit the batches as one append (one two-phase commit for all their rows); release them always."""
         try:
             if self.error is None:  # every batch was made ready when it was taken (``_prepare``)
-                parts = [(b.steps, b.times, b.stats(), b.scalars()) for b in group]
+                names = max((b.scalar_names for b in group), key=len)  # names only grow: the last has them all
+                parts = [(b.steps, b.times, b.stats(), _widened(b.scalars(), len(names))) for b in group]
                 hist, offset = [], 0
                 for b in group:  # histogram rows, numbered within the whole append
                     hist += [(offset + row, counts) for row, counts in b.hist()]
@@ -123,7 +125,8 @@ class BackgroundWriter:
                 partials = [b.partials() for b in group]
                 kept = None if any(p is None for p in partials) else tuple(
                     np.concatenate(column) for column in zip(*partials))  # type: ignore[misc]
-                self._file.append(*(np.concatenate(column) for column in zip(*parts)), hist=hist, partials=kept)
+                self._file.append(*(np.concatenate(column) for column in zip(*parts)), hist=hist, partials=kept,
+                                  scalar_names=names)
                 self.rows_written = self._file.rows
         except BaseException as exc:  # reported by the probe, never raised into training
             self.error = exc
@@ -137,3 +140,12 @@ class BackgroundWriter:
                 self._file.close()
             except BaseException as exc:
                 self.error = self.error or exc
+
+
+def _widened(scalars: np.ndarray, width: int) -> np.ndarray:
+    """(n, width): a batch's scalar columns, NaN in the columns of names that appeared after it was staged."""
+    if scalars.shape[1] == width:
+        return scalars
+    out = np.full((scalars.shape[0], width), np.nan)
+    out[:, :scalars.shape[1]] = scalars
+    return out

@@ -36,7 +36,7 @@ def _record(folder, monkeypatch, world: int, batches: list[list[torch.Tensor]], 
                 step[0] = s
                 loss = model(x).logsumexp(1).mean()
                 loss.backward()
-                probe.step(loss=loss, rank=rank)
+                probe.step(loss=loss, rank=rank, **({"rank0_only": 7.0} if rank == 0 else {}))
         outputs.append(seen)
     return outputs
 
@@ -69,6 +69,7 @@ def test_the_merged_run_is_the_float64_reference_of_the_global_batch(tmp_path, m
         _check_against_reference(alone, [outputs[rank]])
     # scalars: the mean of what the ranks passed
     np.testing.assert_allclose(run.scalars["rank"], np.full(3, (world - 1) / 2))
+    np.testing.assert_array_equal(run.scalars["rank0_only"], np.full(3, 7.0))  # the ranks that passed it
 
 
 def test_mean_ten_thousand_times_the_std_across_ranks(tmp_path, monkeypatch):

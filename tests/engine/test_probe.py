@@ -255,17 +255,42 @@ def test_scalars_numbers_and_tensors(tmp_path):
             out = model(torch.randn(2, 3)).sum()
             out.backward()
             probe.step(loss=out, step_size=np.float32(0.5), count=torch.tensor(i), flag=True)
-        with pytest.warns(actprobe.ActprobeWarning, match="not passed at the first"):
-            model(torch.randn(2, 3)).sum().backward()
-            probe.step(extra=1.0)
+        model(torch.randn(2, 3)).sum().backward()
+        probe.step(extra=1.0)  # a name first passed at a later step gets its column then
         with pytest.warns(actprobe.ActprobeWarning, match="not a number"):
             model(torch.randn(2, 3)).sum().backward()
             probe.step(loss="high")
     run = actprobe.read(tmp_path / "run.h5")
-    assert sorted(run.scalars) == ["count", "flag", "loss", "step_size"]
+    assert sorted(run.scalars) == ["count", "extra", "flag", "loss", "step_size"]
     assert run.scalars["count"].tolist()[:3] == [0, 1, 2]
     assert np.isnan(run.scalars["count"][3])
+    np.testing.assert_array_equal(run.scalars["extra"], [np.nan, np.nan, np.nan, 1.0, np.nan])
     assert run.scalars["step_size"][0] == 0.5 and run.scalars["flag"][0] == 1.0
+
+
+def test_a_scalar_passed_every_tenth_step_is_kept_at_those_steps_only(tmp_path):
+    """A validation metric every 10 steps, one first passed at step 15, and more names than fit: the file
+    has each value at its own step and NaN at the others, whatever flushes fell between."""
+    from actprobe.engine.staging import MAX_SCALARS
+
+    model = nn.Sequential(nn.Linear(3, 3))
+    with actprobe.Probe(model, tmp_path / "run.h5", flush_every=7) as probe:
+        for step in range(40):
+            model(torch.randn(2, 3)).sum().backward()
+            extra = {"val_acc": step / 100} if step % 10 == 0 else {}
+            if step >= 15:
+                extra["late"] = torch.tensor(float(step))
+            if step == 30:
+                with pytest.warns(actprobe.ActprobeWarning, match="most scalar columns"):
+                    probe.step(loss=1.0, **extra, **{f"m{k}": k for k in range(MAX_SCALARS)})
+                continue
+            probe.step(loss=1.0, **extra)
+    run = actprobe.read(tmp_path / "run.h5")
+    acc = run.scalars["val_acc"]
+    assert np.flatnonzero(~np.isnan(acc)).tolist() == [0, 10, 20, 30] and acc[20] == 0.2
+    late = run.scalars["late"]
+    assert np.isnan(late[:15]).all() and late[15:].tolist() == list(range(15, 40))
+    assert len(run.scalars) == MAX_SCALARS and run.scalars["m0"][30] == 0 and np.isnan(run.scalars["m0"][29])
 
 
 def test_meta_and_attributes(tmp_path):

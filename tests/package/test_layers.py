@@ -27,6 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "cli": {"engine", "stats", "runfile", "training", "analysis", "render", "models", "datasets", "recipes"},
     "root": {"engine", "runfile", "compat", "render"},  # actprobe/__init__.py: lazy Probe, read, summary
     "compat": set(),  # names the moved modules as strings only
+    "integrations": {"engine"},  # the Lightning and Hugging Face callbacks drive a Probe
 }
 # third-party library → the layers (or single modules) that may import it
 LIBRARIES: dict[str, set[str]] = {
@@ -36,8 +37,13 @@ LIBRARIES: dict[str, set[str]] = {
     "typer": {"cli"},
     "click": {"cli"},
     "triton": {"stats"},
-    "torch": {"stats", "engine", "training", "models", "datasets", "recipes", "cli", "runfile.storage"},
+    "torch": {"stats", "engine", "training", "models", "datasets", "recipes", "cli", "runfile.storage", "integrations"},
     "torchvision": {"datasets"},
+    "lightning": {"integrations"},
+    "tensorboard": {"render.tensorboard"},  # actprobe export --tensorboard, an optional extra
+    "pytorch_lightning": {"integrations"},
+    "transformers": {"integrations"},
+    "pandas": {"runfile.reader"},  # Run.to_pandas(), an optional extra
     "numpy": {"runfile", "stats", "engine", "training", "analysis", "render", "models", "datasets", "recipes",
               "cli"},
 }

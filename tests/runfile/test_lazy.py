@@ -29,6 +29,7 @@ class Rows:
         rng = np.random.default_rng(first)
         self._stats = rng.normal(size=(n, sites, len(STATISTICS)))
         self._gate, self.released = gate, False
+        self.scalar_names: list[str] = []
 
     def ready(self) -> None:
         if self._gate is not None:

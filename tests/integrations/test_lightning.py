@@ -1,0 +1,93 @@
+"""The Lightning callback on a real ``lightning.Trainer``: the file's rows, steps and metrics against the
+trainer's own counters and the module's logged values; training bit-identical with and without it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import actprobe
+
+L = pytest.importorskip("lightning", reason="the test extra installs lightning")
+from actprobe.integrations.lightning import ActprobeCallback  # noqa: E402
+
+
+class Tiny(L.LightningModule):
+    def __init__(self, fail_at: int = -1) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        self.losses: list[float] = []  # each training step's loss, as the module saw it
+        self.fail_at = fail_at
+
+    def training_step(self, batch, index):
+        if index == self.fail_at:
+            raise RuntimeError("the user's training step failed")
+        x, y = batch
+        loss = nn.functional.cross_entropy(self.net(x), y)
+        self.log("train_loss", loss)
+        self.losses.append(float(loss))
+        return loss
+
+    def validation_step(self, batch, index):
+        x, y = batch
+        self.log("val_loss", nn.functional.cross_entropy(self.net(x), y))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def loader():
+    gen = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(40, 4, generator=gen), torch.randint(0, 2, (40,), generator=gen))
+    return torch.utils.data.DataLoader(data, batch_size=8)
+
+
+def fit(callbacks, accumulate: int = 1, fail_at: int = -1):
+    torch.manual_seed(0)
+    module = Tiny(fail_at)
+    trainer = L.Trainer(max_epochs=2, callbacks=callbacks, accumulate_grad_batches=accumulate, logger=False,
+                        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                        val_check_interval=3, num_sanity_val_steps=0, deterministic=True)
+    trainer.fit(module, loader(), loader())
+    return trainer, module
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_rows_steps_and_metrics_are_the_trainers(tmp_path, accumulate):
+    trainer, module = fit([ActprobeCallback(tmp_path / "run.h5", grads=True)], accumulate)
+    run = actprobe.read(tmp_path / "run.h5")
+    steps = trainer.global_step
+    # Lightning steps after every k-th batch and after an epoch's last one (5 batches an epoch)
+    stepping = [e * 5 + b for e in range(2) for b in range(5) if (b + 1) % accumulate == 0 or b == 4]
+    assert run.rows == steps == len(stepping) and list(run.step) == list(range(steps))
+    assert run.scalars["global_step"].tolist() == list(range(1, steps + 1))
+    # the loss of each row: the training step that stepped the optimizer (the last of its batches), as
+    # Lightning passes it on (divided by accumulate_grad_batches); the logged metric as logged
+    wanted = np.array([module.losses[i] for i in stepping])
+    np.testing.assert_allclose(run.scalars["loss"] * accumulate, wanted, rtol=1e-6)
+    np.testing.assert_allclose(run.scalars["train_loss"], wanted, rtol=1e-6)
+    # a validation metric: only on the rows right after a validation, with the value it logged
+    val = run.scalars["val_loss"]
+    assert 0 < np.isfinite(val).sum() < steps and np.isnan(val[0])
+    # each row merged its forwards: the first Linear saw k batches of 8 (8 units each)
+    assert run.stats["count"][0, 0] == 8 * 8 * accumulate
+    assert run.grad_stats and np.isfinite(run.grad_stats["std"][:]).all()
+
+
+def test_training_is_bit_identical_with_and_without_the_callback(tmp_path):
+    _, plain = fit([])
+    _, probed = fit([ActprobeCallback(tmp_path / "run.h5", grads=True, params=True, hist_every=2)])
+    for a, b in zip(plain.parameters(), probed.parameters()):
+        assert torch.equal(a, b)
+    assert actprobe.read(tmp_path / "run.h5").param_stats
+
+
+def test_a_failing_fit_keeps_the_rows_committed_and_raises(tmp_path):
+    callback = ActprobeCallback(tmp_path / "run.h5")
+    with pytest.raises(RuntimeError, match="the user's training step failed"):
+        fit([callback], fail_at=4)
+    assert callback.probe is None  # closed
+    run = actprobe.read(tmp_path / "run.h5")
+    assert run.rows == 4 and run.closed
