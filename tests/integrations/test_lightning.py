@@ -91,3 +91,71 @@ def test_a_failing_fit_keeps_the_rows_committed_and_raises(tmp_path):
     assert callback.probe is None  # closed
     run = actprobe.read(tmp_path / "run.h5")
     assert run.rows == 4 and run.closed
+
+
+class TwoOptimizers(L.LightningModule):
+    """Manual optimisation with two optimizers (as a GAN steps its generator and discriminator)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.a = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        self.b = nn.Sequential(nn.Linear(4, 2))
+
+    def training_step(self, batch, index):
+        x, y = batch
+        for net, opt in zip((self.a, self.b), self.optimizers()):
+            loss = nn.functional.cross_entropy(net(x), y)
+            opt.zero_grad()
+            self.manual_backward(loss)
+            opt.step()
+        self.log("b_loss", loss)
+
+    def configure_optimizers(self):
+        return [torch.optim.SGD(self.a.parameters(), lr=0.1), torch.optim.SGD(self.b.parameters(), lr=0.1)]
+
+
+def test_two_optimizers_give_one_row_per_batch(tmp_path):
+    torch.manual_seed(0)
+    trainer = L.Trainer(max_epochs=1, callbacks=[ActprobeCallback(tmp_path / "run.h5")], logger=False,
+                        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+    trainer.fit(TwoOptimizers(), loader())
+    run = actprobe.read(tmp_path / "run.h5")
+    assert trainer.global_step == 10 and run.rows == 5  # two optimizer steps a batch, one row a batch
+    assert run.scalars["global_step"].tolist() == [2, 4, 6, 8, 10]
+    assert {"a.0", "b.0"} <= set(run.sites) and np.isfinite(run.scalars["b_loss"]).all()
+
+
+def test_ctrl_c_during_fit_closes_the_file(tmp_path):
+    class Interrupted(Tiny):
+        def training_step(self, batch, index):
+            if self.global_step == 3:
+                raise KeyboardInterrupt
+            return super().training_step(batch, index)
+
+    callback = ActprobeCallback(tmp_path / "run.h5")
+    torch.manual_seed(0)
+    trainer = L.Trainer(max_epochs=2, callbacks=[callback], logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0)
+    try:
+        trainer.fit(Interrupted(), loader())
+    except (KeyboardInterrupt, SystemExit):
+        pass  # Lightning's graceful shutdown, then whatever it re-raises
+    assert callback.probe is None
+    run = actprobe.read(tmp_path / "run.h5")
+    assert run.closed and run.rows == 3
+
+
+@pytest.mark.slow  # two processes started by Lightning
+def test_a_ddp_fit_writes_a_distributed_run(tmp_path):
+    torch.manual_seed(0)
+    trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
+                        callbacks=[ActprobeCallback(tmp_path / "ddp.h5")], enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False)
+    trainer.fit(Tiny(), loader())
+    run = actprobe.read(tmp_path / "ddp.h5")
+    assert run.distributed and run.attrs["ranks"] == 2
+    ranks = [actprobe.read(tmp_path / "ddp.h5", rank=r) for r in range(2)]
+    # each rank saw its half of the data (DistributedSampler): the global rows count both
+    assert run.rows == ranks[0].rows == 3
+    assert run.stats["count"][0, 0] == ranks[0].stats["count"][0, 0] + ranks[1].stats["count"][0, 0]
