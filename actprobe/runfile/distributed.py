@@ -25,7 +25,12 @@ import numpy as np
 
 from ..errors import FormatError
 from .format import GRAD_STATS, PARAM_GROUPS, PARTIAL_NAMES, PARTIALS, STATISTICS, STATS, UNIT_PARTIAL_NAMES, UNIT_PARTIALS
-from .lazy import BLOCK_ROWS, CACHED_BLOCKS, Statistic
+from .lazy import BLOCK_ROWS, Statistic
+
+# The partials a merged block reads from all ranks together, at most (a wide model's rows are large: 1000
+# sites of 64 units hold 1.6 MB of partials a row and rank), and the merged blocks kept
+BLOCK_BYTES = 32 << 20
+CACHED_BYTES = 256 << 20
 from .ranks import COUNT, M2, MAX, MEAN, MIN, combine
 
 SEGMENT = re.compile(r"segment-(\d+)$")
@@ -148,8 +153,9 @@ def _check_rank(run: Any, first: Any) -> None:
 
 class MergedSource:
     """The merged statistics of a distributed run, read on demand: ``lazy.Source``'s interface over the
-    ranks' partials. A block of BLOCK_ROWS rows is read from every rank and merged at once, every
-    statistic of every group; the last CACHED_BLOCKS blocks are kept."""
+    ranks' partials. A block of rows (BLOCK_ROWS, fewer when their partials would pass BLOCK_BYTES) is
+    read from every rank and merged at once, every statistic of every group; the last blocks are kept,
+    up to CACHED_BYTES of merged statistics."""
 
     def __init__(self, path: Path, runs: list[Any], rows: list[np.ndarray], groups: list[str], dead_eps: float,
                  columns: tuple[int, int] | None = None, shared: MergedSource | None = None) -> None:
@@ -165,6 +171,10 @@ class MergedSource:
             start += width
         self._width = start
         self.sites = sites
+        units = int(first.unit_columns[:, 1][first.unit_columns[:, 0] >= 0].sum())
+        row_bytes = 8 * len(runs) * (start * len(PARTIAL_NAMES) + units * len(UNIT_PARTIAL_NAMES))
+        self._block_rows = max(1, min(BLOCK_ROWS, BLOCK_BYTES // max(row_bytes, 1)))
+        self._cached_blocks = max(2, CACHED_BYTES // (8 * len(STATISTICS) * max(start, 1) * self._block_rows))
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict() if shared is None else shared._cache
         self._parent = shared
 
@@ -183,7 +193,7 @@ class MergedSource:
         if cached is not None:
             self._cache.move_to_end(b)
             return cached
-        lo, hi = b * BLOCK_ROWS, min((b + 1) * BLOCK_ROWS, self.rows)
+        lo, hi = b * self._block_rows, min((b + 1) * self._block_rows, self.rows)
         partials, units = [], []
         for run, rows in zip(self._runs, self._rows):
             picked = rows[lo:hi]
@@ -193,7 +203,7 @@ class MergedSource:
         _replicated_parameters(partials, self._offsets)
         block = combine(partials, units, self._runs[0].unit_columns, self._dead_eps)
         self._cache[b] = block
-        while len(self._cache) > CACHED_BLOCKS:
+        while len(self._cache) > self._cached_blocks:
             self._cache.popitem(last=False)
         return block
 
@@ -207,9 +217,10 @@ class MergedSource:
     def rows_of(self, name: str, rows: np.ndarray) -> np.ndarray:
         columns, stat = self._columns(name)
         out = np.empty((len(rows), columns.stop - columns.start), dtype=np.float32)
-        for b in np.unique(rows // BLOCK_ROWS):
-            chosen = rows // BLOCK_ROWS == b
-            out[chosen] = self._block(int(b))[rows[chosen] - b * BLOCK_ROWS][:, columns, stat]
+        size = self._block_rows
+        for b in np.unique(rows // size):
+            chosen = rows // size == b
+            out[chosen] = self._block(int(b))[rows[chosen] - b * size][:, columns, stat]
         return out
 
     def row(self, name: str, row: int) -> np.ndarray:
@@ -219,7 +230,7 @@ class MergedSource:
         return self.rows_of(name, np.arange(start, stop))
 
     def scan(self, name: str, multiple: int = 1) -> Iterator[tuple[int, np.ndarray]]:
-        step = max(multiple, BLOCK_ROWS - BLOCK_ROWS % max(multiple, 1))
+        step = max(multiple, self._block_rows - self._block_rows % max(multiple, 1))
         for start in range(0, self.rows, step):
             yield start, self.span(name, start, min(start + step, self.rows))
 

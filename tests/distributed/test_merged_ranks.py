@@ -224,3 +224,19 @@ def test_many_units_flush_more_often_with_bounded_memory(tmp_path, monkeypatch):
     with h5py.File(run.ranks[0].path) as f:  # committed 3 rows at a time: the stage held 3
         assert f["step"].chunks is not None and len(f["step"]) == 8
     _check_against_reference(run, outputs)
+
+
+def test_small_merge_blocks_read_the_same_values(tmp_path, monkeypatch):
+    """A wide model's merged blocks hold few rows (BLOCK_BYTES): every kind of index reads the same values."""
+    from actprobe.runfile import distributed
+
+    gen = torch.Generator().manual_seed(6)
+    _record(tmp_path / "run", monkeypatch, 2, [[torch.randn(3, 1, 28, 28, generator=gen) for _ in range(7)]] * 2)
+    want = {name: actprobe.read(tmp_path / "run").stats[name][:] for name in ("std", "dead")}
+    monkeypatch.setattr(distributed, "BLOCK_BYTES", 1)  # one row a block
+    run = actprobe.read(tmp_path / "run")
+    for name, values in want.items():
+        np.testing.assert_array_equal(run.stats[name][:], values)
+        np.testing.assert_array_equal(run.stats[name][[6, 0, 3]], values[[6, 0, 3]])
+        np.testing.assert_array_equal(run.stats[name][-1], values[-1])
+        assert sum(len(block) for _, block in run.stats[name].blocks()) == 7

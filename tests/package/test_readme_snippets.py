@@ -19,7 +19,8 @@ from conftest import train_steps
 README = Path(__file__).resolve().parents[2] / "README.md"
 SNIPPETS = dict(re.findall(r"<!-- snippet: (\w+) -->\n```python\n(.*?)```", README.read_text(), re.S))
 SHELL = dict(re.findall(r"<!-- shell-snippet: (\w+) -->\n```bash\n(.*?)```", README.read_text(), re.S))
-NEEDS = {"notebook": ["pandas", "matplotlib"], "lightning": ["lightning"], "huggingface": ["transformers", "accelerate"]}
+NEEDS = {"notebook": ["pandas", "matplotlib"], "scalars": [], "lightning": ["lightning"],
+         "huggingface": ["transformers", "accelerate"]}
 
 
 def test_the_readme_marks_its_snippets():
