@@ -366,7 +366,7 @@ def check_rank_outlier(ctx: Context) -> list[Observation]:
         return []
     found, seen = [], {}  # seen: (row, column) -> the ranks found off there
     for row in distinct_first_and_last(run):
-        scales = np.array([_rank_scales(rank, int(run.step[row])) for rank in run.ranks])  # (R, S)
+        scales = np.array([_rank_scales(rank, int(run.step[row]), run.sites) for rank in run.ranks])  # (R, S)
         for c in ctx.graph.order:
             off = _off_ranks(scales[:, c], t.rank_factor)
             seen[(row, c)] = set(off)
@@ -382,14 +382,20 @@ def check_rank_outlier(ctx: Context) -> list[Observation]:
     return found
 
 
-def _rank_scales(rank: Run, step: int) -> np.ndarray:
-    """(S,): a rank's root mean square (sqrt(mean² + std²)) of each site at ``step`` (NaN where it has no row)."""
+def _rank_scales(rank: Run, step: int, sites: list[str]) -> np.ndarray:
+    """(S,): a rank's root mean square (sqrt(mean² + std²)) of each of ``sites`` at ``step`` (NaN where it
+    has no row or no such site)."""
+    out = np.full(len(sites), np.nan)
     row = int(np.searchsorted(rank.step, step))
     if row >= rank.rows or int(rank.step[row]) != step:
-        return np.full(len(rank.sites), np.nan)
+        return out
     mean = rank.stats["mean"][row].astype(np.float64)
     std = rank.stats["std"][row].astype(np.float64)
-    return np.sqrt(mean * mean + std * std)
+    own = {name: k for k, name in enumerate(rank.sites)}
+    for c, name in enumerate(sites):
+        if name in own:
+            out[c] = math.sqrt(mean[own[name]] ** 2 + std[own[name]] ** 2)
+    return out
 
 
 def _off_ranks(scales: np.ndarray, factor: float) -> dict[int, float]:
@@ -399,13 +405,13 @@ def _off_ranks(scales: np.ndarray, factor: float) -> dict[int, float]:
     for r, scale in enumerate(scales):
         others = np.delete(scales, r)
         others = others[np.isfinite(others) & (others > 0)]
-        if not len(others) or not (np.isfinite(scale) and scale > 0):
+        if not len(others) or not np.isfinite(scale):  # a rank whose values are all zero is off too
             continue
         ratio = float(scale / np.median(others))
         if ratio > factor or ratio < 1 / factor:
             found[r] = ratio
     if len(found) > 1 and len(scales) > 2:  # keep the farthest: the others are off only by comparison with it
-        worst = max(found, key=lambda r: abs(math.log(found[r])))
+        worst = max(found, key=lambda r: math.inf if found[r] == 0 else abs(math.log(found[r])))
         found = {worst: found[worst]}
     return found
 

@@ -26,20 +26,34 @@ MAX_PROCESSES = 1024
 
 
 def in_job() -> bool:
-    """Whether this process was started by torchrun (or another launcher that sets its variables)."""
-    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+    """Whether this process is a worker that torchrun started (its RANK, WORLD_SIZE and run id are set):
+    RANK and WORLD_SIZE alone, as a cluster's containers set them, do not make ``actprobe run`` a rank."""
+    return all(name in os.environ for name in ("WORLD_SIZE", "RANK", "TORCHELASTIC_RUN_ID"))
 
 
 def launch(nproc: int, argv: list[str]) -> int:
-    """Run ``actprobe run ARGV`` in ``nproc`` processes under torchrun; its exit code."""
+    """Run ``actprobe run ARGV`` in ``nproc`` processes under torchrun; its exit code: 2 with the ranks'
+    ``error:`` lines, once each, when they failed on bad input (torchrun's report of the failure is left
+    out), else torchrun's."""
     if not 1 <= nproc <= MAX_PROCESSES:
         raise OptionError(f"--nproc must be a whole number from 1 to {MAX_PROCESSES}, got {nproc}")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                "-m", "actprobe", "run", *argv]
     try:
-        return subprocess.run(command, check=False).returncode
+        done = subprocess.run(command, check=False, stderr=subprocess.PIPE, text=True, errors="replace")
     except KeyboardInterrupt:
         return 130
+    if done.returncode == 0:
+        return 0
+    errors = list(dict.fromkeys(line for line in done.stderr.splitlines() if line.startswith("error: ")))
+    for line in errors:
+        print(line, file=sys.stderr)
+    if errors:
+        return 2
+    last = [line.strip() for line in done.stderr.splitlines() if line.strip() and not line.startswith(("W", "E", " "))]
+    print(f"error: the ranks failed (torchrun exit code {done.returncode})" + (f": {last[-1]}" if last else ""),
+          file=sys.stderr)
+    return done.returncode
 
 
 @dataclass
@@ -55,11 +69,16 @@ class RankJob:
         """Join the job's process group; one GPU per process (the local rank's) when ``device`` is CUDA."""
         import torch.distributed as dist
 
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        try:
+            if device.type == "cuda":
+                device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+                torch.cuda.set_device(device)
+            if not dist.is_initialized():
+                dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        except (RuntimeError, ValueError, OSError) as exc:
+            from .._text import one_line
+
+            raise OptionError(f"cannot join the job's process group: {one_line(exc)}") from None
         return cls(dist.get_rank(), dist.get_world_size(), device)
 
     def wrap(self, model: nn.Module) -> nn.Module:

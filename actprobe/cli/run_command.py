@@ -11,7 +11,7 @@ from rich.console import Console
 
 from .._text import one_line
 from ..datasets import use_data_root
-from ..errors import FormatError, RunFileError
+from ..errors import FormatError, OptionError, RunFileError
 from ..runfile.lock import lock_path
 from .codes import EXIT_BAD_INPUT, EXIT_INTERRUPTED
 from .modelfile import load_model_file
@@ -54,6 +54,7 @@ def execute(options: RunOptions, data_root: Path | None = None, console: Console
     else:
         options = replace(options, out=output_path(options.model_file, options.out, options.overwrite, options.nproc))
         if options.nproc > 1:
+            check_before_launch(options)
             return launch(options.nproc, arguments(options, data_root))
     with warnings.catch_warnings(record=True) as caught, use_data_root(data_root):
         warnings.simplefilter("default")
@@ -63,6 +64,18 @@ def execute(options: RunOptions, data_root: Path | None = None, console: Console
     for warning in _unique(caught):
         console.print(f"warning: {warning}", style="yellow", highlight=False, markup=False)
     return report(outcome, console)
+
+
+def check_before_launch(options: RunOptions) -> None:
+    """What can be refused before any process starts: a model file that does not load, an init check,
+    no data(), a device this machine does not have."""
+    from ..training import resolve_device
+
+    spec = load_model_file(options.model_file)
+    resolve_device(options.device)
+    if spec.data is None or options.init_check:
+        raise OptionError("--nproc trains on data() in several processes; "
+                          + ("an init check runs in one" if options.init_check else f"{spec.path} defines no data()"))
 
 
 def arguments(options: RunOptions, data_root: Path | None) -> list[str]:
@@ -123,7 +136,8 @@ def report(outcome: RunOutcome, console: Console) -> int:
     rate = outcome.steps / outcome.seconds if outcome.seconds > 0 else float("inf")
     where = outcome.device
     if run is not None and run.distributed:
-        where = f"{run.attrs['ranks']} ranks ({outcome.device.split(':')[0]})"
+        ranks = run.attrs["ranks"]
+        where = f"{ranks} rank{'s' if ranks != 1 else ''} ({outcome.device.split(':')[0]})"
     console.print(f"{outcome.steps} {what} on {where} in {outcome.seconds:.1f} s ({rate:.1f}/s); {kept}",
                   highlight=False, markup=False)
     return 0

@@ -170,7 +170,8 @@ def _record(options: RunOptions, model: nn.Module, device: torch.device, mode: s
     with context or contextlib.nullcontext(), Probe(
             model, options.out, select=list(options.select) or None, every=options.every, meta=meta,
             overwrite=options.overwrite, train_only=train_only, grads=options.grads, params=options.params,
-            optimizer=optimizer, hist_every=options.hist_every) as probe:
+            optimizer=optimizer, hist_every=options.hist_every,
+            distributed=None if in_job() else False) as probe:  # RANK/WORLD_SIZE alone make no job
         if announce is not None:
             announce(source, notes)
         result = run_loop(step, batches, probe=probe, steps=options.steps if mode == "train" else total,

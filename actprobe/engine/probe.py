@@ -20,6 +20,7 @@ from ..stats.dispatch import MomentKernel
 from .hooks import HookEngine
 from .params import ParamWatch, parameter_names
 from .ranks import RankPlace, place
+from .sites import is_sharded
 from .recorder import MAX_UNITS, Recorder
 from .scalars import accepted, recordable_names
 from .selection import Select, containers, select_modules
@@ -103,12 +104,17 @@ class Probe:
                               "Probe(model, path, params=True, optimizer=opt)")
         named = parameter_names(model, optimizer) if params else []
         param_names, self._param_ndims = [name for name, _ in named], [ndim for _, ndim in named]
+        # which parameters each rank holds a shard of (FSDP2's DTensors): merged over the ranks when read;
+        # the others are the same on every rank (DDP) and read from rank 0
+        self._param_sharded = [is_sharded(p) for group in optimizer.param_groups for p in group["params"]] if params else []
         modules = select_modules(model, select)
         extra = containers(model) if select is None else []
         if distributed is not None and not isinstance(distributed, bool):
             raise OptionError(f"distributed must be True, False or None, got {distributed!r}")
         self.path = Path(path)
         self.rank: RankPlace | None = place(distributed, group)  # None: a single-process run
+        if self.rank is not None:
+            self.rank = self.rank.choose_file(self.path, overwrite)
         # the file this process writes: ``path`` itself, or this rank's file in the run folder ``path``
         self.file = self.path if self.rank is None else self.rank.file(self.path)
         self._sink = FileSink(self.file, overwrite=overwrite)
@@ -277,7 +283,7 @@ class Probe:
                           **(self.rank.attributes() if self.rank is not None else {})}
             self._sink.open(recorder.sites, names, attributes, settings.rows_per_flush, recorder.graph,
                             recorder.stat_groups, recorder.params, recorder.hist_groups if settings.hist_every else (),
-                            self._param_ndims, recorder.unit_columns)
+                            self._param_ndims, recorder.unit_columns, self._param_sharded)
             self._engine.unhook(recorder.idle_containers)
         self._report_new_sites()
         recorder.end_step(self._step, time.perf_counter() - self._started,
@@ -291,6 +297,9 @@ class Probe:
         if not self._sink.opened:
             if pending:
                 why = "step() was never called after the recorded forwards; call probe.step() once per training step"
+            elif self._recorder.sharded:
+                why = (f"every selected output was a tensor subclass (a DTensor of tensor parallelism, or another "
+                       f"kind), which is not recorded: {', '.join(sorted(self._recorder.sharded)[:5])}")
             elif self._engine.skipped:
                 why = ("every forward ran in eval mode or without gradients, which train_only=True leaves out; "
                        "pass train_only=False to record them")
@@ -309,9 +318,9 @@ class Probe:
                             f"{', '.join(names[:5])}{' …' if len(names) > 5 else ''}")
         if self._recorder.sharded:
             names = sorted(self._recorder.sharded)
-            self._warn_once("sharded", f"outputs that are DTensors (tensor parallelism) are not recorded: each rank "
-                            f"holds a shard, whose statistics are not the tensor's: {', '.join(names[:5])}"
-                            f"{' …' if len(names) > 5 else ''}")
+            self._warn_once("sharded", f"outputs that are not plain tensors are not recorded (DTensors of tensor "
+                            f"parallelism hold a shard on each rank, whose statistics are not the tensor's): "
+                            f"{', '.join(names[:5])}{' …' if len(names) > 5 else ''}")
         if self._recorder.ignored:
             names = sorted(self._recorder.ignored)
             self._warn_once("new-sites", f"sites that first appeared after the first recorded step are not "

@@ -3,7 +3,10 @@
 A probe inside a ``torch.distributed`` job (an initialised process group of more than one process, or
 torchrun's ``RANK``/``WORLD_SIZE`` before the group exists) writes ``<path>/segment-<k>/rank-<r>.h5``:
 ``k`` is torchelastic's restart count (a restarted job starts a new segment and leaves the old one as
-it was), ``r`` the rank. Each rank file is a complete run file of that rank's values, with the rows'
+it was), ``r`` the rank. Under torchelastic, a rank whose file in segment k was written by an earlier
+attempt of the same job (``TORCHELASTIC_RUN_ID``: on several nodes, an agent that restarts its workers
+because another node failed keeps its count) takes the next segment where it has none. With
+``overwrite``, rank 0 of segment 0 removes what an earlier run left in the folder. Each rank file is a complete run file of that rank's values, with the rows'
 mergeable partials beside its statistics; readers merge the ranks into the statistics of the global
 batch (``runfile.distributed``). The ranks never communicate: no collective can hang a rank, and a
 rank that dies leaves the others' files whole.
@@ -12,11 +15,14 @@ rank that dies leaves the others' files whole.
 from __future__ import annotations
 
 import os
+import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import OptionError
+from ..errors import ActprobeWarning, OptionError
+from ..runfile.lock import lock_path
 
 SEGMENT_PREFIX = "segment-"
 RANK_PREFIX = "rank-"
@@ -29,13 +35,29 @@ class RankPlace:
     rank: int
     world_size: int
     segment: int  # torchelastic's restart count: 0 for the first attempt
+    job: str = ""  # torchelastic's run id (TORCHELASTIC_RUN_ID), the same for every attempt of one job
 
-    def file(self, folder: Path) -> Path:
-        return folder / f"{SEGMENT_PREFIX}{self.segment}" / f"{RANK_PREFIX}{self.rank}.h5"
+    def file(self, folder: Path, segment: int | None = None) -> Path:
+        number = self.segment if segment is None else segment
+        return folder / f"{SEGMENT_PREFIX}{number}" / f"{RANK_PREFIX}{self.rank}.h5"
 
     def attributes(self) -> dict[str, Any]:
         """The root attributes that make a rank file one of its run (docs/FORMAT.md)."""
-        return {"distributed": True, "rank": self.rank, "world_size": self.world_size, "segment": self.segment}
+        return {"distributed": True, "rank": self.rank, "world_size": self.world_size, "segment": self.segment,
+                "job": self.job}
+
+    def choose_file(self, folder: Path, overwrite: bool) -> RankPlace:
+        """This rank's place for this attempt: its restart count's segment, or — under torchelastic, when an
+        earlier attempt of the same job left this rank's file there — the first later segment without one.
+        With ``overwrite``, the restart count's, and rank 0 of segment 0 clears what earlier runs left."""
+        if overwrite:
+            if self.segment == 0 and self.rank == 0:
+                _clear(folder, self.world_size)
+            return self
+        segment = self.segment
+        while self.job and _taken_by(self.file(folder, segment), self.job):
+            segment += 1
+        return RankPlace(self.rank, self.world_size, segment, self.job)
 
 
 def place(distributed: bool | None, group: Any = None) -> RankPlace | None:
@@ -59,9 +81,13 @@ def place(distributed: bool | None, group: Any = None) -> RankPlace | None:
                               "torchrun's RANK and WORLD_SIZE environment variables")
         return None
     rank, world_size = found
+    if rank < 0:
+        raise OptionError(f"this process is not in the process group given as group= (its rank there is {rank}); "
+                          "make the probe on the group's members only")
     if world_size <= 1 and not distributed:
         return None
-    return RankPlace(rank=rank, world_size=world_size, segment=_restart_count())
+    return RankPlace(rank=rank, world_size=world_size, segment=_restart_count(),
+                     job=os.environ.get("TORCHELASTIC_RUN_ID", ""))
 
 
 def _from_group(group: Any) -> tuple[int, int] | None:
@@ -82,6 +108,35 @@ def _from_environment() -> tuple[int, int] | None:
         return int(rank), int(world_size)
     except ValueError:
         raise OptionError(f"RANK={rank!r} and WORLD_SIZE={world_size!r} are not whole numbers") from None
+
+
+def _taken_by(path: Path, job: str) -> bool:
+    """Whether an earlier attempt of ``job`` took this rank file (a file of another job is refused later,
+    as an existing file is; a lock without a file: an attempt that died before its first step)."""
+    if path.exists():
+        from ..runfile.storage import stored_attribute
+
+        return stored_attribute(path, "job") == job
+    return lock_path(path).exists()
+
+
+def _clear(folder: Path, world_size: int) -> None:
+    """Remove what an earlier run left in ``folder``: segments after the first, and rank files of ranks this
+    job does not have. Each rank replaces its own file."""
+    try:
+        if not folder.is_dir():
+            return
+        for child in folder.iterdir():
+            if child.name.startswith(SEGMENT_PREFIX) and child.name != f"{SEGMENT_PREFIX}0" and child.is_dir():
+                shutil.rmtree(child)
+        first = folder / f"{SEGMENT_PREFIX}0"
+        for child in first.iterdir() if first.is_dir() else ():
+            number = child.name.removeprefix(RANK_PREFIX).split(".", 1)[0]
+            if child.name.startswith(RANK_PREFIX) and number.isdigit() and int(number) >= world_size:
+                child.unlink()
+    except OSError as exc:
+        warnings.warn(f"overwrite: could not clear {folder} of an earlier run ({exc}); reading it may mix the two",
+                      ActprobeWarning, stacklevel=4)
 
 
 def _restart_count() -> int:

@@ -30,7 +30,7 @@ from ..stats.dispatch import MomentKernel
 from ..stats.histogram import BINS, Histograms
 from ..stats.merge import RING_BUFFERS, RING_BYTES, Layout, PartialRing, arrangement, merge_now
 from .graph import GraphTracer
-from .sites import Site, floating_outputs, is_sharded, site_name, unit_dim
+from .sites import Site, floating_outputs, plain, site_name, unit_dim
 from .staging import RowStage, StagedRows, stage_capacity
 
 
@@ -71,7 +71,7 @@ class Recorder:
         self.device: torch.device | None = None
         self.ignored: set[str] = set()
         self.unitless: set[str] = set()  # sites with more than MAX_UNITS units, recorded without units
-        self.sharded: set[str] = set()  # outputs that are DTensors (tensor parallelism): not recorded
+        self.sharded: set[str] = set()  # outputs that are tensor subclasses (DTensor, …): not recorded
         self._partials: list[tuple[int, Partial]] = []
         self._channel_first_shapes: set[torch.Size] = set()
         self._layouts: dict[tuple, Layout] = {}
@@ -118,7 +118,7 @@ class Recorder:
                 self._producers.add(module_name)
 
     def _observe_one(self, name: str, module: nn.Module, tensor: torch.Tensor) -> int | None:
-        if type(tensor) is not torch.Tensor and is_sharded(tensor):
+        if type(tensor) is not torch.Tensor and not plain(tensor):
             self.sharded.add(name)
             return None
         index = self._index.get(name)

@@ -64,7 +64,7 @@ class ProbeSettings:
 RESERVED_ATTRIBUTES = frozenset({
     "format", "format_version", "actprobe_version", "torch_version", "created", "run_id",
     "near_zero_eps", "dead_eps", "every", "grads", "params", "hist_every",
-    "distributed", "rank", "world_size", "segment",
+    "distributed", "rank", "world_size", "segment", "job",
 })
 
 

@@ -31,14 +31,15 @@ class FileSink:
     def open(self, sites: Sequence[Site], scalar_names: Sequence[str], attributes: Mapping[str, Any],
              chunk_rows: int, graph: SiteGraph | None = None, stat_groups: Sequence[str] = (STATS,),
              params: Sequence[str] = (), hist_groups: Sequence[str] = (), param_ndims: Sequence[int] = (),
-             unit_columns: Any = None) -> None:
+             unit_columns: Any = None, param_sharded: Sequence[bool] = ()) -> None:
         """Start the writer thread, which creates the file with these columns at once (no rows yet);
         ``unit_columns``: with the rows' mergeable partials (a rank of a distributed run)."""
         sites, names, path, groups, params = list(sites), list(scalar_names), self.path, tuple(stat_groups), list(params)
         hist, ndims = tuple(hist_groups), list(param_ndims)
         self._writer = BackgroundWriter(lambda: RunFileWriter(
             path, sites=sites, scalar_names=names, attributes=attributes, chunk_rows=chunk_rows, graph=graph,
-            stat_groups=groups, params=params, hist_groups=hist, param_ndims=ndims, unit_columns=unit_columns))
+            stat_groups=groups, params=params, hist_groups=hist, param_ndims=ndims, unit_columns=unit_columns,
+            param_sharded=list(param_sharded)))
 
     @property
     def opened(self) -> bool:

@@ -51,17 +51,27 @@ def floating_outputs(output: object, suffix: str = "", depth: int = 0) -> Iterat
 
 
 def is_sharded(tensor: torch.Tensor) -> bool:
-    """Whether ``tensor`` is a ``DTensor`` (tensor parallelism): each rank holds a shard of it, whose
-    statistics are not those of the tensor; such outputs are not recorded."""
+    """Whether ``tensor`` is a ``DTensor`` (tensor parallelism, FSDP2's parameters): each rank holds a
+    part of it."""
     return type(tensor) is not torch.Tensor and type(tensor).__name__ == "DTensor" and hasattr(tensor, "placements")
+
+
+def plain(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is an ordinary tensor whose memory the kernels can read. A subclass — a
+    ``DTensor`` (a shard on each rank), the ``AsyncCollectiveTensor`` of a tensor-parallel layer, a
+    quantised tensor — is not: such outputs are not recorded (the probe says which)."""
+    return type(tensor) is torch.Tensor or type(tensor) is nn.Parameter
 
 
 def local_part(tensor: torch.Tensor) -> torch.Tensor | None:
     """A parameter (or its gradient) as this rank holds it: a plain tensor itself; a DTensor sharded or
     replicated over the ranks (FSDP2) its local part, which a distributed run merges over the ranks (a
-    replicated one counted once); None for a DTensor with pending reductions (``Partial`` placements)."""
-    if type(tensor) is torch.Tensor or type(tensor) is nn.Parameter or not is_sharded(tensor):
+    replicated one counted once); None for a DTensor with pending reductions (``Partial`` placements) and
+    for any other tensor subclass."""
+    if plain(tensor):
         return tensor
+    if not is_sharded(tensor):
+        return None
     if any(type(p).__name__ not in ("Shard", "Replicate") for p in tensor.placements):
         return None
     return tensor.to_local()

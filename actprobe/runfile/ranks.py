@@ -29,13 +29,14 @@ def _moments(count: np.ndarray, mean: np.ndarray, m2: np.ndarray) -> tuple[np.nd
     return n, total_mean, total_m2
 
 
-def combine(partials: Sequence[np.ndarray], units: Sequence[np.ndarray], unit_columns: np.ndarray,
+def combine(partials: Sequence[np.ndarray], units: Sequence[np.ndarray] | None, unit_columns: np.ndarray,
             dead_eps: float) -> np.ndarray:
     """Statistics (n, C, len(STATISTICS)) float64 of R ranks' rows.
 
     Args:
         partials: per rank, (n, C, PARTIAL_VALUES) float64: the same n steps of each rank.
-        units: per rank, (n, U, UNIT_VALUES) float64.
+        units: per rank, (n, U, UNIT_VALUES) float64; None: ``dead`` is left NaN (``dead_fraction`` computes
+            it alone: a wide model's unit partials are most of what a rank file holds).
         unit_columns: (C, 2) int64: each column's first unit column (−1: it has no units) and units.
         dead_eps: a unit is dead when its std over all ranks' values is ``<= dead_eps``.
     """
@@ -55,17 +56,22 @@ def combine(partials: Sequence[np.ndarray], units: Sequence[np.ndarray], unit_co
             np.where(some, minimum, np.nan),
             np.where(some, maximum, np.nan),
             (numel - far) / numel,
-            _dead(units, unit_columns, dead_eps, n.shape),
+            np.full(n.shape, np.nan) if units is None else dead_fraction(units, unit_columns, dead_eps),
             nonfinite / numel,
         ), axis=-1)
     return stats
 
 
-def _dead(units: Sequence[np.ndarray], unit_columns: np.ndarray, dead_eps: float, shape: tuple[int, ...]) -> np.ndarray:
+def dead_fraction(units: Sequence[np.ndarray], unit_columns: np.ndarray, dead_eps: float) -> np.ndarray:
     """(n, C): the fraction of each column's units whose std over all ranks is ``<= dead_eps``; NaN for
     columns without units, and where a rank's row had another number of units than the column."""
-    dead = np.full(shape, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return _dead(units, unit_columns, dead_eps)
+
+
+def _dead(units: Sequence[np.ndarray], unit_columns: np.ndarray, dead_eps: float) -> np.ndarray:
     u = np.stack([np.asarray(x, dtype=np.float64) for x in units])  # (R, n, U, 3)
+    dead = np.full((u.shape[1], len(unit_columns)), np.nan)
     assert u.shape[-1] == len(UNIT_PARTIAL_NAMES)
     for column, (first, count) in enumerate(np.asarray(unit_columns)):
         if first < 0 or count <= 0:

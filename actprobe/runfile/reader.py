@@ -81,6 +81,8 @@ class Run:
     unit_columns: np.ndarray | None = field(default=None, repr=False)
     # a distributed run read as one (``read(folder)``): the runs of its ranks, rank by rank; empty otherwise
     ranks: tuple[Run, ...] = field(default=(), repr=False)
+    # a rank file with parameters: (P,) whether this rank held a shard of each (FSDP2) or the whole (DDP)
+    param_sharded: np.ndarray | None = field(default=None, repr=False)
     notes: tuple[str, ...] = ()  # what a reader should know about how the run was put together
 
     @property
@@ -287,4 +289,14 @@ def _load(f: Any, path: Path, closed: bool) -> Run:
         uncalled=uncalled,
         closed=closed,
         unit_columns=unit_columns,
+        param_sharded=_param_sharded(checker, len(params)) if unit_columns is not None else None,
     )
+
+
+def _param_sharded(checker: Checker, count: int) -> np.ndarray | None:
+    ds = checker.dataset("param_sharded", "iub", 1, required=False)
+    if ds is None:
+        return None
+    if ds.shape[0] != count:
+        raise checker.fail(f"'param_sharded' has {ds.shape[0]} entries for {count} parameters")
+    return np.asarray(ds[()], dtype=bool)

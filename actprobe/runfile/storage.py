@@ -37,6 +37,7 @@ def _fixed_utf8(values: Sequence[str]) -> np.ndarray:
 # of thousands of chunks per dataset; a row written into a larger chunk is a change in HDF5's cache.
 MIN_CHUNK_ROWS = 64
 HIST_CHUNK_ROWS = 8  # histogram rows per chunk (a row is sites × bins values)
+PARTIAL_CHUNK_BYTES = 1 << 20  # the most bytes of a chunk of partials (distributed runs)
 
 
 class RunFileWriter:
@@ -53,9 +54,11 @@ class RunFileWriter:
                  attributes: Mapping[str, Any], chunk_rows: int, graph: SiteGraph | None = None,
                  stat_groups: Sequence[str] = (STATS,), params: Sequence[str] = (),
                  hist_groups: Sequence[str] = (), param_ndims: Sequence[int] = (),
-                 unit_columns: np.ndarray | None = None) -> None:
+                 unit_columns: np.ndarray | None = None, param_sharded: Sequence[bool] = ()) -> None:
         """``unit_columns``: keep each row's mergeable partials (``partials/``, ``unit_partials/``), with
-        these unit columns (a rank of a distributed run)."""
+        these unit columns (a rank of a distributed run); ``param_sharded``: then also which parameters
+        are shards (``param_sharded``)."""
+        self.param_sharded = list(param_sharded)
         self.path = path
         self.unit_columns = unit_columns
         self.chunk_rows = max(MIN_CHUNK_ROWS, chunk_rows)
@@ -140,11 +143,17 @@ class RunFileWriter:
         width = sum(count for _, count in self.stat_groups)
         units = int(unit_columns[:, 1][unit_columns[:, 0] >= 0].sum())
         for group, names, size in ((PARTIALS, PARTIAL_NAMES, width), (UNIT_PARTIALS, UNIT_PARTIAL_NAMES, units)):
+            # chunks of at most PARTIAL_CHUNK_BYTES: a wide model's rows are megabytes (a chunk of a flush's
+            # rows each would be gigabytes, written whole however few rows reach it)
+            rows = max(1, min(chunk_rows, PARTIAL_CHUNK_BYTES // (8 * max(1, size))))
             for name in names:
                 columns[f"{group}/{name}"] = f.create_dataset(
                     f"{group}/{name}", shape=(0, size), maxshape=(None, size), dtype=np.float64,
-                    chunks=(chunk_rows, max(1, size)), fillvalue=np.nan)
+                    chunks=(rows, max(1, size)), fillvalue=np.nan)
         columns[f"{UNIT_PARTIALS}/columns"] = f.create_dataset(f"{UNIT_PARTIALS}/columns", data=unit_columns)
+        if self.params:
+            columns["param_sharded"] = f.create_dataset(
+                "param_sharded", data=np.array(self.param_sharded or [False] * len(self.params), dtype=np.int8))
         columns[PARTIALS], columns[UNIT_PARTIALS] = f[PARTIALS], f[UNIT_PARTIALS]
 
     def append(self, steps: np.ndarray, times: np.ndarray, stats: np.ndarray, scalars: np.ndarray,
@@ -291,3 +300,20 @@ def finish_run(path: Path, epochs: Mapping[str, Sequence[float]], attributes: Ma
                 f.attrs[key] = value
     finally:
         lock.release()
+
+
+def stored_attribute(path: Path, name: str) -> Any:
+    """Root attribute ``name`` of the run file ``path`` as stored (bytes decoded), None when it has none or
+    the file cannot be read; for a writer deciding where to write, never raising."""
+    try:
+        with h5py.File(path, "r", locking=False) as f:
+            value = f.attrs.get(name)
+    except Exception:  # noqa: BLE001 — a damaged or foreign file has no such attribute
+        try:
+            from ._swmr import open_swmr
+
+            with open_swmr(path) as f:
+                value = f.attrs.get(name)
+        except Exception:  # noqa: BLE001
+            return None
+    return value.decode() if isinstance(value, bytes) else value

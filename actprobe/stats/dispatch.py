@@ -67,7 +67,9 @@ class MomentKernel:
         if type(x) is not torch.Tensor and type(x) is not torch.nn.Parameter:
             # a tensor subclass (a DTensor, a quantised tensor) may hold no memory of its own to read
             raise TypeError(f"actprobe reads plain tensors; this one is a {type(x).__name__}")
-        key = (x.shape, x.dtype, x.device, unit_dim, x.is_contiguous())
+        # the strides too: a plan says how to read the memory (a channels-last output and a stride-0 gradient
+        # of the same shape are read differently)
+        key = (x.shape, x.stride(), x.dtype, x.device, unit_dim)
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = self._plan(x, unit_dim)

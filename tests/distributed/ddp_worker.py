@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--fail-once", action="store_true", help="rank 0 raises at the last step of the first attempt")
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--fsdp", action="store_true", help="FSDP2 (fully_shard) instead of DDP")
+    parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args()
 
     dist.init_process_group("gloo")
@@ -85,7 +86,7 @@ def main() -> None:
                 module.register_forward_hook(keep(name))
 
     probe = actprobe.Probe(ddp, args.out, grads=args.grads, params=args.params, optimizer=opt if args.params else None,
-                           hist_every=args.hist_every, flush_every=2)
+                           hist_every=args.hist_every, flush_every=2, overwrite=args.overwrite)
     restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     for step in range(args.steps):
         step_now[0] = step

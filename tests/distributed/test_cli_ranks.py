@@ -63,3 +63,25 @@ def test_bad_ranks_and_paths_give_one_line(tmp_path, monkeypatch):
     (folder / "segment-0" / "rank-1.h5").write_bytes(b"not hdf5")  # a damaged rank file
     assert_one_line_error(invoke("show", folder), "rank-1.h5 is not an HDF5 file")
     assert_one_line_error(invoke("run", tmp_path / "m.py", "--nproc", "0"), "--nproc")
+
+
+MODEL = ("import torch\nfrom actprobe.models import paper_cnn\ndef model():\n    return paper_cnn()\n"
+         "def data():\n    return [(torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))) for _ in range(2)]\n")
+
+
+def test_nproc_refuses_before_starting_any_process(tmp_path):
+    (tmp_path / "bad.py").write_text("def model(:\n")
+    assert_one_line_error(invoke("run", tmp_path / "bad.py", "--nproc", "2", "--out", tmp_path / "o"), "syntax error")
+    (tmp_path / "m.py").write_text(MODEL)
+    assert_one_line_error(invoke("run", tmp_path / "m.py", "--nproc", "2", "--init-check", "--out", tmp_path / "o"),
+                          "an init check runs in one")
+    assert not (tmp_path / "o").exists()
+
+
+def test_rank_variables_alone_make_no_job(tmp_path):
+    """A cluster's container sets RANK and WORLD_SIZE for every process: `actprobe run` stays one process."""
+    (tmp_path / "m.py").write_text(MODEL)
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "m.py"), "--out", str(tmp_path / "one.h5"), "--steps", "2"],
+                                env={"RANK": "0", "WORLD_SIZE": "2", "COLUMNS": "200", "ACTPROBE_OFFLINE": "1"})
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "one.h5").is_file() and actprobe.read(tmp_path / "one.h5").rows == 2

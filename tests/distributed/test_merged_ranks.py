@@ -111,9 +111,12 @@ def test_replicated_parameters_count_once_and_gradients_merge(tmp_path, monkeypa
     values = run.param_stats["param_stats"]
     np.testing.assert_array_equal(values["count"][:], ranks[0].param_stats["param_stats"]["count"][:])
     np.testing.assert_array_equal(values["std"][:], ranks[0].param_stats["param_stats"]["std"][:])
-    # the weights' gradients differ between the ranks (no DDP here to average them): merged, counted twice
-    grads = run.param_stats["param_grad_stats"]["count"][:]
-    np.testing.assert_array_equal(grads, 2 * ranks[0].param_stats["param_grad_stats"]["count"][:])
+    # plain (not sharded) parameters are replicas, as under DDP: their gradients are rank 0's too, even
+    # here, where no DDP averaged them and the ranks' differ
+    assert not ranks[0].param_sharded.any()
+    for name in ("count", "std"):
+        np.testing.assert_array_equal(run.param_stats["param_grad_stats"][name][:],
+                                      ranks[0].param_stats["param_grad_stats"][name][:])
     # output gradients: merged like the outputs; histograms: summed
     np.testing.assert_array_equal(run.grad_stats["count"][:], ranks[0].grad_stats["count"][:] + ranks[1].grad_stats["count"][:])
     np.testing.assert_array_equal(run.hist.counts("counts", 1), ranks[0].hist.counts("counts", 1) + ranks[1].hist.counts("counts", 1))
@@ -201,7 +204,7 @@ def test_dtensor_outputs_are_left_out_with_a_clear_warning(tmp_path):
                 return DTensor.from_local(self.a(x), mesh, [Shard(0)])
 
         model = nn.Sequential(Sharded(), nn.Identity())
-        with pytest.warns(actprobe.ActprobeWarning, match=r"DTensors \(tensor parallelism\) are not recorded.*: 0$"):
+        with pytest.warns(actprobe.ActprobeWarning, match=r"not plain tensors are not recorded.*: 0$"):
             with actprobe.Probe(model, tmp_path / "tp.h5", select=["0", "0.a"]) as probe:
                 model[0](torch.randn(3, 4)).to_local().sum().backward()
                 probe.step()
@@ -240,3 +243,67 @@ def test_small_merge_blocks_read_the_same_values(tmp_path, monkeypatch):
         np.testing.assert_array_equal(run.stats[name][[6, 0, 3]], values[[6, 0, 3]])
         np.testing.assert_array_equal(run.stats[name][-1], values[-1])
         assert sum(len(block) for _, block in run.stats[name].blocks()) == 7
+
+
+def test_a_rank_whose_values_are_all_zero_is_an_outlier():
+    from actprobe.analysis.rules import _off_ranks
+
+    assert _off_ranks(np.array([1.0, 1.1, 0.0]), 10.0) == {2: 0.0}
+    assert _off_ranks(np.array([1.0, 1.1, 0.9]), 10.0) == {}
+    assert _off_ranks(np.array([1.0, 100.0]), 10.0) == {0: 0.01, 1: 100.0}  # two ranks: both named
+
+
+class Experts(nn.Module):
+    """A router's pick of experts: each rank sends its tokens to its own two of three."""
+
+    def __init__(self, picks: tuple[int, ...]) -> None:
+        super().__init__()
+        self.experts = nn.ModuleList(nn.Linear(6, 6) for _ in range(3))
+        self.picks = picks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sum(self.experts[k](x) for k in self.picks)
+
+
+def test_ranks_that_recorded_different_experts_merge_by_site(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    seen = []
+    for rank, picks in enumerate(((0, 2), (1, 2))):
+        monkeypatch.setenv("RANK", str(rank))
+        torch.manual_seed(0)
+        model = Experts(picks)
+        outs: dict = {}
+        now = [0]
+        for k, expert in enumerate(model.experts):
+            expert.register_forward_hook(lambda m, i, o, k=k: outs.__setitem__((now[0], f"experts.{k}"), o.detach().clone()))
+        with actprobe.Probe(model, tmp_path / "moe") as probe:
+            for step in range(3):
+                now[0] = step
+                model(torch.randn(5 + rank, 6, generator=torch.Generator().manual_seed(10 * rank + step))).sum().backward()
+                probe.step()
+        seen.append(outs)
+    run = actprobe.read(tmp_path / "moe")
+    assert sorted(run.sites) == ["experts.0", "experts.1", "experts.2"]
+    assert any("different sites" in note for note in run.notes)
+    _check_against_reference(run, seen)
+
+
+def test_a_site_whose_units_differ_between_ranks_has_no_dead_fraction(tmp_path, monkeypatch):
+    """An (N, T) output with T padded per rank: count, mean, std … merge; the units (T of them) do not."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    outputs = []
+    for rank, length in enumerate((7, 9)):
+        monkeypatch.setenv("RANK", str(rank))
+        model = nn.Sequential(nn.Linear(4, 1), nn.Flatten(1))
+        with actprobe.Probe(model, tmp_path / "pad") as probe:
+            x = torch.randn(3, length, 4, generator=torch.Generator().manual_seed(rank))
+            out = model(x)
+            out.sum().backward()
+            probe.step()
+        outputs.append(out.detach())
+    run = actprobe.read(tmp_path / "pad")
+    column = run.sites.index("1")
+    assert np.isnan(run.stats["dead"][0, column]) and any("units differ" in note for note in run.notes)
+    values = torch.cat([o.reshape(-1) for o in outputs]).double().numpy()
+    assert run.stats["count"][0, column] == values.size
+    np.testing.assert_allclose(run.stats["std"][0, column], values.std(), rtol=1e-5)

@@ -113,9 +113,11 @@ def test_a_killed_rank_hangs_no_one_and_committed_rows_read_back(tmp_path):
     assert np.isfinite(run.stats["std"][:]).all()
 
 
-def by_hand(out: Path, world: int, restart: int, *args: str) -> list[int]:
+def by_hand(out: Path, world: int, restart: int | list[int], *args: str, job: str = "job-1") -> list[int]:
     """Start the ranks as torchelastic starts a restarted job's workers (its environment variables,
-    TORCHELASTIC_RESTART_COUNT included); returns their exit codes."""
+    TORCHELASTIC_RESTART_COUNT — one per rank when a list: agents on several nodes count apart — and
+    TORCHELASTIC_RUN_ID); returns their exit codes."""
+    restarts = restart if isinstance(restart, list) else [restart] * world
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -123,7 +125,8 @@ def by_hand(out: Path, world: int, restart: int, *args: str) -> list[int]:
     for rank in range(world):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "RANK": str(rank),
                "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "TORCHELASTIC_RESTART_COUNT": str(restart)}
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "TORCHELASTIC_RESTART_COUNT": str(restarts[rank]),
+               "TORCHELASTIC_RUN_ID": job}
         procs.append(subprocess.Popen([sys.executable, str(WORKER), str(out), *args], env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     return [p.wait(timeout=120) for p in procs]
@@ -140,6 +143,32 @@ def test_an_elastic_restart_starts_a_new_segment_and_keeps_the_first(tmp_path):
     run = actprobe.read(out)
     assert run.attrs["segment"] == 1 and run.rows == 4 and run.closed
     assert any("segment 1 of 2" in note for note in run.notes)
+
+
+def test_agents_that_count_restarts_apart_still_meet_in_one_new_segment(tmp_path):
+    """Two nodes: the agent whose worker failed counts a restart, the other (a membership change) does not.
+    Its rank finds its own file of the same job in segment 0 and moves on to segment 1, beside the other."""
+    out = tmp_path / "nodes"
+    assert by_hand(out, 2, 0, "--steps", "4", "--fail-once", "--no-reference") != [0, 0]
+    assert by_hand(out, 2, [0, 1], "--steps", "4", "--no-reference") == [0, 0]
+    run = actprobe.read(out)
+    assert run.attrs["segment"] == 1 and run.attrs["ranks"] == 2 and run.rows == 4
+    assert actprobe.read(out / "segment-0").rows >= 2
+    # another job on the same folder is refused, as an existing file is (nothing of the first is touched)
+    assert by_hand(out, 2, 0, "--steps", "2", "--no-reference", job="job-2") != [0, 0]
+    assert actprobe.read(out).rows == 4
+
+
+def test_overwrite_replaces_a_run_folder_of_another_size(tmp_path):
+    out = tmp_path / "again"
+    assert torchrun(out, 3, "--steps", "3", "--no-reference").returncode == 0
+    assert by_hand(out, 2, 1, "--steps", "2", "--no-reference", job="old") == [0, 0]  # a restart: segment 1
+    job = torchrun(out, 2, "--steps", "2", "--no-reference", "--overwrite")
+    assert job.returncode == 0, job.stderr[-2000:]
+    run = actprobe.read(out)
+    assert run.attrs["ranks"] == 2 and run.attrs["segment"] == 0 and run.rows == 2 and not run.notes
+    assert sorted(p.name for p in (out / "segment-0").glob("*.h5")) == ["rank-0.h5", "rank-1.h5"]
+    assert not (out / "segment-1").exists()
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),

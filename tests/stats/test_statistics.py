@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from actprobe.runfile.format import STATISTICS
 from actprobe.stats import c_backend
 from actprobe.stats.single import tensor_statistics
 from conftest import assert_statistics_close, reference_statistics
@@ -137,3 +138,22 @@ def test_finite_values_whose_squares_overflow_float32():
     got = tensor_statistics(x, unit_dim=1, implementation=kernel)
     assert got["nonfinite"] == 0.0 and np.isfinite(got["std"])
     assert_statistics_close(got, reference_statistics(x, unit_dim=1))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_one_kernel_reads_each_memory_layout_of_a_shape_by_its_own_plan(kernel):
+    """A channels-last tensor, then a stride-0 one (the gradient of a sum) of the same shape: each is read
+    as its strides say (a plan cached by shape alone read the second as channels-last, out of bounds)."""
+    from actprobe.stats.arena import Arena
+    from actprobe.stats.dispatch import MomentKernel
+    from actprobe.stats.merge import Layout, merge_now
+
+    options = {"c": {}, "torch": {"use_c": False}, "torch-masked": {"use_c": False, "cpu_shortcut": False}}[kernel]
+    moments = MomentKernel(0.05, use_triton=False, **options)
+    channels_last = torch.randn(4, 8, 16, 16).to(memory_format=torch.channels_last)
+    broadcast = torch.full((4, 8, 1, 1), 0.25).expand(4, 8, 16, 16)  # what d(x.sum((2, 3)))/dx looks like
+    for x in (channels_last, broadcast, channels_last):
+        arena = Arena(torch.device("cpu"))
+        partial = moments(x, 1, arena)
+        row = merge_now(Layout.build([(0, partial)], 1, torch.device("cpu")), arena.row(), 1e-6)[0][0, 0].tolist()
+        assert_statistics_close(dict(zip(STATISTICS, row)), reference_statistics(x, 1))
