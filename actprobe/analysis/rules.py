@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -315,7 +315,7 @@ def check_non_finite(ctx: Context) -> list[Observation]:
     first_bad = np.full(sites, -1, dtype=np.int64)  # per site: the first row with NaN/Inf
     bad_rows = np.zeros(sites, dtype=np.int64)
     rows_any, first_row, origin_row = 0, -1, np.zeros(sites, dtype=bool)
-    for start, block in row_blocks(ctx.run.stats["nonfinite"]):
+    for start, block in _nonfinite_blocks(ctx.run):
         bad = block > 0
         bad_rows += bad.sum(axis=0)
         any_row = bad.any(axis=1)
@@ -334,6 +334,21 @@ def check_non_finite(ctx: Context) -> list[Observation]:
                               f"NaN/Inf from step {int(ctx.run.step[row])}" + (" (origin)" if origin else ""),
                               origin=origin, bad_rows=int(bad_rows[c]), rows_with_nonfinite=rows_any))
     return found
+
+
+def _nonfinite_blocks(run: Run) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first row, rows)`` blocks of ``stats/nonfinite`` that hold every row with a NaN or an Inf: a file
+    that marks those rows (``row_nonfinite``) reads them alone (none in a healthy run), one block per row
+    in a sparse run; an older file is scanned whole."""
+    if run.row_nonfinite is None:
+        yield from row_blocks(run.stats["nonfinite"])
+        return
+    flagged = np.flatnonzero(run.row_nonfinite)
+    if len(flagged) > 64:  # many: a scan in blocks reads them in fewer calls
+        yield from row_blocks(run.stats["nonfinite"])
+        return
+    for row in flagged:
+        yield int(row), np.asarray(run.stats["nonfinite"][int(row)])[None]
 
 
 def check_drift(ctx: Context) -> list[Observation]:

@@ -173,6 +173,8 @@ def merged_run(segment: Path, runs: list[Any], notes: list[str]) -> Any:
         hist=hist,
         scalars=scalars, edges=first.edges, uncalled=first.uncalled,
         closed=all(run.closed for run in runs), ranks=tuple(runs), notes=tuple(notes),
+        row_nonfinite=None if any(run.row_nonfinite is None for run in runs) else np.any(
+            [run.row_nonfinite[r] for run, r in zip(runs, rows)], axis=0).reshape(len(steps)),
     )
 
 

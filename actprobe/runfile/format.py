@@ -36,6 +36,10 @@ PARTIAL_NAMES: tuple[str, ...] = ("count", "mean", "m2", "min", "max", "numel", 
 UNIT_PARTIALS = "unit_partials"
 UNIT_PARTIAL_NAMES: tuple[str, ...] = ("count", "mean", "m2")
 
+# Per row, 1 when a site's output held a NaN or an Inf (``stats/nonfinite`` > 0 anywhere in the row), else 0:
+# readers find the rows with non-finite values without scanning ``stats/nonfinite`` (since actprobe 0.4)
+ROW_NONFINITE = "row_nonfinite"
+
 # The histogram bins (``hist/edges``): symmetric and log-spaced in |x|, HIST_PER_DECADE per decade from
 # 1e-6 to 1e6, a bin [-1e-6, 1e-6) around zero, and underflow/overflow bins out to ∓inf (see
 # ``stats.histogram``).

@@ -17,7 +17,7 @@ import numpy as np
 from .._text import one_line
 from ..errors import FormatError
 from ._swmr import open_swmr
-from .format import GRAD_STATS, PARAM_GROUPS, STATISTICS
+from .format import GRAD_STATS, PARAM_GROUPS, ROW_NONFINITE, STATISTICS
 from .lazy import Source, Statistic
 from .validate import Checker, check_columns, check_epochs, check_graph, check_hist, check_partials, check_root, text
 
@@ -83,6 +83,8 @@ class Run:
     ranks: tuple[Run, ...] = field(default=(), repr=False)
     # a rank file with parameters: (P,) whether this rank held a shard of each (FSDP2) or the whole (DDP)
     param_sharded: np.ndarray | None = field(default=None, repr=False)
+    # (T,) bool: rows where a site's output held a NaN or an Inf (``row_nonfinite``); None in files before 0.4
+    row_nonfinite: np.ndarray | None = field(default=None, repr=False)
     notes: tuple[str, ...] = ()  # what a reader should know about how the run was put together
 
     @property
@@ -290,7 +292,18 @@ def _load(f: Any, path: Path, closed: bool) -> Run:
         closed=closed,
         unit_columns=unit_columns,
         param_sharded=_param_sharded(checker, len(params)) if unit_columns is not None else None,
+        row_nonfinite=_row_nonfinite(checker, rows),
     )
+
+
+def _row_nonfinite(checker: Checker, rows: int) -> np.ndarray | None:
+    ds = checker.dataset(ROW_NONFINITE, "iub", 1, required=False)
+    if ds is None:
+        return None
+    if ds.shape[0] < rows:
+        raise checker.fail(f"'{ROW_NONFINITE}' has {ds.shape[0]} rows; 'step' commits {rows}")
+    checker.spend(ROW_NONFINITE, rows)
+    return np.asarray(ds[:rows]) > 0
 
 
 def _param_sharded(checker: Checker, count: int) -> np.ndarray | None:

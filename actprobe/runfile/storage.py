@@ -22,7 +22,7 @@ import numpy as np
 from .._version import __version__
 from ..errors import RunFileError
 from .format import (FORMAT_NAME, FORMAT_VERSION, HIST_EDGES, PARAM_GROUPS, PARTIAL_NAMES, PARTIALS, STATISTICS,
-                     STATS, STEP_FILL, UNIT_PARTIAL_NAMES, UNIT_PARTIALS, Site, SiteGraph)
+                     ROW_NONFINITE, STATS, STEP_FILL, UNIT_PARTIAL_NAMES, UNIT_PARTIALS, Site, SiteGraph)
 from .lock import WriterLock
 
 
@@ -103,6 +103,8 @@ class RunFileWriter:
             [0 if s.unit_dim is None else s.unit_dim for s in sites], dtype=np.int8))
         columns["step"] = f.create_dataset("step", shape=(0,), maxshape=(None,), dtype=np.int64,
                                            chunks=(chunk_rows,), fillvalue=STEP_FILL)
+        columns[ROW_NONFINITE] = f.create_dataset(ROW_NONFINITE, shape=(0,), maxshape=(None,), dtype=np.uint8,
+                                                  chunks=(max(chunk_rows, 1024),), fillvalue=0)
         columns["time"] = _column(f, "time", chunk_rows)
         if self.params:
             columns["params"] = f.create_dataset("params", data=_fixed_utf8(self.params))
@@ -183,6 +185,8 @@ class RunFileWriter:
                 columns[f"scalars/{name}"] = _column(self._file, f"scalars/{name}", self.chunk_rows)
                 self.scalar_names.append(name)
             _extend(columns["time"], start, end, times)
+            sites = stats[:, :self.sites, STATISTICS.index("nonfinite")]
+            _extend(columns[ROW_NONFINITE], start, end, (sites > 0).any(axis=1).astype(np.uint8))
             first = 0
             for group, width in self.stat_groups:
                 part, first = stats[:, first:first + width], first + width
