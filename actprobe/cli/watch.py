@@ -20,11 +20,14 @@ from rich.console import Console
 
 from ..analysis.summary import state, summarize
 from ..analysis.thresholds import Thresholds
-from ..errors import FormatError
+from ..errors import OptionError
 from ..render.summary import SummaryReport, verdict_line
 from ..render.text import printable
 from ..runfile.reader import Run, read
 from .codes import EXIT_INTERRUPTED
+
+
+MAX_INTERVAL = 86400.0  # a day between two looks, at most
 
 
 @dataclass(frozen=True)
@@ -43,9 +46,11 @@ def watch(path: Path, options: WatchOptions, console: Console | None = None,
 
     check_number("--interval", options.interval, strict=True)
     check_number("--idle", options.idle, strict=True, allow_inf=True)
+    if options.interval > MAX_INTERVAL:
+        raise OptionError(f"--interval must be at most {MAX_INTERVAL:g} seconds, got {options.interval:g}")
     console = console or Console()
     thresholds = Thresholds.parse(options.thresholds)
-    seen, last_change = -1, time.monotonic()
+    seen, last_change = -2, time.monotonic()  # -1: no file yet
     live = None
     try:
         while True:
@@ -69,6 +74,10 @@ def watch(path: Path, options: WatchOptions, console: Console | None = None,
                               highlight=False, markup=False, soft_wrap=True)
                 return 0
             if not active and time.monotonic() - last_change > options.idle:
+                if run is None:
+                    console.print(printable(f"{path}: no such file after {options.idle:g} s: stopped watching"),
+                                  highlight=False, markup=False, soft_wrap=True)
+                    return 2
                 console.print(printable(f"{path}: no new rows for {options.idle:g} s and no writer on this machine: "
                                         "stopped watching (a crashed writer, or one elsewhere that went quiet)"),
                               highlight=False, markup=False, soft_wrap=True)
@@ -82,15 +91,11 @@ def watch(path: Path, options: WatchOptions, console: Console | None = None,
 
 
 def _read(path: Path, rank: int | None) -> Run | None:
-    """The run, or None while its file does not exist yet but a probe is about to create it."""
-    try:
-        return read(path, rank=rank)
-    except FormatError:
-        from ..runfile.lock import writer_active
-
-        if not path.exists() and writer_active(path):
-            return None
-        raise
+    """The run, or None while its file does not exist yet (a probe creates it at its first recorded step;
+    the watch may start before the training does, and gives up after ``idle`` seconds)."""
+    if not path.exists():
+        return None
+    return read(path, rank=rank)
 
 
 def _report(path: Path, run: Run | None, thresholds: Thresholds, flagged: bool) -> object:
@@ -103,7 +108,9 @@ def _report(path: Path, run: Run | None, thresholds: Thresholds, flagged: bool) 
 
 
 def _line(path: Path, run: Run | None, thresholds: Thresholds) -> str:
-    if run is None or run.rows == 0:
+    if run is None:
+        return f"{path}: waiting for the file (a probe creates it at its first recorded step)"
+    if run.rows == 0:
         return f"{path}: no rows committed yet"
     summary = summarize(run, thresholds, live=run.live)
     text, _ = verdict_line(summary)

@@ -1,9 +1,11 @@
 """Parameters and their updates: statistics of each parameter tensor's values and gradient just
 before the optimizer's step, and of the step's change Δw, through the optimizer's step hooks.
 
-Only recorded steps do any work: the pre-hook computes the values' and gradients' moments and keeps a
-copy of each parameter (what Δw needs, and nothing more: it is dropped in the post-hook), the
-post-hook computes Δw = w_after − w_before and its moments. The update-to-data ratio of a step is
+Only recorded steps do any work: the pre-hook computes the values' moments and keeps a copy of each
+parameter (what Δw needs, and nothing more: it is dropped in the post-hook); the post-hook computes the
+gradients' moments and Δw = w_after − w_before and its moments. The gradient is read after the step,
+not before it: an optimizer given a closure (Lightning's) computes the gradient inside ``step``; a step
+leaves ``.grad`` as it found it. The update-to-data ratio of a step is
 ``update_stats/std / param_stats/std``.
 """
 
@@ -54,9 +56,6 @@ class ParamWatch:
                         before.append(None)
                         continue
                     self._observe(VALUES, index, local)
-                    grad = None if p.grad is None else local_part(p.grad)
-                    if grad is not None:
-                        self._observe(GRADIENT, index, grad)
                     before.append(local.clone())
             self._before = before
         except Exception as exc:  # never into the user's optimizer step
@@ -70,8 +69,12 @@ class ParamWatch:
             with torch.no_grad():
                 for index, (p, old) in enumerate(zip(self._params, before)):
                     local = local_part(p.detach())
-                    if old is not None and local is not None:
-                        self._observe(UPDATE, index, local - old)
+                    if old is None or local is None:
+                        continue
+                    grad = None if p.grad is None else local_part(p.grad)
+                    if grad is not None:
+                        self._observe(GRADIENT, index, grad)
+                    self._observe(UPDATE, index, local - old)
         except Exception as exc:
             self._on_error(exc)
 

@@ -26,6 +26,7 @@ except ImportError:  # pragma: no cover - the message is the point
 import torch
 
 from ..engine.probe import Probe
+from .metrics import numbered, open_probe
 
 
 class ActprobeCallback(TrainerCallback):
@@ -37,7 +38,9 @@ class ActprobeCallback(TrainerCallback):
         self.path = path
         self.probe_options = probe_options
         self.probe: Probe | None = None
+        self.trainings = 0  # train() calls: the second writes <stem>-2<suffix>, and so on
         self._pending: dict[str, float] | None = None  # the scalars of the step that just ended
+        self._carried: dict[str, float] = {}  # logged at steps that were not recorded (every=k)
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        model: Any = None, optimizer: Any = None, **kwargs: Any) -> None:
@@ -47,8 +50,9 @@ class ActprobeCallback(TrainerCallback):
             inner = getattr(optimizer, "optimizer", None)
             options["optimizer"] = inner if isinstance(inner, torch.optim.Optimizer) else optimizer
         self.close()
-        self.probe = Probe(model, self.path, **options)
-        self._pending = None
+        self.trainings += 1
+        self.probe = open_probe(model, numbered(self.path, self.trainings), options)
+        self._pending, self._carried = None, {}
 
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                       **kwargs: Any) -> None:
@@ -79,5 +83,10 @@ class ActprobeCallback(TrainerCallback):
 
     def _end_row(self) -> None:
         if self.probe is not None and self._pending is not None:
-            self.probe.step(**self._pending)
+            if self.probe.recording:
+                self.probe.step(**self._carried, **self._pending)
+                self._carried = {}
+            else:  # every=k: what was logged waits for the next recorded row
+                self._carried.update({k: v for k, v in self._pending.items() if k != "global_step"})
+                self.probe.step()
         self._pending = None

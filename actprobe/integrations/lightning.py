@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - the message is the point
                           "pip install 'actprobe[lightning]'") from None
 
 from ..engine.probe import Probe
-from .metrics import FreshMetrics
+from .metrics import FreshMetrics, numbered, open_probe
 
 
 class ActprobeCallback(Callback):
@@ -42,16 +42,20 @@ class ActprobeCallback(Callback):
         self.path = path
         self.probe_options = probe_options
         self.probe: Probe | None = None
+        self.fits = 0  # fits started: the second writes <stem>-2<suffix>, and so on
         self._global_step = 0
         self._metrics = FreshMetrics()
+        self._carried: dict[str, Any] = {}  # metrics logged at steps that were not recorded (every=k)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         options = dict(self.probe_options)
         if options.get("params") and options.get("optimizer") is None:
             options["optimizer"] = trainer.optimizers[0]
-        self.probe = Probe(pl_module, self.path, **options)
+        self.fits += 1
+        self.probe = open_probe(pl_module, numbered(self.path, self.fits), options)
         self._global_step = trainer.global_step
         self._metrics = FreshMetrics(trainer.callback_metrics)  # what was logged before fitting is not new
+        self._carried = {}
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if self.probe is not None:  # training_step calls the module's children, not the module itself
@@ -62,7 +66,11 @@ class ActprobeCallback(Callback):
         if self.probe is None or trainer.global_step == self._global_step:
             return  # no optimizer step yet (gradient accumulation): the forwards go into the next row
         self._global_step = trainer.global_step
-        scalars = self._metrics.new(trainer.callback_metrics)
+        self._carried.update(self._metrics.new(trainer.callback_metrics))
+        if not self.probe.recording:  # every=k: what was logged waits for the next recorded row
+            self.probe.step()
+            return
+        scalars, self._carried = self._carried, {}
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
             scalars.setdefault("loss", loss.detach())

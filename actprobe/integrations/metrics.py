@@ -1,11 +1,19 @@
-"""Which of a framework's logged metrics are new since the last recorded row."""
+"""What the framework callbacks share: which logged metrics are new since the last row, the file of the
+n-th training run of one callback, and a probe that cannot stop the training it should watch."""
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+
+from ..engine.probe import Probe
+from ..errors import ActprobeError, ActprobeWarning
 
 
 class FreshMetrics:
@@ -28,3 +36,19 @@ class FreshMetrics:
             elif isinstance(value, (int, float)) and not isinstance(value, bool):
                 fresh[name] = value
         return fresh
+
+
+def numbered(path: str | os.PathLike[str], n: int) -> Path:
+    """The path of a callback's n-th training run: ``path`` itself, then ``<stem>-2<suffix>``, …"""
+    path = Path(path)
+    return path if n <= 1 else path.with_name(f"{path.stem}-{n}{path.suffix}")
+
+
+def open_probe(model: nn.Module, path: Path, options: Mapping[str, Any]) -> Probe | None:
+    """A probe on ``model``; None — with one ``ActprobeWarning`` — when it cannot be made (the file
+    exists, a bad option): the training goes on unrecorded rather than not at all."""
+    try:
+        return Probe(model, path, **options)
+    except ActprobeError as exc:
+        warnings.warn(f"actprobe does not record this training: {exc}", ActprobeWarning, stacklevel=3)
+        return None

@@ -4,7 +4,9 @@ Written with the ``tensorboard`` package's own event writer (an optional extra, 
 no torch, no TensorFlow). Tags: ``<statistic>/<site>`` for the outputs' statistics, ``grad_<statistic>/
 <site>`` for the gradients', ``scalars/<name>`` for what ``probe.step`` was given, and — when the file
 has histograms — ``hist/<site>`` (and ``grad_hist/<site>``) with actprobe's bins. The step of each value
-is the row's training step; its wall time the file's ``created`` time plus the row's ``time``.
+is the row's training step; its wall time the file's ``created`` time plus the row's ``time``. NaN is no
+value (a site that did not fire); ±Inf is written. Exporting again into the same folder replaces the
+earlier export (its files end in ``.actprobe``); other event files there are left alone.
 Statistics are read block by block: memory does not grow with the rows.
 """
 
@@ -24,6 +26,7 @@ from ..runfile.reader import Run
 from .text import printable
 
 DEFAULT_STATISTICS = ("mean", "std", "near_zero", "dead", "nonfinite")
+SUFFIX = ".actprobe"  # actprobe's event files end so: an export replaces its own earlier files, no one else's
 
 
 def _tensorboard() -> tuple[Any, Any, Any]:
@@ -42,13 +45,19 @@ def export_tensorboard(run: Run, folder: Path, statistics: Sequence[str] = DEFAU
         OptionError: tensorboard is not installed, a statistic is unknown, or ``folder`` is a file.
     """
     event_pb2, summary_pb2, EventFileWriter = _tensorboard()
+    statistics = list(dict.fromkeys(statistics))
     unknown = [name for name in statistics if name not in STATISTICS]
-    if unknown:
-        raise OptionError(f"unknown statistic {', '.join(unknown)}; available: {', '.join(STATISTICS)}")
+    if unknown or not statistics:
+        raise OptionError(f"unknown statistic {', '.join(unknown)}; available: {', '.join(STATISTICS)}" if unknown
+                          else f"--stats names no statistic; available: {', '.join(STATISTICS)}")
+    if not str(folder).strip():
+        raise OptionError("--tensorboard needs a folder")
     if folder.exists() and not folder.is_dir():
         raise OptionError(f"--tensorboard {folder} is a file; name a folder")
     folder.mkdir(parents=True, exist_ok=True)
-    writer = EventFileWriter(str(folder), filename_suffix=".actprobe")
+    for earlier in folder.glob(f"events.out.tfevents.*{SUFFIX}"):  # an export replaces actprobe's earlier one
+        earlier.unlink()
+    writer = EventFileWriter(str(folder), filename_suffix=SUFFIX)
     start = _created(run)
     steps, times = run.step.astype(np.int64), run.time.astype(np.float64)
     sites = [printable(site) for site in run.sites]
@@ -57,7 +66,7 @@ def export_tensorboard(run: Run, folder: Path, statistics: Sequence[str] = DEFAU
     def scalar(tag: str, values: np.ndarray, first: int) -> None:
         nonlocal written
         for row, value in enumerate(values, start=first):
-            if np.isfinite(value):
+            if not np.isnan(value):  # NaN: no value; ±Inf is one (a loss that blew up)
                 summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, simple_value=float(value))])
                 writer.add_event(event_pb2.Event(wall_time=start + times[row], step=int(steps[row]), summary=summary))
                 written += 1
@@ -74,7 +83,7 @@ def export_tensorboard(run: Run, folder: Path, statistics: Sequence[str] = DEFAU
             written += _histograms(run, writer, event_pb2, summary_pb2, start, sites)
     finally:
         writer.close()
-    files = sorted(folder.glob("events.out.tfevents.*.actprobe"), key=lambda p: p.stat().st_mtime)
+    files = sorted(folder.glob(f"events.out.tfevents.*{SUFFIX}"), key=lambda p: p.stat().st_mtime)
     return files[-1], written
 
 

@@ -93,7 +93,7 @@ def histogram_images(run: Run, columns: Sequence[int], group: str, path: Path) -
         ax.imshow(image, aspect="auto", origin="lower", cmap="magma", interpolation="nearest",
                   extent=(float(steps[0]), float(steps[-1]) if len(steps) > 1 else float(steps[0]) + 1, 0, bins))
         ax.set_yticks(ticks, [f"{hist.edges[k]:g}" for k in ticks], fontsize=6)
-        ax.set_title(figure_label(site_label(run, column)), fontsize=7)
+        ax.set_title(site_label(run, column), fontsize=7)  # site_label made it a safe label already
         ax.tick_params(axis="x", labelsize=6)
     for ax in list(axes.flat)[len(shown):]:
         ax.axis("off")

@@ -36,6 +36,14 @@ PARTIAL_NAMES: tuple[str, ...] = ("count", "mean", "m2", "min", "max", "numel", 
 UNIT_PARTIALS = "unit_partials"
 UNIT_PARTIAL_NAMES: tuple[str, ...] = ("count", "mean", "m2")
 
+def scalar_key(name: str) -> str:
+    """The dataset name of scalar ``name`` in ``scalars/``: the name itself, with ``%`` and ``/`` written as
+    ``%25`` and ``%2F`` (and ``.``/``..`` as ``%2E``…), which HDF5 would read as a path; such a dataset keeps
+    the name in its attribute ``name`` (docs/FORMAT.md)."""
+    key = name.replace("%", "%25").replace("/", "%2F")
+    return key.replace(".", "%2E") if key in (".", "..") else key
+
+
 # Per row, 1 when a site's output held a NaN or an Inf (``stats/nonfinite`` > 0 anywhere in the row), else 0:
 # readers find the rows with non-finite values without scanning ``stats/nonfinite`` (since actprobe 0.4)
 ROW_NONFINITE = "row_nonfinite"

@@ -285,7 +285,8 @@ def _load(f: Any, path: Path, closed: bool) -> Run:
         hist=None if hist is None else Histograms(source, *hist),
         param_stats={group: {name: Statistic(param_source, name, group) for name in STATISTICS}
                      for group in PARAM_GROUPS if group in groups},
-        scalars={name: np.asarray(f["scalars"][name][:rows], dtype=np.float64) for name in scalar_names},
+        scalars={_scalar_name(f["scalars"][key], key): np.asarray(f["scalars"][key][:rows], dtype=np.float64)
+                 for key in scalar_names},
         epochs={name: f["epochs"][name][()] for name in epoch_names},
         edges=edges,
         uncalled=uncalled,
@@ -294,6 +295,14 @@ def _load(f: Any, path: Path, closed: bool) -> Run:
         param_sharded=_param_sharded(checker, len(params)) if unit_columns is not None else None,
         row_nonfinite=_row_nonfinite(checker, rows),
     )
+
+
+def _scalar_name(dataset: Any, key: str) -> str:
+    """A scalar's name: its dataset's ``name`` attribute when the name could not be the key (``train/loss``)."""
+    name = dataset.attrs.get("name")
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    return name if isinstance(name, str) and name else key
 
 
 def _row_nonfinite(checker: Checker, rows: int) -> np.ndarray | None:

@@ -22,7 +22,7 @@ import numpy as np
 from .._version import __version__
 from ..errors import RunFileError
 from .format import (FORMAT_NAME, FORMAT_VERSION, HIST_EDGES, PARAM_GROUPS, PARTIAL_NAMES, PARTIALS, STATISTICS,
-                     ROW_NONFINITE, STATS, STEP_FILL, UNIT_PARTIAL_NAMES, UNIT_PARTIALS, Site, SiteGraph)
+                     ROW_NONFINITE, STATS, STEP_FILL, UNIT_PARTIAL_NAMES, UNIT_PARTIALS, Site, SiteGraph, scalar_key)
 from .lock import WriterLock
 
 
@@ -133,7 +133,7 @@ class RunFileWriter:
                     chunks=(HIST_CHUNK_ROWS, *shape), fillvalue=np.nan)
             columns["hist"] = f["hist"]
         for name in self.scalar_names:
-            columns[f"scalars/{name}"] = _column(f, f"scalars/{name}", chunk_rows)
+            columns[f"scalars/{name}"] = _scalar_column(f, name, chunk_rows)
         if self.unit_columns is not None:
             self._create_partials(chunk_rows)
         f.flush()
@@ -182,7 +182,7 @@ class RunFileWriter:
 
         def data() -> None:  # phase 1: every column but step, then a flush
             for name in new_names:  # NaN (the fill value) in the rows before this append
-                columns[f"scalars/{name}"] = _column(self._file, f"scalars/{name}", self.chunk_rows)
+                columns[f"scalars/{name}"] = _scalar_column(self._file, name, self.chunk_rows)
                 self.scalar_names.append(name)
             _extend(columns["time"], start, end, times)
             sites = stats[:, :self.sites, STATISTICS.index("nonfinite")]
@@ -262,6 +262,16 @@ def _column(f: h5py.File, name: str, chunk_rows: int) -> h5py.Dataset:
     """A float64 column of one value per row, NaN until written."""
     return f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=np.float64, chunks=(chunk_rows,),
                             fillvalue=np.nan)
+
+
+def _scalar_column(f: h5py.File, name: str, chunk_rows: int) -> h5py.Dataset:
+    """The column of scalar ``name``: ``scalars/<scalar_key(name)>``, with the name as an attribute when the
+    key differs (a name with ``/`` in it, as ``train/loss``)."""
+    key = scalar_key(name)
+    column = _column(f, f"scalars/{key}", chunk_rows)
+    if key != name:
+        column.attrs["name"] = name
+    return column
 
 
 def _extend(dataset: h5py.Dataset, start: int, end: int, values: np.ndarray) -> None:

@@ -90,3 +90,23 @@ def test_in_a_terminal_the_summary_is_drawn_in_place(tmp_path):
     assert watch(tmp_path / "done.h5", WatchOptions(interval=0.1), console) == 0
     text = buffer.getvalue()
     assert "activations, step 0" in text and "its writer closed it; 1 recorded steps" in text
+
+
+def test_a_watch_started_before_the_training_waits_for_the_file(tmp_path):
+    path = tmp_path / "growing.h5"
+    watching = watcher(path)
+    time.sleep(1.0)
+    writer, _ = start_writer(tmp_path, 4, 0.2)
+    out, err = watching.communicate(timeout=120)
+    assert writer.wait(timeout=60) == 0 and watching.returncode == 0, err
+    lines = out.splitlines()
+    assert "waiting for the file" in lines[0] and lines[-1].endswith("its writer closed it; 4 recorded steps")
+
+
+def test_bad_intervals_are_one_line():
+    from typer.testing import CliRunner
+
+    from actprobe.cli import app
+    from conftest import assert_one_line_error
+
+    assert_one_line_error(CliRunner().invoke(app, ["watch", "x.h5", "--interval", "1e10"]), "at most 86400")

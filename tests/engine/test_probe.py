@@ -293,6 +293,23 @@ def test_a_scalar_passed_every_tenth_step_is_kept_at_those_steps_only(tmp_path):
     assert len(run.scalars) == MAX_SCALARS and run.scalars["m0"][30] == 0 and np.isnan(run.scalars["m0"][29])
 
 
+def test_scalar_names_that_hdf5_would_read_as_paths(tmp_path):
+    """`train/loss` (Lightning's and TensorBoard's habit), `.`, `..`, `%`: each keeps its own column and
+    reads back under its own name."""
+    model = nn.Sequential(nn.Linear(3, 3))
+    names = ["train/loss", "lr/group0/x", ".", "..", "/abs", "100%", "a%2Fb", "plain"]
+    with actprobe.Probe(model, tmp_path / "run.h5") as probe:
+        for step in range(3):
+            model(torch.randn(2, 3)).sum().backward()
+            probe.step(**{name: float(k + 10 * step) for k, name in enumerate(names)} if step else {"plain": 0.0})
+    run = actprobe.read(tmp_path / "run.h5")
+    assert sorted(run.scalars) == sorted(names)
+    for k, name in enumerate(names[:-1]):
+        np.testing.assert_array_equal(run.scalars[name], [np.nan, k + 10, k + 20])
+    with h5py.File(tmp_path / "run.h5", "r") as f:
+        assert f["scalars/train%2Floss"].attrs["name"] == "train/loss" and "name" not in f["scalars/plain"].attrs
+
+
 def test_meta_and_attributes(tmp_path):
     model = nn.Sequential(nn.Linear(3, 3))
     meta = {"recipe": "toy", "seed": 3, "lr": 0.4, "layers": [8, 16, 32], "tags": ["a", "b"]}

@@ -67,3 +67,15 @@ def test_training_is_bit_identical_with_and_without_the_callback(tmp_path):
     for (name, a), b in zip(plain.named_parameters(), probed.parameters()):
         assert torch.equal(a, b), name
     assert actprobe.read(tmp_path / "run.h5").param_stats
+
+
+def test_every_k_keeps_the_logged_metrics_and_a_second_train_gets_its_own_file(tmp_path):
+    callback = ActprobeCallback(tmp_path / "run.h5", every=4)
+    trainer, _ = train(tmp_path, [callback])
+    run = actprobe.read(tmp_path / "run.h5")
+    assert list(run.step) == [0, 4]
+    # losses logged at steps 2, 4, 6: 2 and 4 wait for the row of step 4 (the latest is kept), 6 for none
+    logged = {entry["step"]: entry["loss"] for entry in trainer.state.log_history if "loss" in entry}
+    np.testing.assert_allclose(run.scalars["loss"][1], logged[4], rtol=1e-6)
+    trainer.train()
+    assert actprobe.read(tmp_path / "run-2.h5").rows == 2

@@ -159,3 +159,42 @@ def test_a_ddp_fit_writes_a_distributed_run(tmp_path):
     # each rank saw its half of the data (DistributedSampler): the global rows count both
     assert run.rows == ranks[0].rows == 3
     assert run.stats["count"][0, 0] == ranks[0].stats["count"][0, 0] + ranks[1].stats["count"][0, 0]
+
+
+def test_parameter_gradients_are_the_steps_own(tmp_path):
+    """Lightning computes the gradient inside optimizer.step(closure): it is read after the step, so a row
+    holds its own step's gradient (the module's on_before_optimizer_step sees the same)."""
+
+    class Spy(Tiny):
+        def __init__(self) -> None:
+            super().__init__()
+            self.grad_stds: list[float] = []
+
+        def on_before_optimizer_step(self, optimizer):
+            self.grad_stds.append(float(self.net[0].weight.grad.std(correction=0)))
+
+    torch.manual_seed(0)
+    module = Spy()
+    trainer = L.Trainer(max_epochs=1, callbacks=[ActprobeCallback(tmp_path / "run.h5", params=True)], logger=False,
+                        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+    trainer.fit(module, loader())
+    run = actprobe.read(tmp_path / "run.h5")
+    column = run.params.index("net.0.weight")
+    np.testing.assert_allclose(run.param_stats["param_grad_stats"]["std"][:, column], module.grad_stds, rtol=1e-5)
+
+
+def test_a_second_fit_writes_a_second_file_and_every_k_keeps_logged_metrics(tmp_path):
+    callback = ActprobeCallback(tmp_path / "run.h5", every=2)
+    fit([callback])
+    fit([callback])
+    first, second = actprobe.read(tmp_path / "run.h5"), actprobe.read(tmp_path / "run-2.h5")
+    assert first.rows == second.rows == 5 and list(first.step) == [0, 2, 4, 6, 8]
+    # validations after steps 3, 6 and 9 land on the next recorded row, even when that is not their step
+    assert np.isfinite(first.scalars["val_loss"]).sum() == 2
+
+
+def test_a_probe_that_cannot_be_made_leaves_training_alone(tmp_path):
+    (tmp_path / "taken.h5").write_text("a file that is not a run")
+    with pytest.warns(actprobe.ActprobeWarning, match="does not record this training"):
+        trainer, _ = fit([ActprobeCallback(tmp_path / "taken.h5")])
+    assert trainer.global_step == 10

@@ -54,3 +54,25 @@ def test_bad_export_options_give_one_line(tmp_path):
                                               str(tmp_path / "file")]), "is a file")
     assert_one_line_error(runner.invoke(app, ["export", str(tmp_path / "missing.h5"), "--tensorboard",
                                               str(tmp_path / "tb")]), "no such file")
+
+
+def test_a_second_export_replaces_the_first_and_inf_is_kept(tmp_path):
+    from conftest import one_recorded_step
+
+    model = one_recorded_step(tmp_path / "run.h5")
+    del model
+    import h5py
+
+    with h5py.File(tmp_path / "run.h5", "a") as f:  # a loss that blew up
+        f.require_group("scalars").create_dataset("boom", data=np.array([np.inf]))
+    for _ in range(2):
+        result = CliRunner().invoke(app, ["export", str(tmp_path / "run.h5"), "--tensorboard", str(tmp_path / "tb"),
+                                          "--stats", "std,std"])
+        assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "tb").glob("events.out.tfevents.*"))) == 1
+    events = event_accumulator.EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [e.value for e in events.Scalars("scalars/boom")] == [np.inf]
+    assert len(events.Scalars(f"std/{actprobe.read(tmp_path / 'run.h5').sites[0]}")) == 1
+    assert_one_line_error(CliRunner().invoke(app, ["export", str(tmp_path / "run.h5"), "--tensorboard",
+                                                   str(tmp_path / "tb"), "--stats", ","]), "names no statistic")

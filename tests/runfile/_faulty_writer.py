@@ -33,7 +33,8 @@ writer.MAX_GROUP = 1
 writer.MIN_COMMIT_SECONDS = 0.0
 
 STEPS, FLUSH_EVERY = 40, 10
-OPS_PER_CYCLE = 1 + 8 + 2 + 1 + 1 + 1
+# a commit: time, row_nonfinite, 8 statistics, 2 scalars, a flush, step, a flush
+OPS_PER_CYCLE = 1 + 1 + 8 + 2 + 1 + 1 + 1
 TOTAL_OPS = 1 + OPS_PER_CYCLE * (STEPS // FLUSH_EVERY)
 
 
