@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import OptionError
-from .sites import local_part
+from .sites import is_sharded, local_part
 
 Observe = Callable[[int, int, torch.Tensor], None]  # (group: 0 values, 1 gradient, 2 update; parameter; tensor)
 VALUES, GRADIENT, UPDATE = 0, 1, 2
@@ -42,6 +42,12 @@ class ParamWatch:
         self._observe, self._recording, self._on_error = observe, recording, on_error
         self._before: list[torch.Tensor | None] | None = None
         self._handles = [optimizer.register_step_pre_hook(self._pre), optimizer.register_step_post_hook(self._post)]
+
+    @property
+    def sharded(self) -> list[bool]:
+        """Which parameters this rank holds a shard of (FSDP2's DTensors), in the optimizer's order; the
+        others it holds whole (DDP's replicas)."""
+        return [is_sharded(p) for p in self._params]
 
     def _pre(self, optimizer: torch.optim.Optimizer, args: object, kwargs: object) -> None:
         self._before = None

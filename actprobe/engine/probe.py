@@ -20,7 +20,6 @@ from ..stats.dispatch import MomentKernel
 from .hooks import HookEngine
 from .params import ParamWatch, parameter_names
 from .ranks import RankPlace, place
-from .sites import is_sharded
 from .recorder import MAX_UNITS, Recorder
 from .scalars import accepted, recordable_names
 from .selection import Select, containers, select_modules
@@ -104,9 +103,6 @@ class Probe:
                               "Probe(model, path, params=True, optimizer=opt)")
         named = parameter_names(model, optimizer) if params else []
         param_names, self._param_ndims = [name for name, _ in named], [ndim for _, ndim in named]
-        # which parameters each rank holds a shard of (FSDP2's DTensors): merged over the ranks when read;
-        # the others are the same on every rank (DDP) and read from rank 0
-        self._param_sharded = [is_sharded(p) for group in optimizer.param_groups for p in group["params"]] if params else []
         modules = select_modules(model, select)
         extra = containers(model) if select is None else []
         if distributed is not None and not isinstance(distributed, bool):
@@ -283,7 +279,8 @@ class Probe:
                           **(self.rank.attributes() if self.rank is not None else {})}
             self._sink.open(recorder.sites, names, attributes, settings.rows_per_flush, recorder.graph,
                             recorder.stat_groups, recorder.params, recorder.hist_groups if settings.hist_every else (),
-                            self._param_ndims, recorder.unit_columns, self._param_sharded)
+                            self._param_ndims, recorder.unit_columns,
+                            self._params.sharded if self._params is not None else ())
             self._engine.unhook(recorder.idle_containers)
         self._report_new_sites()
         recorder.end_step(self._step, time.perf_counter() - self._started,

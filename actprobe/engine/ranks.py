@@ -114,7 +114,7 @@ def _taken_by(path: Path, job: str) -> bool:
     """Whether an earlier attempt of ``job`` took this rank file (a file of another job is refused later,
     as an existing file is; a lock without a file: an attempt that died before its first step)."""
     if path.exists():
-        from ..runfile.storage import stored_attribute
+        from ..runfile.reader import stored_attribute
 
         return stored_attribute(path, "job") == job
     return lock_path(path).exists()

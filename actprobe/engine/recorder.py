@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..runfile.format import GRAD_STATS, PARAM_GROUPS, STATS, SiteGraph
+from ..runfile.format import GRAD_STATS, PARAM_GROUPS, STATS, SiteGraph, unit_total
 from ..stats.arena import Arena, Partial
 from ..stats.dispatch import MomentKernel
 from ..stats.histogram import BINS, Histograms
@@ -221,7 +221,7 @@ class Recorder:
         units = None
         if self.partials:
             self.unit_columns = self._unit_columns()
-            units = int(self.unit_columns[:, 1][self.unit_columns[:, 0] >= 0].sum())
+            units = unit_total(self.unit_columns)
         capacity = stage_capacity(self.rows_per_flush, self.columns, units)
         self.stage = RowStage(capacity, self.columns, scalar_names, device, units)
 

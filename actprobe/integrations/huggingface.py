@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover - the message is the point
 import torch
 
 from ..engine.probe import Probe
-from .metrics import numbered, open_probe
+from .metrics import RowScalars, numbered, open_probe
 
 
 class ActprobeCallback(TrainerCallback):
@@ -39,8 +39,9 @@ class ActprobeCallback(TrainerCallback):
         self.probe_options = probe_options
         self.probe: Probe | None = None
         self.trainings = 0  # train() calls: the second writes <stem>-2<suffix>, and so on
-        self._pending: dict[str, float] | None = None  # the scalars of the step that just ended
-        self._carried: dict[str, float] = {}  # logged at steps that were not recorded (every=k)
+        self._pending: dict[str, float] | None = None  # what was logged after the step that just ended
+        self._step = 0.0  # that step's number (state.global_step)
+        self._rows = RowScalars()
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        model: Any = None, optimizer: Any = None, **kwargs: Any) -> None:
@@ -52,7 +53,7 @@ class ActprobeCallback(TrainerCallback):
         self.close()
         self.trainings += 1
         self.probe = open_probe(model, numbered(self.path, self.trainings), options)
-        self._pending, self._carried = None, {}
+        self._pending, self._rows = None, RowScalars()
 
     def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                       **kwargs: Any) -> None:
@@ -61,7 +62,7 @@ class ActprobeCallback(TrainerCallback):
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                     **kwargs: Any) -> None:
         if self.probe is not None:
-            self._pending = {"global_step": float(state.global_step)}
+            self._pending, self._step = {}, float(state.global_step)
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
@@ -83,10 +84,5 @@ class ActprobeCallback(TrainerCallback):
 
     def _end_row(self) -> None:
         if self.probe is not None and self._pending is not None:
-            if self.probe.recording:
-                self.probe.step(**self._carried, **self._pending)
-                self._carried = {}
-            else:  # every=k: what was logged waits for the next recorded row
-                self._carried.update({k: v for k, v in self._pending.items() if k != "global_step"})
-                self.probe.step()
+            self._rows.end_step(self.probe, self._pending, {"global_step": self._step})
         self._pending = None

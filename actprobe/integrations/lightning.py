@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - the message is the point
                           "pip install 'actprobe[lightning]'") from None
 
 from ..engine.probe import Probe
-from .metrics import FreshMetrics, numbered, open_probe
+from .metrics import FreshMetrics, RowScalars, numbered, open_probe
 
 
 class ActprobeCallback(Callback):
@@ -45,7 +45,7 @@ class ActprobeCallback(Callback):
         self.fits = 0  # fits started: the second writes <stem>-2<suffix>, and so on
         self._global_step = 0
         self._metrics = FreshMetrics()
-        self._carried: dict[str, Any] = {}  # metrics logged at steps that were not recorded (every=k)
+        self._rows = RowScalars()
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         options = dict(self.probe_options)
@@ -55,7 +55,7 @@ class ActprobeCallback(Callback):
         self.probe = open_probe(pl_module, numbered(self.path, self.fits), options)
         self._global_step = trainer.global_step
         self._metrics = FreshMetrics(trainer.callback_metrics)  # what was logged before fitting is not new
-        self._carried = {}
+        self._rows = RowScalars()
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         if self.probe is not None:  # training_step calls the module's children, not the module itself
@@ -66,15 +66,14 @@ class ActprobeCallback(Callback):
         if self.probe is None or trainer.global_step == self._global_step:
             return  # no optimizer step yet (gradient accumulation): the forwards go into the next row
         self._global_step = trainer.global_step
-        self._carried.update(self._metrics.new(trainer.callback_metrics))
-        if not self.probe.recording:  # every=k: what was logged waits for the next recorded row
-            self.probe.step()
-            return
-        scalars, self._carried = self._carried, {}
+        per_step: dict[str, Any] = {"global_step": trainer.global_step}
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
-            scalars.setdefault("loss", loss.detach())
-        self.probe.step(global_step=trainer.global_step, **scalars)
+            per_step["loss"] = loss.detach()
+        logged = self._metrics.new(trainer.callback_metrics)
+        if "loss" in logged:  # a metric the module logged as "loss" is kept as logged
+            per_step.pop("loss", None)
+        self._rows.end_step(self.probe, logged, per_step)
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._close()

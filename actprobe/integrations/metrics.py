@@ -52,3 +52,22 @@ def open_probe(model: nn.Module, path: Path, options: Mapping[str, Any]) -> Prob
     except ActprobeError as exc:
         warnings.warn(f"actprobe does not record this training: {exc}", ActprobeWarning, stacklevel=3)
         return None
+
+
+class RowScalars:
+    """The scalars of a callback's rows: a metric logged at a step the probe does not record (``every=k``)
+    waits for the next recorded row, where a later value of it replaces it; ``per_step`` values (the step's
+    loss, its number) belong to their own step only."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, Any] = {}
+
+    def end_step(self, probe: Probe, logged: Mapping[str, Any], per_step: Mapping[str, Any]) -> None:
+        """End the probe's step with what was logged since the last recorded row."""
+        if not probe.recording:
+            self._waiting.update(logged)
+            probe.step()
+            return
+        scalars = {**self._waiting, **logged, **per_step}
+        self._waiting = {}
+        probe.step(**scalars)

@@ -7,9 +7,9 @@ that segment. Its rows are the steps that every rank committed; each statistic o
 the ranks' partials (``runfile.ranks.combine``) when it is read, block by block, as ``lazy.Source``
 reads one file. ``read(folder, rank=r)`` is rank ``r``'s own run file.
 
-Parameters are the same tensors on every rank under DDP (replicated) and different shards under FSDP:
-a parameter column whose partials are equal on every rank is taken from rank 0; otherwise its ranks'
-partials are merged like the sites'. Scalars are the mean over the ranks of what each passed to
+Parameters are the same tensors on every rank under DDP and shards under FSDP2; each rank file says
+which (``param_sharded``): a whole parameter is taken from rank 0, shards are merged like the sites.
+Sites are matched by name (``Alignment``). Scalars are the mean over the ranks of what each passed to
 ``probe.step``; a row's time is the latest of the ranks'; histogram counts are summed.
 """
 
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from dataclasses import dataclass
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +27,13 @@ import numpy as np
 from ..errors import FormatError
 from .format import GRAD_STATS, PARAM_GROUPS, PARTIAL_NAMES, PARTIALS, STATISTICS, STATS, UNIT_PARTIAL_NAMES, UNIT_PARTIALS
 from .lazy import BLOCK_ROWS, Statistic
+from .ranks import combine, dead_fraction
 
 # The partials a merged block reads from all ranks together, at most (a wide model's rows are large: 1000
 # sites of 64 units hold 1.6 MB of partials a row and rank), and the merged blocks kept
 BLOCK_BYTES = 32 << 20
 CACHED_BYTES = 256 << 20
-from .ranks import COUNT, M2, MAX, MEAN, MIN, combine, dead_fraction
+MAX_WORLD = 1 << 20  # a rank file's world_size beyond this is not believed
 
 SEGMENT = re.compile(r"segment-(\d+)$")
 RANK = re.compile(r"rank-(\d+)\.h5$")
@@ -41,9 +42,6 @@ RANK = re.compile(r"rank-(\d+)\.h5$")
 def is_run_folder(path: Path) -> bool:
     """Whether ``path`` is a distributed run's folder (segments inside) or one of its segments (rank files)."""
     return path.is_dir() and bool(_segments(path) or _rank_files(path))
-
-
-MAX_WORLD = 1 << 20  # a rank file's world_size beyond this is not believed
 
 
 def _numbered(folder: Path, pattern: re.Pattern[str], folders: bool) -> dict[int, Path]:
@@ -290,7 +288,6 @@ class MergedSource:
             width = params if group in PARAM_GROUPS else sites
             self._offsets[group] = (start, width)
             start += width
-        self._width = start
         self.sites = sites
         units = len(align.unit_index[0])
         self._block_rows = {  # per kind of block: rows whose partials over all ranks fit in BLOCK_BYTES
@@ -298,7 +295,6 @@ class MergedSource:
             for kind, width in (("stats", start * len(PARTIAL_NAMES)), ("dead", units * len(UNIT_PARTIAL_NAMES)))}
         self._cached_blocks = max(4, CACHED_BYTES // (8 * len(STATISTICS) * max(start, 1) * self._block_rows["stats"]))
         self._cache: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict() if shared is None else shared._cache
-        self._parent = shared
 
     def view(self, width: int) -> MergedSource:
         """The same source for statistics of ``width`` columns (the parameters'), sharing its cache."""
@@ -377,9 +373,9 @@ def _read_partials(run: Any, rows: np.ndarray, group: str, names: tuple[str, ...
 
 def _replicated_parameters(partials: list[np.ndarray], offsets: dict[str, tuple[int, int]],
                            sharded: np.ndarray | None) -> None:
-    """A parameter that every rank holds whole (DDP: ``sharded`` False) counts once, from rank 0: the other
-    ranks' entries become empty (nothing counted); shards (FSDP2) are merged. A file without ``sharded``
-    (none is written so) falls back to: the same partials on every rank mean one replicated tensor."""
+    """A parameter that every rank holds whole (DDP: ``sharded`` False, or no ``param_sharded`` in the file)
+    counts once, from rank 0: the other ranks' entries become empty (nothing counted); shards (FSDP2) are
+    merged."""
     if len(partials) < 2:
         return
     for group in PARAM_GROUPS:
@@ -387,16 +383,9 @@ def _replicated_parameters(partials: list[np.ndarray], offsets: dict[str, tuple[
             continue
         start, width = offsets[group]
         columns = slice(start, start + width)
-        if sharded is not None:
-            same = np.broadcast_to(~sharded[None, :width], partials[0][:, columns].shape[:2])
-        else:
-            key = (COUNT, MEAN, M2, MIN, MAX)
-            reference = partials[0][:, columns][..., key]
-            same = np.ones(reference.shape[:2], dtype=bool)
-            for other in partials[1:]:
-                same &= (np.isclose(other[:, columns][..., key], reference, rtol=0, atol=0, equal_nan=True)).all(axis=-1)
+        whole = np.ones(width, dtype=bool) if sharded is None else ~sharded[:width]
         for other in partials[1:]:
-            other[:, columns][same] = _EMPTY  # a view of the rank's block: changed in place
+            other[:, columns][:, whole] = _EMPTY  # a view of the rank's block: changed in place
 
 
 _EMPTY = np.array([0.0, 0.0, 0.0, np.nan, np.nan, 0.0, 0.0, 0.0])  # a partial of no value at all

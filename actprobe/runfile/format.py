@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 FORMAT_NAME = "actprobe"
 FORMAT_VERSION = 1
@@ -35,6 +36,12 @@ PARTIALS = "partials"
 PARTIAL_NAMES: tuple[str, ...] = ("count", "mean", "m2", "min", "max", "numel", "far", "nonfinite")
 UNIT_PARTIALS = "unit_partials"
 UNIT_PARTIAL_NAMES: tuple[str, ...] = ("count", "mean", "m2")
+
+
+def unit_total(unit_columns: Any) -> int:
+    """U, the unit columns of a row: the units of every column that has them (an int64 (C, 2) array of
+    first unit column, or −1, and units)."""
+    return int(unit_columns[:, 1][unit_columns[:, 0] >= 0].sum())
 
 def scalar_key(name: str) -> str:
     """The dataset name of scalar ``name`` in ``scalars/``: the name itself, with ``%`` and ``/`` written as

@@ -240,6 +240,18 @@ def _missing(path: Path) -> str:
     return f"{path}: no such file"
 
 
+def stored_attribute(path: Path, name: str) -> Any:
+    """Root attribute ``name`` of the run file ``path`` as stored (bytes decoded), None when it has none or
+    the file cannot be read (a writer deciding where to write: never raising)."""
+    try:
+        f, _ = _open(_h5py(), path)
+        with f:
+            value = f.attrs.get(name)
+    except (FormatError, OSError, RuntimeError, ValueError, KeyError, TypeError):
+        return None
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
 def _open(h5py: Any, path: Path) -> tuple[Any, bool]:
     """The open file, and whether its writer closed it. A finished file opens plainly. A file still
     being written, or whose writer died or stopped on a write error, carries HDF5's open-for-write

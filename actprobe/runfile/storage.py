@@ -22,7 +22,7 @@ import numpy as np
 from .._version import __version__
 from ..errors import RunFileError
 from .format import (FORMAT_NAME, FORMAT_VERSION, HIST_EDGES, PARAM_GROUPS, PARTIAL_NAMES, PARTIALS, STATISTICS,
-                     ROW_NONFINITE, STATS, STEP_FILL, UNIT_PARTIAL_NAMES, UNIT_PARTIALS, Site, SiteGraph, scalar_key)
+                     ROW_NONFINITE, STATS, STEP_FILL, UNIT_PARTIAL_NAMES, UNIT_PARTIALS, Site, SiteGraph, scalar_key, unit_total)
 from .lock import WriterLock
 
 
@@ -143,7 +143,7 @@ class RunFileWriter:
         f, columns, unit_columns = self._file, self._columns, self.unit_columns
         assert unit_columns is not None
         width = sum(count for _, count in self.stat_groups)
-        units = int(unit_columns[:, 1][unit_columns[:, 0] >= 0].sum())
+        units = unit_total(unit_columns)
         for group, names, size in ((PARTIALS, PARTIAL_NAMES, width), (UNIT_PARTIALS, UNIT_PARTIAL_NAMES, units)):
             # chunks of at most PARTIAL_CHUNK_BYTES: a wide model's rows are megabytes (a chunk of a flush's
             # rows each would be gigabytes, written whole however few rows reach it)
@@ -315,19 +315,3 @@ def finish_run(path: Path, epochs: Mapping[str, Sequence[float]], attributes: Ma
     finally:
         lock.release()
 
-
-def stored_attribute(path: Path, name: str) -> Any:
-    """Root attribute ``name`` of the run file ``path`` as stored (bytes decoded), None when it has none or
-    the file cannot be read; for a writer deciding where to write, never raising."""
-    try:
-        with h5py.File(path, "r", locking=False) as f:
-            value = f.attrs.get(name)
-    except Exception:  # noqa: BLE001 — a damaged or foreign file has no such attribute
-        try:
-            from ._swmr import open_swmr
-
-            with open_swmr(path) as f:
-                value = f.attrs.get(name)
-        except Exception:  # noqa: BLE001
-            return None
-    return value.decode() if isinstance(value, bytes) else value

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..runfile.format import PARTIAL_NAMES, UNIT_PARTIAL_NAMES
+from ..runfile.format import PARTIAL_NAMES, UNIT_PARTIAL_NAMES, unit_total
 from .arena import Partial
 
 try:
@@ -125,7 +125,7 @@ class Layout:
 def _unit_fields(units: np.ndarray, host_sites: np.ndarray, groups: int, device: torch.device) -> dict:
     """Where the groups of a row go among its unit columns (see ``Layout.host_units``)."""
     units = np.ascontiguousarray(units, dtype=np.int64)
-    total = int(units[:, 1][units[:, 0] >= 0].sum())
+    total = unit_total(units)
     target = np.full(groups, total, dtype=np.int64)
     fill = np.zeros(total, dtype=np.float64)
     for site, (first, count) in enumerate(units):
