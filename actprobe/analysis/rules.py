@@ -391,9 +391,12 @@ def check_rank_outlier(ctx: Context) -> list[Observation]:
                 continue
             ranks = [int(run.ranks[r].attrs.get("rank", r)) for r in off]
             ratio = off[next(iter(off))]
-            who = f"rank {ranks[0]}" if len(ranks) == 1 else "ranks " + " and ".join(map(str, ranks))
-            found.append(_observe(ctx, "rank-outlier", "warning", c, [row], ratio,
-                                  f"{who} at ×{ratio:.3g} the other ranks' scale", ranks=ranks))
+            if len(ranks) == 1:
+                detail = f"rank {ranks[0]} at ×{ratio:.3g} the other ranks' scale"
+            else:  # two ranks: which one is off cannot be told
+                spread = max(ratio, 1 / ratio) if ratio > 0 else math.inf
+                detail = f"ranks {' and '.join(map(str, ranks))} differ ×{spread:.3g} in scale"
+            found.append(_observe(ctx, "rank-outlier", "warning", c, [row], ratio, detail, ranks=ranks))
     return found
 
 
