@@ -39,6 +39,7 @@ def timed(key: str, function):
 class TimedC:
     moments = staticmethod(timed("C kernel", c_backend._cstats.moments)) if c_backend.available() else None
     masked = staticmethod(c_backend._cstats.masked) if c_backend.available() else None
+    set_team = staticmethod(c_backend._cstats.set_team) if c_backend.available() else None
 
 
 def main() -> None:

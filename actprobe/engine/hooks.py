@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from .eager import eager_only
+
 # on_call(module_name, call_index, module, inputs, output); inputs = (args, kwargs) of the call
 OnCall = Callable[[str, int, nn.Module, object, object], None]
 OnError = Callable[[Exception], None]
@@ -41,7 +43,7 @@ class HookEngine:
         self.skipped = 0  # calls left out by train_only (eval mode, or gradients disabled)
         self._model = weakref.ref(model)
         self._modules = [(name, weakref.ref(module)) for name, module in modules]
-        self._pre_hook = torch.compiler.disable(self._new_forward)
+        self._pre_hook = eager_only(self._new_forward)
         self._hooks = {name: self._hook_for(name) for name, _ in modules}
         self._root_handle: RemovableHandle | None = None
         self._handles: dict[str, RemovableHandle] = {}
@@ -57,7 +59,6 @@ class HookEngine:
         # torch.compile must not trace the hooks (their bookkeeping would make it recompile at
         # every call): each runs eagerly, at a graph break, on the output the compiled code made.
         # The body runs once per recorded module call: kept flat, one Python call into the recorder.
-        @torch.compiler.disable
         def hook(module: nn.Module, args: object, kwargs: object, output: object) -> None:
             if not self.active or self._capturing:
                 return
@@ -73,7 +74,7 @@ class HookEngine:
                 self._on_call(name, index, module, (args, kwargs), output)
             except Exception as exc:
                 self._on_error(exc)
-        return hook
+        return eager_only(hook)
 
     def new_step(self) -> None:
         self._calls.clear()

@@ -296,7 +296,6 @@ class Recorder:
             self._param_partials = []
         self._end_generation()
         assert self._arena is not None
-        row = self._arena.row()
         key = arrangement(partials)
         ring = self._ring
         if ring is not None and ring.filled and (
@@ -315,7 +314,7 @@ class Recorder:
             buffers = RING_BUFFERS if self._hands_over(stage) else 1
             capacity = PartialRing.capacity_for(layout, stage.capacity, buffers)
             if capacity < (1 if buffers > 1 else 2):  # too wide to gather: merge this step on its own
-                stage.set_stats(index, merge_now(layout, row, self.dead_eps))
+                stage.set_stats(index, merge_now(layout, self._arena.row(), self.dead_eps))
                 self._arena.clear()
                 return
             ring = self._ring = PartialRing(key, layout, capacity, stage.device, buffers)
@@ -324,7 +323,7 @@ class Recorder:
             self._rings[key] = ring
         if not ring.filled:
             ring.first_row = index
-        ring.add(row)
+        ring.add_from(self._arena)
         self._arena.clear()
 
     @staticmethod

@@ -175,7 +175,7 @@ class RowStage:
             if isinstance(value, torch.Tensor) and value.is_cpu:
                 # a CPU tensor is read where it lies (no device to wait for): one host write, where the
                 # device path's indexing and copies cost ~50 µs in a step that left the caches cold
-                self._host_scalars[row, column] = float(value.detach())
+                self._host_scalars[row, column] = value.item()  # item() records nothing for autograd
             elif isinstance(value, torch.Tensor):
                 self._device_scalars[row, column].copy_(value.detach().reshape(()).to(self.device, non_blocking=True))
                 self._from_device[row, column] = True

@@ -8,6 +8,10 @@ buffer that is reused from step to step.
 
 from __future__ import annotations
 
+import ctypes
+import os
+import re
+
 import torch
 
 from .arena import Arena, Partial
@@ -26,6 +30,45 @@ def available() -> bool:
     return _cstats is not None
 
 
+OPENMP_LIBRARY = re.compile(r"/lib(gomp|iomp5|omp)[-.\w]*\.so[.\d]*$")
+
+
+def openmp_entry_points() -> tuple[int, int]:
+    """Addresses of ``GOMP_parallel`` and ``omp_get_thread_num`` in the OpenMP runtime this process has
+    loaded (torch's own, for its CPU operations), or (0, 0): Linux only, and only a runtime that is
+    loaded already (``RTLD_NOLOAD``): actprobe never brings a second one into the process."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = dict.fromkeys(line.split()[-1] for line in maps if OPENMP_LIBRARY.search(line.rstrip()))
+    except OSError:
+        return 0, 0
+    for path in paths:
+        try:
+            library = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+            parallel, thread_num = library.GOMP_parallel, library.omp_get_thread_num
+        except (OSError, AttributeError):
+            continue
+        return ctypes.cast(parallel, ctypes.c_void_p).value or 0, ctypes.cast(thread_num, ctypes.c_void_p).value or 0
+    return 0, 0
+
+
+def share_torch_threads() -> None:
+    """Let the C kernel read large tensors with torch's own OpenMP threads, as many as torch uses now
+    (``torch.set_num_threads``); one thread when torch uses one or no runtime is found. Set at each
+    probe's start (ACTPROBE_KERNEL_THREADS=1 keeps the kernel on the calling thread)."""
+    if _cstats is None:
+        return
+    threads = torch.get_num_threads() if os.environ.get("ACTPROBE_KERNEL_THREADS", "") != "1" else 1
+    global _ENTRY_POINTS
+    if threads > 1 and _ENTRY_POINTS is None:
+        _ENTRY_POINTS = openmp_entry_points()
+    parallel, thread_num = _ENTRY_POINTS or (0, 0)
+    _cstats.set_team(parallel, thread_num, threads)
+
+
+_ENTRY_POINTS: tuple[int, int] | None = None
+
+
 class CBackend:
     """Moments of CPU tensors with the C kernel, written straight into the arena."""
 
@@ -33,6 +76,7 @@ class CBackend:
 
     def __init__(self) -> None:
         self._scratch: dict[torch.dtype, torch.Tensor] = {}
+        share_torch_threads()
 
     def __call__(self, x: torch.Tensor, plan: Plan, arena: Arena) -> Partial:
         """The kernel reads ``x``'s memory through its pointer: no autograd, so no ``detach()`` needed."""
@@ -40,11 +84,11 @@ class CBackend:
         width = 4 * entries + 4
         offset = arena.reserve(width)
         if arena.on_cpu and plan.contiguous and x.dtype is plan.dtype:  # the common case, kept flat
-            args = (plan.is_double, x.data_ptr(), a, entries, b, plan.near_bound, arena.buffer.data_ptr() + 8 * offset)
+            args = (plan.is_double, x.data_ptr(), a, entries, b, plan.near_bound, arena.pointer + 8 * offset)
             if not _cstats.moments(*args):
                 _cstats.masked(*args)
         elif arena.on_cpu:
-            self._moments(x, plan, arena.buffer.data_ptr() + 8 * offset)
+            self._moments(x, plan, arena.pointer + 8 * offset)
         else:  # a CPU tensor recorded into a device arena (a model split across devices)
             packed = torch.empty(width, dtype=torch.float64)
             self._moments(x, plan, packed.data_ptr())

@@ -14,7 +14,10 @@ from conftest import assert_statistics_close, reference_statistics
 KERNELS = ["torch", "torch-masked"] + (["c"] if c_backend.available() else [])
 
 SHAPES = [
-    ((256, 8, 14, 14), 1),  # conv output, long runs per unit
+    # the C kernel's three ways of reading (A rows, E units, B values per unit and row):
+    ((256, 8, 14, 14), 1),  # long runs, many rows, 1568 columns: read row by row
+    ((64, 8, 16, 16), 1),  # long runs, fewer than 128 rows: summed run by run
+    ((128, 16, 12, 12), 1),  # long runs, more than 2048 columns: summed run by run
     ((64, 16, 7, 7), 1),  # short runs: read by columns
     ((3, 5, 4, 4), 1),  # few rows
     ((128, 64), -1),  # linear output
@@ -114,8 +117,8 @@ def test_non_contiguous_input():
 
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-@pytest.mark.parametrize("shape, unit_dim", [((256, 64), -1), ((64, 8, 16, 16), 1), ((100000,), None),
-                                             ((8, 16, 32), -1)])
+@pytest.mark.parametrize("shape, unit_dim", [((256, 64), -1), ((64, 8, 16, 16), 1), ((256, 8, 16, 16), 1),
+                                             ((100000,), None), ((8, 16, 32), -1)])
 def test_an_outlier_as_the_first_value_keeps_the_documented_accuracy(kernel, dtype, shape, unit_dim):
     """The shift is each unit's first value: a 1000-sigma outlier there must not cancel the squares."""
     x = torch.randn(shape, generator=torch.Generator().manual_seed(5))

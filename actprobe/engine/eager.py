@@ -1,0 +1,39 @@
+"""Hooks that ``torch.compile`` never traces, at no cost in eager mode.
+
+``torch.compiler.disable(fn)`` wraps ``fn`` in a function that switches Dynamo's frame evaluation off and
+on around every call: ~1.2 µs per call on this project's CPU, paid by every hooked module call of a model
+that is not compiled at all (1.2 ms a step for 1000 sites). ``eager_only(fn)`` instead returns a function
+that Dynamo treats as disabled when it traces a compiled forward (a graph break, as for
+``torch.compiler.disable``), and that calls ``fn`` directly unless a frame-evaluation callback is active
+(a compiled function's graph break runs the hook under Dynamo's callback: then it goes through
+``torch.compiler.disable(fn)``, so that Dynamo never compiles the frames ``fn`` calls). Where this
+version of torch lacks the private functions it needs, it is ``torch.compiler.disable(fn)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+try:
+    from torch._C._dynamo.eval_frame import get_eval_frame_callback
+    from torch._dynamo.eval_frame import skip_code
+except ImportError:  # another torch: the plain wrapper
+    get_eval_frame_callback = skip_code = None
+
+
+def eager_only(fn: Callable[..., Any]) -> Callable[..., Any]:
+    guarded = torch.compiler.disable(fn)
+    if get_eval_frame_callback is None or skip_code is None:
+        return guarded
+
+    def call(*args: Any) -> Any:
+        if get_eval_frame_callback() is not None:  # under torch.compile's frame evaluation
+            return guarded(*args)
+        return fn(*args)
+
+    skip_code(call.__code__)  # the callback leaves this frame alone (it runs eagerly) …
+    call._torchdynamo_disable = True  # type: ignore[attr-defined]  # … and tracing breaks the graph here
+    return call
