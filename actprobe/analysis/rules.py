@@ -58,6 +58,7 @@ class Context:
     roles: tuple[str, ...]
     untrained: bool  # an init check (or the toy recipe): every row is at initialisation
     gate_branch: frozenset[int]  # sites whose outputs only feed gates: they compute a multiplier, not the signal
+    _rows: dict[tuple[str, int], np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, run: Run, thresholds: Thresholds) -> Context:
@@ -89,7 +90,12 @@ class Context:
                 "exploding": _check_path(self, "exploding", falls=False)}
 
     def stat(self, name: str, row: int, column: int) -> float:
-        return float(self.run.stats[name][row, column])
+        """One value of a statistic; each row the rules look at is read once (a run file's rows are read on
+        demand, and rules ask for thousands of single values on a wide model)."""
+        values = self._rows.get((name, row))
+        if values is None:
+            values = self._rows[(name, row)] = np.asarray(self.run.stats[name][row])
+        return float(values[column])
 
     def at_init(self, row: int) -> bool:
         """Whether the row shows the model before any update (step 0 comes before the first optimizer step)."""
@@ -358,8 +364,8 @@ def check_drift(ctx: Context) -> list[Observation]:
         return []
     window = max(1, int(round(t.drift_window * run.rows)))
     first = min(int(round(t.drift_from * run.rows)), run.rows - window)
-    starts = _medians(run.stats["std"][first:first + window])  # (S,): two reads of window rows
-    ends = _medians(run.stats["std"][run.rows - window:])
+    starts = _medians(_window(run.stats["std"], first, window))  # (S,)
+    ends = _medians(_window(run.stats["std"], run.rows - window, window))
     found = []
     for c, kind in enumerate(run.site_module_types):
         if ctx.graph.is_output(c) or ctx.scale_free(c) or kind in GATES or kind in PASS_THROUGH:
@@ -432,6 +438,19 @@ def _off_ranks(scales: np.ndarray, factor: float) -> dict[int, float]:
         worst = max(found, key=lambda r: math.inf if found[r] == 0 else abs(math.log(found[r])))
         found = {worst: found[worst]}
     return found
+
+
+WINDOW_RUNS, WINDOW_RUN_ROWS = 16, 256  # a drift window of more rows is read as that many runs of rows
+
+
+def _window(values: Any, start: int, rows: int) -> np.ndarray:
+    """Rows start … start + rows − 1 of a statistic, or, when they are more than 4,096, 16 runs of 256 rows
+    spread evenly over them: the window's median is then read in a bounded time and memory, whatever the
+    length of the run (10% of a million rows of 500 sites would be 200 MB)."""
+    if rows <= WINDOW_RUNS * WINDOW_RUN_ROWS:
+        return np.asarray(values[start:start + rows])
+    firsts = start + np.linspace(0, rows - WINDOW_RUN_ROWS, WINDOW_RUNS).round().astype(np.int64)
+    return np.concatenate([np.asarray(values[int(f):int(f) + WINDOW_RUN_ROWS]) for f in firsts])
 
 
 def _medians(rows: np.ndarray) -> np.ndarray:
@@ -524,7 +543,8 @@ RULES: tuple[Rule, ...] = (
          "where they appeared first (in the layer graph: none of their inputs had them)", "lr, log/sqrt/division of zero, low-precision overflow", check_non_finite),
     Rule("drift", "warning", "in a trained run with at least {drift_min_rows} rows, a site's std changes by "
          "more than × {drift_factor} either way between the median over {drift_window} of the rows from "
-         "{drift_from} of the way in and the median over the last {drift_window}; model outputs (sites nothing "
+         "{drift_from} of the way in and the median over the last {drift_window} (a window of more than 4,096 "
+         "rows: over 16 runs of 256 rows spread evenly across it); model outputs (sites nothing "
          "recorded reads, such as logits), Dropout/Flatten/Identity and Conv/Linear outputs read only by "
          "normalisation layers are left out", "lr too high, missing normalisation", check_drift),
     Rule("rank-outlier", "warning", "in a distributed run, at the first or last recorded step, one rank's "

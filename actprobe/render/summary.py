@@ -18,7 +18,7 @@ from ..analysis.summary import RunSummary, summarize
 from ..analysis.thresholds import Thresholds
 from ..runfile.reader import Run, read
 from .names import MIN_NAME_WIDTH, shorten
-from .tables import fix_widths
+from .tables import FixedTable, fix_widths
 from .text import cell, printable
 
 STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
@@ -46,7 +46,7 @@ def _flag_text(observations: tuple[Observation, ...], summary: RunSummary) -> Te
     return text
 
 
-def summary_table(summary: RunSummary, width: int = 120) -> Table:
+def summary_table(summary: RunSummary, width: int = 120) -> Table | FixedTable:
     """One row per site shown: module type, mean, std, near-zero and dead at the first → last recorded
     step, and what the rules observed there. Names are shortened to fit ``width`` columns."""
     single = summary.rows == 1
@@ -71,7 +71,8 @@ def summary_table(summary: RunSummary, width: int = 120) -> Table:
             Text(_pair(percent(site.first["dead"]), percent(site.last["dead"]), single)),
             _flag_text(site.observations, summary),
         ])
-    fix_widths(table, rows, width)
+    if fix_widths(table, rows, width) and FixedTable.supports(table):
+        return FixedTable(table, rows)
     for row in rows:
         table.add_row(*row)
     return table

@@ -293,3 +293,33 @@ def test_fixed_column_widths_draw_the_table_rich_would_draw(width, monkeypatch):
     fixed = render(summarize(DEMO), width=width)
     monkeypatch.setattr("actprobe.render.summary.fix_widths", lambda *args: None)
     assert fixed == render(summarize(DEMO), width=width)
+
+
+WIDE_NAMES = dataclasses.replace(DEMO, sites=["conv", "块.relu", "deep[0]", "out\x1b[31m"])
+
+
+@pytest.mark.parametrize("run", [DEMO, WIDE_NAMES], ids=["demo", "wide-characters-and-escapes"])
+@pytest.mark.parametrize("color_system", [None, "standard", "truecolor"])
+@pytest.mark.parametrize("width", [98, 99, 130, 400])
+def test_the_fixed_table_draws_what_rich_draws(run, color_system, width, monkeypatch):
+    """FixedTable joins the cells' own segments instead of laying each cell out: the console's output,
+    colours and padding included, must be rich's own, byte for byte (99 columns: the table just fits)."""
+    def output() -> str:
+        console = Console(file=io.StringIO(), width=width, color_system=color_system,
+                          force_terminal=color_system is not None)
+        render_summary(summarize(run), console)
+        return console.file.getvalue()
+
+    fast = output()
+    monkeypatch.setattr("actprobe.render.tables.FixedTable.supports", staticmethod(lambda table: False))
+    assert fast == output()
+    if color_system:
+        assert "\x1b[" in fast  # the comparison covered styles
+
+
+def test_large_summaries_use_the_fixed_table():
+    from actprobe.render.summary import summary_table
+    from actprobe.render.tables import FixedTable
+
+    assert isinstance(summary_table(summarize(DEMO), 130), FixedTable)
+    assert not isinstance(summary_table(summarize(DEMO), 60), FixedTable), "a table that wraps is rich's"

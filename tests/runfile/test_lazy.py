@@ -94,6 +94,29 @@ def test_show_reads_the_first_and_last_rows_and_the_drift_windows_only(tmp_path,
     assert all(b == {first, last} for b in blocks.values()) and "stats/nonfinite" in blocks  # scanned, not cached
 
 
+def test_long_drift_windows_are_read_as_sixteen_runs_of_rows(tmp_path, monkeypatch):
+    """60,000 rows: each 6,000-row window is read as 16 runs of 256 rows (at most 2 blocks each), and its
+    medians are those of exactly those rows (np.median on h5py's values)."""
+    from actprobe.analysis import rules
+
+    path = tmp_path / "long.h5"
+    write_file(path, rows=60000, sites=3, per_batch=2000)
+    run = actprobe.read(path)
+    monkeypatch.setattr(lazy.Source, "span", lambda self, *a: pytest.fail(f"a whole read: {a}"))
+    summarize(run)
+    cached = next(iter(run.stats.values()))._source._cache
+    std_blocks = {b for stat, b in cached if stat == "stats/std"}
+    assert len(std_blocks) <= 2 + 2 * 16 * 2, "first, last, and at most 2 blocks per run of each window"
+    with h5py.File(path, "r") as f:
+        want = f["stats/std"][()]
+    firsts = 15000 + np.linspace(0, 6000 - 256, 16).round().astype(int)
+    rows = np.concatenate([np.arange(f, f + 256) for f in firsts])
+    np.testing.assert_allclose(rules._medians(rules._window(run.stats["std"], 15000, 6000)),
+                               np.median(want[rows].astype(np.float64), axis=0), rtol=0, atol=0)
+    short = rules._window(run.stats["std"], 100, 4096)  # 4,096 rows: read whole
+    np.testing.assert_array_equal(short, want[100:4196])
+
+
 def test_a_file_replaced_after_reading_is_refused(tmp_path):
     model = one_recorded_step(tmp_path / "r.h5", nn.Sequential(nn.Linear(4, 4)))
     run = actprobe.read(tmp_path / "r.h5")
