@@ -23,6 +23,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 enum { STATS = 8 };
 
@@ -171,8 +172,20 @@ static PyObject *py_merge(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* copy(destination, source, bytes): memmove between two addresses (a step's packed partials into the ring):
+ * one call, where ctypes.memmove takes ~15 µs in a step that left the caches cold. */
+static PyObject *py_copy(PyObject *self, PyObject *args) {
+    unsigned long long destination, source;
+    long long bytes;
+    if (!PyArg_ParseTuple(args, "KKL", &destination, &source, &bytes)) return NULL;
+    if (bytes < 0) { PyErr_SetString(PyExc_ValueError, "a negative length"); return NULL; }
+    memmove((void *)(uintptr_t)destination, (const void *)(uintptr_t)source, (size_t)bytes);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"merge", py_merge, METH_VARARGS, "Rows of packed partials -> rows of per-site statistics."},
+    {"copy", py_copy, METH_VARARGS, "memmove(destination, source, bytes) between two addresses."},
     {NULL, NULL, 0, NULL},
 };
 

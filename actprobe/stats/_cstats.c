@@ -1,5 +1,10 @@
 /* Single-pass activation statistics for CPU tensors: the C half of actprobe's CPU kernel.
  *
+ * Contents: the fast pass (MOMENTS_FAST: run by run, or row by row across the columns), the second pass
+ * of entries whose shift was far from their mean (RESHIFT), the masked pass for tensors with NaN/Inf
+ * (MOMENTS_MASKED), the split of large tensors over torch's OpenMP team (fast_all), and the Python
+ * entry points.
+ *
  * A tensor is seen as (A, E, B), contiguous: A rows, E entries (units), B values per entry and row.
  * One call reads every value once and writes, for each entry, the number of finite values, a
  * shift (the entry's first value), and the sums of (x - shift) and (x - shift)^2, followed by

@@ -3,7 +3,9 @@
 It reads each value once (vector instructions, blocks of at most 256 values summed in float32 and
 the blocks in float64); a second, masked pass runs only when the tensor holds NaN or ±Inf. It reads
 the tensor's memory in place when it is laid out as (A, E, B), else a converted copy in a scratch
-buffer that is reused from step to step.
+buffer that is reused from step to step. A large tensor is read in parts by torch's own OpenMP
+team (``share_torch_threads``): a training step that uses every core pays the hook its share, not
+twice it.
 """
 
 from __future__ import annotations

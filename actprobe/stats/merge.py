@@ -29,6 +29,7 @@ try:
     from . import _cmerge
 except ImportError:  # built without a C compiler: torch operations merge on the CPU too
     _cmerge = None
+_copy = ctypes.memmove if _cmerge is None else _cmerge.copy  # (destination, source, bytes)
 
 
 # The most memory one ring may take (all its buffers together); steps that need more are merged one at a time.
@@ -280,7 +281,7 @@ class PartialRing:
         if arena.used != width:
             raise ValueError(f"a row of {arena.used} partials for a ring of rows of {width}")
         if self._on_cpu and arena.on_cpu:
-            ctypes.memmove(self._pointer + 8 * width * self.filled, arena.pointer, 8 * width)
+            _copy(self._pointer + 8 * width * self.filled, arena.pointer, 8 * width)
             self.filled += 1
         else:
             self.add(arena.row())
