@@ -45,6 +45,11 @@ def _cases():
     huge = x.clone()
     huge[1, 4, 2, 2] = 3e20  # finite, but its square is not in float32
     yield "a square beyond float32", huge, 1
+    large = torch.randn(256, 8, 14, 14, generator=gen) * 3 + 1  # read in parts by torch's OpenMP team (2 threads)
+    yield "a large tensor", large, 1
+    large_nan = large.clone()
+    large_nan[200, 1, 3, 3] = float("nan")  # in the second part
+    yield "a large tensor with a NaN in its second part", large_nan, 1
 
 
 def _load(build: Path, name: str):
