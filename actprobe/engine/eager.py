@@ -12,6 +12,7 @@ version of torch lacks the private functions it needs, it is ``torch.compiler.di
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,16 @@ try:
     from torch._dynamo.eval_frame import skip_code
 except ImportError:  # another torch: the plain wrapper
     get_eval_frame_callback = skip_code = None
+
+
+def dynamo_compiled() -> bool:
+    """Whether ``torch.compile`` has compiled a frame in this process so far (Dynamo's own counter)."""
+    utils = sys.modules.get("torch._dynamo.utils")
+    counters = getattr(utils, "counters", None)
+    try:
+        return bool(counters and counters["frames"]["total"])
+    except (KeyError, TypeError):
+        return True  # another torch: assume it has, and keep the hooks (correct, a little slower)
 
 
 def eager_only(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -17,6 +17,7 @@ from torch import nn
 from ..errors import ActprobeWarning, OptionError
 from ..runfile.format import SiteGraph
 from ..stats.dispatch import MomentKernel
+from .eager import dynamo_compiled
 from .hooks import HookEngine
 from .params import ParamWatch, parameter_names
 from .ranks import RankPlace, place
@@ -197,8 +198,11 @@ class Probe:
             self._recorder.hist_now = self.recording and hist_every > 0 and (self._step // every) % hist_every == 0
             if self.recording:
                 self._engine.attach()
-            else:  # an unrecorded step runs without hooks: PyTorch's fast path, no cost per module
+            elif not dynamo_compiled():  # an unrecorded step runs without hooks: PyTorch's fast path
                 self._engine.detach()
+            # (once torch.compile has compiled anything, the hooks stay, inactive: a function that calls the
+            # model is compiled without guards on its modules' hooks, and a graph made on a step without
+            # them would run without them on the recorded steps too)
             self._check_writer()
             if self._recorder.started and (self._recorder.full or self._flush_due()):
                 self._flush()

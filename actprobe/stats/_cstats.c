@@ -241,24 +241,39 @@ static int fast_rows(const call_args *c, int64_t a0, int64_t a1, double *out) {
 }
 
 /* Large tensors are read by a team of the OpenMP runtime that torch runs its own CPU operations on
- * (set_team: its GOMP_parallel and omp_get_thread_num entry points, found by the Python side in the
- * library torch loaded, and torch's thread count). Between two torch operations that team is idle
- * (its threads spin, waiting for torch's next parallel loop), and thread t takes the t-th part of the
- * rows, as torch's own loops split an output: the part it wrote, often still in its core's cache. A
- * hook that read the whole tensor on one thread would cost a two-thread training step twice its share.
- * Parts are combined in a fixed order: the result does not depend on timing. */
+ * (set_team: its GOMP_parallel, omp_get_thread_num and omp_get_max_threads entry points, found by the
+ * Python side in the library torch loaded). Each call takes as many threads as torch's operations
+ * would now (omp_get_max_threads: what torch.set_num_threads sets). Between two torch operations that
+ * team is idle (its threads spin, waiting for torch's next parallel loop), and thread t takes the t-th
+ * part of the rows, as torch's own loops split an output: the part it wrote, often still in its core's
+ * cache. A hook that read the whole tensor on one thread would cost a two-thread training step twice
+ * its share. Parts are combined in a fixed order: the result does not depend on timing. Each call works
+ * with a copy of the entry points taken under the GIL, so that set_team on another thread can never
+ * pull them from under a call in flight. */
 #define TEAM_MIN_VALUES (1 << 17)
 #define MAX_TEAM 16
 typedef void (*gomp_parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
-typedef int (*thread_num_fn)(void);
+typedef int (*omp_int_fn)(void);
+typedef struct { gomp_parallel_fn parallel; omp_int_fn thread_num; int size; } team;
 static gomp_parallel_fn team_parallel = NULL;
-static thread_num_fn team_thread_num = NULL;
-static int team_size = 1;
+static omp_int_fn team_thread_num = NULL, team_max_threads = NULL;
 static int team_forked = 0;  /* a child made with fork(): its copy of the team's runtime may hang, never used */
 static _Thread_local double *part_out = NULL;
 static _Thread_local size_t part_out_size = 0;
 
-typedef struct { const call_args *c; int parts; double *outs[MAX_TEAM]; int ok[MAX_TEAM]; } team_job;
+typedef struct {
+    const call_args *c; omp_int_fn thread_num; int parts; double *outs[MAX_TEAM]; int ok[MAX_TEAM];
+} team_job;
+
+/* The team a call may use now (with the GIL held): size < 2 means none. */
+static team current_team(void) {
+    team t = {NULL, NULL, 1};
+    if (team_parallel == NULL || team_forked) return t;
+    t.parallel = team_parallel;
+    t.thread_num = team_thread_num;
+    t.size = team_max_threads();
+    return t;
+}
 
 static double *part_buffer(int64_t E) {  /* a team thread's own output, kept and grown as needed */
     size_t need = (size_t)(4 * E + 4);
@@ -273,7 +288,7 @@ static double *part_buffer(int64_t E) {  /* a team thread's own output, kept and
 
 static void team_part(void *arg) {
     team_job *job = (team_job *)arg;
-    int t = team_thread_num();
+    int t = job->thread_num();
     if (t < 0 || t >= job->parts) return;
     const int64_t A = job->c->A, a0 = A * t / job->parts, a1 = A * (t + 1) / job->parts;
     double *out = t == 0 ? job->outs[0] : part_buffer(job->c->E);
@@ -282,14 +297,14 @@ static void team_part(void *arg) {
 }
 
 /* Rows [0, A) into out: by the team when the tensor is large, else on the calling thread. */
-static int fast_all(const call_args *c, double *out) {
+static int fast_all(const call_args *c, double *out, team with) {
     const int64_t n = c->A * c->E * c->B;
-    int parts = team_size < MAX_TEAM ? team_size : MAX_TEAM;
+    int parts = with.size < MAX_TEAM ? with.size : MAX_TEAM;
     if (parts > c->A) parts = (int)c->A;
-    if (team_parallel == NULL || parts < 2 || n < TEAM_MIN_VALUES) return fast_rows(c, 0, c->A, out);
-    team_job job = {.c = c, .parts = parts};
+    if (with.parallel == NULL || parts < 2 || n < TEAM_MIN_VALUES) return fast_rows(c, 0, c->A, out);
+    team_job job = {.c = c, .thread_num = with.thread_num, .parts = parts};
     job.outs[0] = out;
-    team_parallel(team_part, &job, (unsigned)parts, 0);
+    with.parallel(team_part, &job, (unsigned)parts, 0);
     int ok = 1;
     for (int t = 0; t < parts; t++) ok = ok && job.ok[t];
     if (!ok) return fast_rows(c, 0, c->A, out);  /* a part was not done (no memory, a smaller team): all here */
@@ -304,20 +319,18 @@ static int fast_all(const call_args *c, double *out) {
     return 1;
 }
 
-/* set_team(parallel, thread_num, threads): the OpenMP runtime's GOMP_parallel and omp_get_thread_num (as
- * addresses; 0: none) and how many threads a call may use; threads < 2 keeps every call on its thread. */
+/* set_team(parallel, thread_num, max_threads): the OpenMP runtime's GOMP_parallel, omp_get_thread_num
+ * and omp_get_max_threads, as addresses; any of them 0: no team, every call on its own thread. */
 static PyObject *py_set_team(PyObject *self, PyObject *args) {
-    unsigned long long parallel, thread_num;
-    int threads;
-    if (!PyArg_ParseTuple(args, "KKi", &parallel, &thread_num, &threads)) return NULL;
-    if (parallel && thread_num && threads > 1 && !team_forked) {
+    unsigned long long parallel, thread_num, max_threads;
+    if (!PyArg_ParseTuple(args, "KKK", &parallel, &thread_num, &max_threads)) return NULL;
+    if (parallel && thread_num && max_threads && !team_forked) {
         team_parallel = (gomp_parallel_fn)(uintptr_t)parallel;
-        team_thread_num = (thread_num_fn)(uintptr_t)thread_num;
-        team_size = threads;
+        team_thread_num = (omp_int_fn)(uintptr_t)thread_num;
+        team_max_threads = (omp_int_fn)(uintptr_t)max_threads;
     } else {
         team_parallel = NULL;
-        team_thread_num = NULL;
-        team_size = 1;
+        team_thread_num = team_max_threads = NULL;
     }
     Py_RETURN_NONE;
 }
@@ -329,8 +342,9 @@ static PyObject *py_moments(PyObject *self, PyObject *args) {
     if (!parse(args, &c)) return NULL;
     int ok, memory;
     double *out = (double *)(uintptr_t)c.out;
+    team with = current_team();
     Py_BEGIN_ALLOW_THREADS
-    memory = fast_all(&c, out);
+    memory = fast_all(&c, out, with);
     ok = memory && sums_finite(out + 2 * c.E, 2 * c.E);  /* s1[E] then s2[E] */
     if (ok && c.is_double) reshift_f64((const double *)(uintptr_t)c.data, c.A, c.E, c.B, out);
     else if (ok) reshift_f32((const float *)(uintptr_t)c.data, c.A, c.E, c.B, out);
@@ -352,7 +366,7 @@ static PyObject *py_masked(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"moments", py_moments, METH_VARARGS, "Fast single-pass moments of finite values; False if any is not finite."},
-    {"set_team", py_set_team, METH_VARARGS, "The OpenMP team large tensors are read by (0, 0, 1: none)."},
+    {"set_team", py_set_team, METH_VARARGS, "The OpenMP runtime large tensors are read by (0, 0, 0: none)."},
     {"masked", py_masked, METH_VARARGS, "Single-pass moments over the finite values only."},
     {NULL, NULL, 0, NULL},
 };
@@ -362,8 +376,7 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_cstats", "Single-pa
 static void forget_team(void) {
     team_forked = 1;
     team_parallel = NULL;
-    team_thread_num = NULL;
-    team_size = 1;
+    team_thread_num = team_max_threads = NULL;
 }
 
 PyMODINIT_FUNC PyInit__cstats(void) {

@@ -35,40 +35,46 @@ def available() -> bool:
 OPENMP_LIBRARY = re.compile(r"/lib(gomp|iomp5|omp)[-.\w]*\.so[.\d]*$")
 
 
-def openmp_entry_points() -> tuple[int, int]:
-    """Addresses of ``GOMP_parallel`` and ``omp_get_thread_num`` in the OpenMP runtime this process has
-    loaded (torch's own, for its CPU operations), or (0, 0): Linux only, and only a runtime that is
-    loaded already (``RTLD_NOLOAD``): actprobe never brings a second one into the process."""
+ENTRY_POINTS = ("GOMP_parallel", "omp_get_thread_num", "omp_get_max_threads")
+
+
+def openmp_entry_points() -> tuple[int, int, int]:
+    """Addresses of ``GOMP_parallel``, ``omp_get_thread_num`` and ``omp_get_max_threads`` in the OpenMP
+    runtime this process has loaded (torch's own, for its CPU operations), or zeros: Linux only, and
+    only a runtime that is loaded already (``RTLD_NOLOAD``): actprobe never brings a second one in."""
     try:
         with open("/proc/self/maps") as maps:
             paths = dict.fromkeys(line.split()[-1] for line in maps if OPENMP_LIBRARY.search(line.rstrip()))
     except OSError:
-        return 0, 0
+        return 0, 0, 0
     for path in paths:
         try:
             library = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
-            parallel, thread_num = library.GOMP_parallel, library.omp_get_thread_num
+            functions = [getattr(library, name) for name in ENTRY_POINTS]
         except (OSError, AttributeError):
             continue
-        return ctypes.cast(parallel, ctypes.c_void_p).value or 0, ctypes.cast(thread_num, ctypes.c_void_p).value or 0
-    return 0, 0
+        addresses = tuple(ctypes.cast(f, ctypes.c_void_p).value or 0 for f in functions)
+        return addresses if all(addresses) else (0, 0, 0)  # type: ignore[return-value]
+    return 0, 0, 0
 
 
 def share_torch_threads() -> None:
-    """Let the C kernel read large tensors with torch's own OpenMP threads, as many as torch uses now
-    (``torch.set_num_threads``); one thread when torch uses one or no runtime is found. Set at each
-    probe's start (ACTPROBE_KERNEL_THREADS=1 keeps the kernel on the calling thread)."""
+    """Let the C kernel read large tensors with torch's own OpenMP threads: each call takes as many as
+    torch's operations would then (``torch.set_num_threads``), one when torch uses one or no runtime is
+    found. Process-wide, set when a probe's kernel is made; ACTPROBE_KERNEL_THREADS=1 keeps every call on
+    the calling thread."""
+    global _ENTRY_POINTS
     if _cstats is None:
         return
-    threads = torch.get_num_threads() if os.environ.get("ACTPROBE_KERNEL_THREADS", "") != "1" else 1
-    global _ENTRY_POINTS
-    if threads > 1 and _ENTRY_POINTS is None:
+    if os.environ.get("ACTPROBE_KERNEL_THREADS", "") == "1":
+        _cstats.set_team(0, 0, 0)
+        return
+    if _ENTRY_POINTS is None:
         _ENTRY_POINTS = openmp_entry_points()
-    parallel, thread_num = _ENTRY_POINTS or (0, 0)
-    _cstats.set_team(parallel, thread_num, threads)
+    _cstats.set_team(*_ENTRY_POINTS)
 
 
-_ENTRY_POINTS: tuple[int, int] | None = None
+_ENTRY_POINTS: tuple[int, int, int] | None = None
 
 
 class CBackend:

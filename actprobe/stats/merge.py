@@ -280,6 +280,8 @@ class PartialRing:
         width = self.layout.width
         if arena.used != width:
             raise ValueError(f"a row of {arena.used} partials for a ring of rows of {width}")
+        if self.filled >= self.capacity:
+            raise IndexError(f"the ring holds {self.capacity} rows already")
         if self._on_cpu and arena.on_cpu:
             _copy(self._pointer + 8 * width * self.filled, arena.pointer, 8 * width)
             self.filled += 1

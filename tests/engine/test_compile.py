@@ -48,3 +48,33 @@ def test_compiled_model_is_recorded_without_recompiling(tmp_path):
             scale = max(abs(want[name]), want["std"]) if name == "mean" else abs(want[name])
             assert abs(got - want[name]) <= 1e-4 * scale + 1e-6, (site, name, got, want[name])
     assert np.all(np.diff(run.scalars["loss"]) < 0)  # it trains
+
+
+@pytest.mark.slow
+def test_a_compiled_function_recompiled_on_an_idle_step_still_records(tmp_path):
+    """torch.compile of a function that calls the model does not guard on the modules' hooks: a graph
+    compiled on a step without them (a new batch size on an idle step) would run without them on later
+    recorded steps, which then recorded nothing. Once anything has been compiled, idle steps keep the
+    (inactive) hooks."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    torch._dynamo.reset()
+
+    @torch.compile(dynamic=False)  # one graph per batch size
+    def loss_of(x, y):
+        return torch.nn.functional.cross_entropy(model(x), y)
+
+    gen = torch.Generator().manual_seed(3)
+    with actprobe.Probe(model, tmp_path / "f.h5", every=2, grads=True) as probe:
+        for step in range(12):
+            batch = 16 + (step % 3) * 8  # sizes 16, 24, 32: each first seen on a recorded or an idle step
+            x, y = torch.randn(batch, 32, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
+            loss = loss_of(x, y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            probe.step(loss=loss)
+    run = actprobe.read(tmp_path / "f.h5")
+    assert run.step.tolist() == [0, 2, 4, 6, 8, 10]
+    assert np.isfinite(np.asarray(run.stats["std"])).all(), "every recorded step has every site"

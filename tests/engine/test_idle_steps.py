@@ -16,7 +16,11 @@ def hooked(model: nn.Module) -> int:
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
 
 
-def test_unrecorded_steps_have_no_hooks_and_recorded_ones_do(tmp_path):
+@pytest.mark.parametrize("compiled_before", [False, True])
+def test_unrecorded_steps_have_no_hooks_and_recorded_ones_do(tmp_path, monkeypatch, compiled_before):
+    """Idle steps run without hooks, unless torch.compile has compiled something in this process (then
+    they keep them, inactive: see test_compile.py)."""
+    monkeypatch.setattr("actprobe.engine.probe.dynamo_compiled", lambda: compiled_before)
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
     counts = []
     with actprobe.Probe(model, tmp_path / "r.h5", every=3) as probe:
@@ -24,7 +28,8 @@ def test_unrecorded_steps_have_no_hooks_and_recorded_ones_do(tmp_path):
             counts.append(hooked(model))
             model(torch.randn(5, 4)).sum().backward()
             probe.step()
-    assert counts == [4, 0, 0, 4, 0, 0, 4]  # 3 forward hooks and the root's pre-hook, on steps 0, 3, 6
+    # 3 forward hooks and the root's pre-hook on steps 0, 3, 6 (and in between after a compile)
+    assert counts == ([4] * 7 if compiled_before else [4, 0, 0, 4, 0, 0, 4])
     assert hooked(model) == 0 and actprobe.read(tmp_path / "r.h5").step.tolist() == [0, 3, 6]
 
 

@@ -1,11 +1,13 @@
 """The C kernel's team: large tensors read in parts by the OpenMP threads torch runs on, the parts
-combined into the same statistics (float64 reference), a part left undone read again, and a forked
+combined into the same statistics (float64 reference), a part left undone read again, as many threads
+as torch uses at each call, a team switched off while another thread's call is in flight, and a forked
 child that never uses its copy of the team."""
 
 from __future__ import annotations
 
 import ctypes
 import os
+import threading
 import time
 
 import pytest
@@ -22,17 +24,19 @@ LARGE = [((256, 8, 14, 14), 1), ((64, 16, 16, 16), 1), ((2048, 96), -1), ((512, 
 
 PARALLEL = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint)
 PART = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
-THREAD_NUM = ctypes.CFUNCTYPE(ctypes.c_int)
+INT = ctypes.CFUNCTYPE(ctypes.c_int)
 
 
 class FakeTeam:
     """A GOMP_parallel that runs the parts one after another on the calling thread, recording them;
-    ``skip`` names a part it leaves undone (a team smaller than asked for)."""
+    ``skip`` names a part it leaves undone (a team smaller than asked for); ``threads``: what its
+    omp_get_max_threads says."""
 
     def __init__(self, skip: int | None = None) -> None:
-        self.skip, self.current, self.calls = skip, 0, []
+        self.skip, self.current, self.calls, self.threads = skip, 0, [], 2
         self.parallel = PARALLEL(self._parallel)
-        self.thread_num = THREAD_NUM(lambda: self.current)
+        self.thread_num = INT(lambda: self.current)
+        self.max_threads = INT(lambda: self.threads)
 
     def _parallel(self, function, data, threads, flags):
         self.calls.append(threads)
@@ -43,9 +47,9 @@ class FakeTeam:
                 part(data)
 
     def install(self, threads: int = 2) -> None:
-        address = ctypes.cast
-        c_backend._cstats.set_team(address(self.parallel, ctypes.c_void_p).value,
-                                   address(self.thread_num, ctypes.c_void_p).value, threads)
+        self.threads = threads
+        c_backend._cstats.set_team(*(ctypes.cast(f, ctypes.c_void_p).value
+                                     for f in (self.parallel, self.thread_num, self.max_threads)))
 
 
 @pytest.fixture
@@ -113,11 +117,53 @@ def test_a_nan_in_either_part_sends_the_call_to_the_masked_path(nan_part, restor
 
 def test_torchs_own_team_reads_large_tensors(restore_team):
     """The real runtime (torch's libgomp here), with as many threads as torch uses."""
-    parallel, thread_num = c_backend.openmp_entry_points()
-    if not parallel or torch.get_num_threads() < 2:
+    if not all(c_backend.openmp_entry_points()) or torch.get_num_threads() < 2:
         pytest.skip("no OpenMP runtime loaded, or torch uses one thread here")
     x = torch.randn(512, 16, 14, 14, generator=torch.Generator().manual_seed(15))
     assert_statistics_close(_statistics(x, 1), reference_statistics(x, 1))
+
+
+def test_each_call_takes_as_many_threads_as_torch_uses_then(restore_team, monkeypatch):
+    """torch.set_num_threads after the probe's kernel was made: the next call follows it."""
+    team = FakeTeam()
+    monkeypatch.setattr(c_backend, "share_torch_threads", lambda: team.install())
+    x = torch.randn(256, 8, 14, 14)
+    from actprobe.stats.arena import Arena
+    from actprobe.stats.dispatch import MomentKernel
+
+    kernel = MomentKernel(0.05, use_c=True, use_triton=False)  # made while the team says 2 threads
+    kernel(x, 1, Arena(torch.device("cpu")))
+    team.threads = 1  # what torch.set_num_threads(1) does to omp_get_max_threads
+    kernel(x, 1, Arena(torch.device("cpu")))
+    team.threads = 3
+    kernel(x, 1, Arena(torch.device("cpu")))
+    assert team.calls == [2, 3]
+
+
+def test_switching_the_team_off_while_another_threads_call_runs_is_safe(restore_team):
+    """A call copies the team's entry points when it starts: another thread's set_team (a new probe, a
+    kernel made with ACTPROBE_KERNEL_THREADS=1) never pulls them from under it (it crashed before)."""
+    entry_points = c_backend.openmp_entry_points()
+    if not all(entry_points) or torch.get_num_threads() < 2:
+        pytest.skip("no OpenMP runtime loaded, or torch uses one thread here")
+    x = torch.randn(256, 8, 14, 14)
+    want = reference_statistics(x, 1)
+    stop = threading.Event()
+
+    def toggle() -> None:
+        while not stop.is_set():
+            c_backend._cstats.set_team(*entry_points)
+            c_backend._cstats.set_team(0, 0, 0)
+
+    toggler = threading.Thread(target=toggle)
+    toggler.start()
+    try:
+        for _ in range(300):
+            c_backend._cstats.set_team(*entry_points)
+            assert_statistics_close(_statistics(x, 1), want)
+    finally:
+        stop.set()
+        toggler.join()
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() here")
@@ -125,15 +171,15 @@ def test_a_forked_child_never_uses_the_team(restore_team):
     """libgomp's team does not survive fork(): a child that asked its copy for threads would hang (torch's
     own operations hang there too, unless the child sets one thread). The kernel refuses the team in a
     child, whatever it is told later."""
-    parallel, thread_num = c_backend.openmp_entry_points()
-    if not parallel or torch.get_num_threads() < 2:
+    entry_points = c_backend.openmp_entry_points()
+    if not all(entry_points) or torch.get_num_threads() < 2:
         pytest.skip("no OpenMP runtime loaded, or torch uses one thread here")
     x = torch.randn(512, 16, 14, 14)
     tensor_statistics(x, unit_dim=1, implementation="c")  # the parent's team has run
     pid = os.fork()
     if pid == 0:  # the child: ask for the team again, then read a large tensor
         try:
-            c_backend._cstats.set_team(parallel, thread_num, 2)
+            c_backend._cstats.set_team(*entry_points)
             out = torch.empty(4 * 16 + 4, dtype=torch.float64)
             c_backend._cstats.moments(False, x.data_ptr(), 512, 16, 196, 0.05, out.data_ptr())
             os._exit(0 if abs(out[:16].sum().item() - 512 * 196 * 16) < 1e-6 else 3)
