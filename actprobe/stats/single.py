@@ -16,12 +16,15 @@ def tensor_statistics(x: torch.Tensor, *, unit_dim: int | None, near_zero_eps: f
                       dead_eps: float = DEAD_EPS, implementation: str = "auto") -> dict[str, float]:
     """The statistics actprobe records, for one tensor: ``{name: value}`` for each of ``STATISTICS``.
 
-    ``unit_dim`` is the dimension holding the units for ``dead`` (None: no units, ``dead`` is NaN).
+    ``unit_dim`` is the dimension holding the units for ``dead``: 1 (channels, as in (N, C, …)), -1 (the
+    last, as in (…, features)) or None (no units, ``dead`` is NaN); a probe's sites use these three.
     ``implementation`` picks the kernel: ``auto`` (what a probe uses), ``c`` (the C kernel, CPU),
     ``torch`` (torch operations, with the CPU's unmasked first try) or ``torch-masked`` (the torch
     kernel that runs on GPUs without Triton) or ``triton`` (the Triton kernel; on CPU tensors it needs
     ``TRITON_INTERPRET=1``). Reads the result on the host: for tests and interactive use.
     """
+    if unit_dim is not None and x.ndim and unit_dim not in (1, -1, x.ndim - 1):
+        raise ValueError(f"unit_dim must be 1, -1 or None (the units of a probe's sites), got {unit_dim}")
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"unknown implementation {implementation!r}; available: {', '.join(IMPLEMENTATIONS)}")
     options = {"c": {"use_c": True, "use_triton": False}, "torch": {"use_c": False, "use_triton": False},

@@ -154,11 +154,12 @@ def test_switching_the_team_off_while_another_threads_call_runs_is_safe(restore_
         while not stop.is_set():
             c_backend._cstats.set_team(*entry_points)
             c_backend._cstats.set_team(0, 0, 0)
+            time.sleep(0)  # lets the other thread have the GIL: it toggles while that thread's call runs
 
     toggler = threading.Thread(target=toggle)
     toggler.start()
     try:
-        for _ in range(300):
+        for _ in range(100):
             c_backend._cstats.set_team(*entry_points)
             assert_statistics_close(_statistics(x, 1), want)
     finally:

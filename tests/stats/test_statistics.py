@@ -160,3 +160,10 @@ def test_one_kernel_reads_each_memory_layout_of_a_shape_by_its_own_plan(kernel):
         partial = moments(x, 1, arena)
         row = merge_now(Layout.build([(0, partial)], 1, torch.device("cpu")), arena.row(), 1e-6)[0][0, 0].tolist()
         assert_statistics_close(dict(zip(STATISTICS, row)), reference_statistics(x, 1))
+
+
+@pytest.mark.parametrize("unit_dim", [0, 2, -2])
+def test_units_on_another_dimension_are_refused(unit_dim):
+    """Every backend reads units on dim 1 or on the last dim: any other was read as dim 1 before."""
+    with pytest.raises(ValueError, match="unit_dim"):
+        tensor_statistics(torch.randn(2, 3, 4, 5), unit_dim=unit_dim)
