@@ -1,9 +1,11 @@
 """What the commands that read a run file cost on a long run: wall time and peak memory of
 ``actprobe info``, ``show``, ``diagnose`` and ``plot`` (each in a fresh process) on a generated valid file,
 against plain h5py reading the first and last rows. Peak memory is the process's VmHWM (Linux),
-which, unlike ru_maxrss, does not inherit the benchmark's own high-water mark.
+which, unlike ru_maxrss, does not inherit the benchmark's own high-water mark. The commands see a
+terminal ``--columns`` wide (120 by default), and ``show`` once more at 80 columns, where its table
+does not fit and rich wraps its cells.
 
-    python bench/reader.py [--rows 100000] [--sites 500] [--file PATH]
+    python bench/reader.py [--rows 100000] [--sites 500] [--file PATH] [--columns 120]
 
 The file (rows × sites × 8 float32 statistics: 1.6 GB at the defaults) is written with actprobe's own
 writer and kept in a temporary folder, or at ``--file`` (reused if it exists).
@@ -12,6 +14,7 @@ writer and kept in a temporary folder, or at ``--file`` (reused if it exists).
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -66,8 +69,11 @@ def generate(path: Path, rows: int, sites: int, batch: int = 2000) -> None:
     writer.close()
 
 
-def measure(code: str) -> tuple[float, float]:
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+def measure(code: str, columns: int = 120) -> tuple[float, float]:
+    """Seconds and peak MiB of ``code`` in a fresh process whose terminal is ``columns`` wide (its output
+    goes to a pipe; rich reads the width from COLUMNS)."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": str(columns)})
     line = [entry for entry in done.stderr.splitlines() if entry.startswith("BENCH ")]
     if not line:
         raise SystemExit(f"the command failed:\n{done.stdout}\n{done.stderr}")
@@ -80,18 +86,21 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--sites", type=int, default=500)
     parser.add_argument("--file", type=Path, default=None)
+    parser.add_argument("--columns", type=int, default=120, help="the terminal's width the commands see")
     args = parser.parse_args()
     path = args.file or Path(tempfile.mkdtemp(prefix="actprobe-reader-")) / "long.h5"
     if not path.exists():
         generate(path, args.rows, args.sites)
-    print(f"{path}: {path.stat().st_size / 2**30:.2f} GiB")
+    print(f"{path}: {path.stat().st_size / 2**30:.2f} GiB; a terminal {args.columns} columns wide")
     print(f"{'reading':24s} {'seconds':>8s} {'peak MiB':>9s}")
     seconds, mib = measure(PLAIN_H5PY.format(path=str(path)))
     print(f"{'h5py, first + last rows':24s} {seconds:8.2f} {mib:9.0f}")
     figures = Path(tempfile.mkdtemp(prefix="actprobe-reader-plot-"))
     for command in (["info"], ["show"], ["show", "--flagged"], ["diagnose"], ["plot", "--out", str(figures)]):
-        seconds, mib = measure(PROBE.format(args=[*command, str(path)]))
-        print(f"{'actprobe ' + ' '.join(command):24s} {seconds:8.2f} {mib:9.0f}")
+        seconds, mib = measure(PROBE.format(args=[*command, str(path)]), args.columns)
+        print(f"{'actprobe ' + ' '.join(command[:2]):24s} {seconds:8.2f} {mib:9.0f}")
+    seconds, mib = measure(PROBE.format(args=["show", str(path)]), 80)  # too narrow: rich wraps the table
+    print(f"{'actprobe show, 80 columns':24s} {seconds:8.2f} {mib:9.0f}")
 
 
 if __name__ == "__main__":
