@@ -33,8 +33,6 @@ def available() -> bool:
 
 
 OPENMP_LIBRARY = re.compile(r"/lib(gomp|iomp5|omp)[-.\w]*\.so[.\d]*$")
-
-
 ENTRY_POINTS = ("GOMP_parallel", "omp_get_thread_num", "omp_get_max_threads")
 
 
@@ -47,7 +45,8 @@ def openmp_entry_points() -> tuple[int, int, int]:
             paths = dict.fromkeys(line.split()[-1] for line in maps if OPENMP_LIBRARY.search(line.rstrip()))
     except OSError:
         return 0, 0, 0
-    for path in paths:
+    torch_folder = os.path.dirname(torch.__file__)
+    for path in sorted(paths, key=lambda p: not p.startswith(torch_folder)):  # torch's own runtime first
         try:
             library = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
             functions = [getattr(library, name) for name in ENTRY_POINTS]
