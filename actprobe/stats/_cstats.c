@@ -252,6 +252,7 @@ static int fast_rows(const call_args *c, int64_t a0, int64_t a1, double *out) {
  * pull them from under a call in flight. */
 #define TEAM_MIN_VALUES (1 << 17)
 #define MAX_TEAM 16
+#define KEPT_TEAM_SCRATCH (4u << 20)
 typedef void (*gomp_parallel_fn)(void (*)(void *), void *, unsigned, unsigned);
 typedef int (*omp_int_fn)(void);
 typedef struct { gomp_parallel_fn parallel; omp_int_fn thread_num; int size; } team;
@@ -294,6 +295,11 @@ static void team_part(void *arg) {
     double *out = t == 0 ? job->outs[0] : part_buffer(job->c->E);
     job->outs[t] = out;
     job->ok[t] = out != NULL && fast_rows(job->c, a0, a1, out);
+    if (t > 0 && scratch_bytes > KEPT_TEAM_SCRATCH) {  /* torch's threads do not keep a large scratch */
+        free(scratch_memory);
+        scratch_memory = NULL;
+        scratch_bytes = 0;
+    }
 }
 
 /* Rows [0, A) into out: by the team when the tensor is large, else on the calling thread. */
