@@ -55,21 +55,32 @@
 #define CACHED_COLUMNS 2048
 #define CACHED_MIN_ROWS 128
 
-/* Scratch memory of the column path, kept per thread and grown as needed: no allocation per call. */
-static _Thread_local void *scratch_memory = NULL;
-static _Thread_local size_t scratch_bytes = 0;
+/* Memory kept per thread and grown as needed (no allocation per call), cache-line aligned: the vector
+ * loads and stores then never split lines. Its contents do not survive growing. NULL: no memory. */
+typedef struct { void *memory; size_t bytes; } kept_memory;
 
-static void *scratch(size_t bytes) {
-    if (bytes > scratch_bytes) {  /* cache-line aligned: the vector loads and stores then never split lines */
+static void *at_least(kept_memory *kept, size_t bytes) {
+    if (bytes > kept->bytes) {
         size_t rounded = (bytes + 63) & ~(size_t)63;
         void *grown = aligned_alloc(64, rounded);
         if (!grown) return NULL;
-        free(scratch_memory);
-        scratch_memory = grown;
-        scratch_bytes = rounded;
+        free(kept->memory);
+        kept->memory = grown;
+        kept->bytes = rounded;
     }
-    return scratch_memory;
+    return kept->memory;
 }
+
+static void give_back(kept_memory *kept) {
+    free(kept->memory);
+    kept->memory = NULL;
+    kept->bytes = 0;
+}
+
+/* Scratch memory of the column path. */
+static _Thread_local kept_memory scratch_kept = {NULL, 0};
+
+static void *scratch(size_t bytes) { return at_least(&scratch_kept, bytes); }
 
 /* Columns of the row-by-row path, rounded up so that each of its arrays starts on a cache line. */
 static int64_t padded_columns(int64_t W) { return (W + 15) & ~(int64_t)15; }
@@ -259,8 +270,7 @@ typedef struct { gomp_parallel_fn parallel; omp_int_fn thread_num; int size; } t
 static gomp_parallel_fn team_parallel = NULL;
 static omp_int_fn team_thread_num = NULL, team_max_threads = NULL;
 static int team_forked = 0;  /* a child made with fork(): its copy of the team's runtime may hang, never used */
-static _Thread_local double *part_out = NULL;
-static _Thread_local size_t part_out_size = 0;
+static _Thread_local kept_memory part_kept = {NULL, 0};  /* a team thread's own output */
 
 typedef struct {
     const call_args *c; omp_int_fn thread_num; int parts; double *outs[MAX_TEAM]; int ok[MAX_TEAM];
@@ -276,30 +286,16 @@ static team current_team(void) {
     return t;
 }
 
-static double *part_buffer(int64_t E) {  /* a team thread's own output, kept and grown as needed */
-    size_t need = (size_t)(4 * E + 4);
-    if (need > part_out_size) {
-        double *grown = realloc(part_out, need * sizeof(double));
-        if (!grown) return NULL;
-        part_out = grown;
-        part_out_size = need;
-    }
-    return part_out;
-}
 
 static void team_part(void *arg) {
     team_job *job = (team_job *)arg;
     int t = job->thread_num();
     if (t < 0 || t >= job->parts) return;
     const int64_t A = job->c->A, a0 = A * t / job->parts, a1 = A * (t + 1) / job->parts;
-    double *out = t == 0 ? job->outs[0] : part_buffer(job->c->E);
+    double *out = t == 0 ? job->outs[0] : at_least(&part_kept, sizeof(double) * (size_t)(4 * job->c->E + 4));
     job->outs[t] = out;
     job->ok[t] = out != NULL && fast_rows(job->c, a0, a1, out);
-    if (t > 0 && scratch_bytes > KEPT_TEAM_SCRATCH) {  /* torch's threads do not keep a large scratch */
-        free(scratch_memory);
-        scratch_memory = NULL;
-        scratch_bytes = 0;
-    }
+    if (t > 0 && scratch_kept.bytes > KEPT_TEAM_SCRATCH) give_back(&scratch_kept);  /* torch's threads keep no large scratch */
 }
 
 /* Rows [0, A) into out: by the team when the tensor is large, else on the calling thread. */
