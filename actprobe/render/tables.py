@@ -61,9 +61,9 @@ def fix_widths(table: RichTable, cells: list[list[Text]], width: int) -> bool:
 
 class FixedTable:
     """A table whose columns have fixed widths (``fix_widths``) and whose cells are single-line ``Text``,
-    drawn as rich draws it, at a twentieth of the cost: rich renders every cell through its layout
-    machinery (~50 µs a cell, 0.17 s for the 3,500 cells of a 500-site summary), this joins the cells'
-    own segments. The title, the header and the borders come from rich itself (the table rendered
+    drawn as rich draws it, for less: rich renders every cell through its layout machinery (the 3,500
+    cells of a 500-site summary were most of ``show``'s drawing time), this joins the cells' own
+    segments. The title, the header and the borders come from rich itself (the table rendered
     without its rows); tests compare the output with rich's, styles included. A table this class does
     not know how to draw (another box, lines between rows, row styles, a caption) is drawn by rich."""
 
