@@ -35,6 +35,22 @@ def dynamo_compiled() -> bool:
         return True  # another torch: assume it has, and keep the hooks (correct, a little slower)
 
 
+def eager_hook(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``eager_only`` for a function that guards itself, saving the wrapper's frame: one whose first statement
+    is ``if frame_callback is not None and frame_callback() is not None: return guarded(...)``, with
+    ``guarded = torch.compiler.disable(fn)`` (inside which the callback is None, so the body runs). Returns
+    ``fn`` itself, marked as ``eager_only`` marks its wrapper; where this torch lacks the private functions,
+    ``frame_callback`` is None and this returns ``torch.compiler.disable(fn)``."""
+    if frame_callback is None or skip_code is None:
+        return torch.compiler.disable(fn)
+    skip_code(fn.__code__)
+    fn._torchdynamo_disable = True  # type: ignore[attr-defined]
+    return fn
+
+
+frame_callback = get_eval_frame_callback  # Dynamo's frame-evaluation callback (None outside torch.compile)
+
+
 def eager_only(fn: Callable[..., Any]) -> Callable[..., Any]:
     guarded = torch.compiler.disable(fn)
     if get_eval_frame_callback is None or skip_code is None:

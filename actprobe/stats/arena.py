@@ -43,6 +43,7 @@ class Arena:
         self.on_cpu = device.type == "cpu"
         self.buffer = torch.zeros(4096, dtype=torch.float64, device=device)
         self.pointer = self.buffer.data_ptr()  # the buffer's address, kept: step() copies from it with no torch call
+        self.size = self.buffer.numel()
         self.used = 0
         self.zero_on_clear = False  # set by kernels that add into the arena (atomics need zeros)
 
@@ -58,6 +59,7 @@ class Arena:
             grown[:offset].copy_(self.buffer[:offset])
             self.buffer = grown
             self.pointer = grown.data_ptr()
+            self.size = grown.numel()
         self.used = offset + width
         return offset
 

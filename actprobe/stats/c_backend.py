@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+from typing import NamedTuple
 
 import torch
 
@@ -76,6 +77,27 @@ def share_torch_threads() -> None:
 _ENTRY_POINTS: tuple[int, int, int] | None = None
 
 
+class Lane(NamedTuple):
+    """The C kernel's call for every tensor of one shape, strides and dtype that it reads in place: what
+    a recorded site whose outputs look alike from step to step needs, worked out once (``CBackend.lane``).
+    ``moments(is_double, pointer, a, entries, b, near_bound, out)``, and ``masked`` with the same
+    arguments when it returns 0, write the same ``Partial(offset, entries, units, numel)`` as ``CBackend``."""
+
+    moments: object
+    masked: object
+    is_double: bool
+    a: int
+    entries: int
+    b: int
+    near_bound: float
+    units: int
+    numel: int
+
+    @property
+    def width(self) -> int:
+        return 4 * self.entries + 4
+
+
 class CBackend:
     """Moments of CPU tensors with the C kernel, written straight into the arena."""
 
@@ -101,6 +123,16 @@ class CBackend:
             self._moments(x, plan, packed.data_ptr())
             arena.buffer[offset:offset + width].copy_(packed, non_blocking=True)
         return Partial(offset, entries, plan.units, x.numel())
+
+    @staticmethod
+    def lane(x: torch.Tensor, plan: Plan) -> Lane | None:
+        """The call that serves ``x`` (and every tensor of its shape, strides and dtype), when the kernel reads
+        it in place into a host arena; None when it needs a converted copy."""
+        if _cstats is None or not plan.contiguous or x.dtype is not plan.dtype or x.device.type != "cpu":
+            return None
+        a, entries, b = plan.view_shape
+        return Lane(_cstats.moments, _cstats.masked, plan.is_double, a, entries, b, plan.near_bound, plan.units,
+                    x.numel())
 
     def _moments(self, x: torch.Tensor, plan: Plan, out_pointer: int) -> None:
         copied = x.dtype != plan.dtype or not plan.contiguous

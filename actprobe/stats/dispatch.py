@@ -26,7 +26,7 @@ import torch
 
 from . import c_backend
 from .arena import Arena, Partial
-from .c_backend import CBackend
+from .c_backend import CBackend, Lane
 from .plan import Plan, make_plan
 from .torch_backend import TorchBackend
 from .triton_backend import TritonBackend
@@ -74,6 +74,12 @@ class MomentKernel:
         if plan is None:
             plan = self._plans[key] = self._plan(x, unit_dim)
         return plan.backend(x, plan, arena)
+
+    def lane(self, x: torch.Tensor, unit_dim: int | None) -> Lane | None:
+        """The C kernel's call for tensors like ``x`` (its shape, strides, dtype and device), when the C
+        backend serves them and reads them in place; None otherwise. Same results as ``__call__``."""
+        plan = self._plans.get((x.shape, x.stride(), x.dtype, x.device, unit_dim))
+        return plan.backend.lane(x, plan) if plan is not None and plan.backend is self._c else None
 
     def _plan(self, x: torch.Tensor, unit_dim: int | None) -> Plan:
         plan = make_plan(x, unit_dim, self.near_zero_eps)

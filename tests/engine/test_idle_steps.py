@@ -83,3 +83,33 @@ def test_rows_read_are_the_callers_to_change(tmp_path):
     np.testing.assert_array_equal(run.stats["mean"][0], want)
     stat = run.stats["mean"]
     assert (stat > -1e9).all() and stat.tolist() == np.asarray(stat).tolist() and stat[...].shape == (1, 1)
+
+
+def hook_entries(model: nn.Module) -> int:
+    """Every entry of every hook dictionary of the model's modules, the ``with_kwargs`` ones included."""
+    return sum(len(getattr(m, attribute)) for m in model.modules()
+               for attribute in ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
+                                 "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs"))
+
+
+def test_hooks_taken_out_and_put_back_leave_nothing_behind(tmp_path, monkeypatch):
+    """Idle steps take the probe's hooks out of the modules' dictionaries and recorded steps put them back
+    under the same ids; closing the probe (on an idle step or a recorded one) leaves no entry anywhere,
+    and a hook the user adds while the probe's is out keeps working and stays after close."""
+    monkeypatch.setattr("actprobe.engine.probe.dynamo_compiled", lambda: False)  # (another test may have compiled)
+    for closing_step in (4, 6):
+        model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+        seen = []
+        with actprobe.Probe(model, tmp_path / f"r{closing_step}.h5", every=3) as probe:
+            ids = {name: handle.id for name, handle in probe._engine._handles.items()}
+            for step in range(closing_step):
+                if step == 1:  # the probe's hooks are out now
+                    assert len(model[1]._forward_hooks) == 0
+                    handle = model[1].register_forward_hook(lambda module, args, output: seen.append(step))
+                model(torch.randn(3, 4)).sum().backward()
+                probe.step()
+            assert {name: handle.id for name, handle in probe._engine._handles.items()} == ids
+        assert hook_entries(model) == 1 and len(seen) == closing_step - 1  # only the user's hook is left
+        handle.remove()
+        assert hook_entries(model) == 0
+        assert actprobe.read(tmp_path / f"r{closing_step}.h5").step.tolist() == [0, 3]

@@ -371,7 +371,9 @@ def test_a_failing_hook_warns_once_and_training_goes_on(tmp_path, monkeypatch):
 
         def broken(*args, **kwargs):
             raise RuntimeError("kernel exploded")
-        monkeypatch.setattr(type(probe._recorder.kernel), "__call__", broken)  # every recorded call now raises
+        monkeypatch.setattr(type(probe._recorder.kernel), "__call__", broken)  # every recorded call now raises …
+        monkeypatch.setattr(type(probe._recorder.kernel), "lane", lambda *args: None)  # … lanes included
+        probe._recorder._lane_table.clear()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             train_steps(model, 3, probe=probe, seed=2)

@@ -1,0 +1,101 @@
+"""A site's lane (its outputs' C kernel call worked out once, ``Recorder.observe``) records exactly what the
+general path records, and steps whose outputs change shape, strides or dtype fall back to it correctly."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+import actprobe
+from conftest import STATS, assert_statistics_close, paper_cnn, reference_statistics, train_steps
+
+
+class Shifting(nn.Module):
+    """Returns its output as it is, transposed, in column-major order (the same shape, other strides), in
+    float64, or as a slice, by step: outputs of one site that the lane made at step 1 does not fit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(6, 6)
+        with torch.no_grad():  # unit 0 is dead (constant): read with the wrong strides, no unit would be
+            self.linear.weight[0] = 0.0
+            self.linear.bias[0] = 0.5
+        self.kind = "plain"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.linear(x)
+        if self.kind == "transposed":
+            return y.t()
+        if self.kind == "column-major":
+            return y.t().contiguous().t()
+        if self.kind == "double":
+            return y.double()
+        if self.kind == "sliced":
+            return y[:, :4]
+        return y
+
+
+KINDS = ["plain", "plain", "column-major", "plain", "double", "transposed", "double", "sliced", "plain", "plain"]
+BATCHES = [16, 16, 16, 16, 16, 16, 9, 16, 16, 5]
+
+
+def test_rows_follow_outputs_whose_shape_strides_and_dtype_change(tmp_path):
+    torch.manual_seed(0)
+    outer = nn.Sequential(Shifting(), nn.Identity())
+    model = outer[0]
+    want = []
+    with actprobe.Probe(outer, tmp_path / "r.h5", select=lambda name, module: name in ("0", "1")) as probe:
+        for step, (kind, batch) in enumerate(zip(KINDS, BATCHES)):
+            model.kind = kind
+            x = torch.randn(batch, 6, generator=torch.Generator().manual_seed(step))
+            out = outer(x)
+            want.append(reference_statistics(out, -1))
+            out.float().sum().backward()
+            probe.step()
+            if step == 1:  # the second step made the lanes that later steps try first
+                assert set(probe._recorder._lane_table) == {"0", "1"}
+    run = actprobe.read(tmp_path / "r.h5")
+    assert run.rows == len(KINDS)
+    for row, reference in enumerate(want):
+        for column in range(2):
+            assert_statistics_close({name: float(run.stats[name][row, column]) for name in STATS}, reference)
+
+
+def test_lanes_and_the_general_path_write_the_same_bits(tmp_path):
+    """A histogram step takes the general path for every site: with histograms every step, no lane is used
+    at all. The statistics must be equal bit for bit to those of the same training with lanes."""
+    stats = {}
+    for hist_every in (0, 1):
+        torch.manual_seed(0)
+        model = paper_cnn()
+        with actprobe.Probe(model, tmp_path / f"h{hist_every}.h5", hist_every=hist_every) as probe:
+            train_steps(model, 4, probe=probe, seed=3)
+            assert bool(probe._recorder._lane_table) == (hist_every == 0)
+        run = actprobe.read(tmp_path / f"h{hist_every}.h5")
+        stats[hist_every] = {name: np.asarray(run.stats[name]) for name in STATS}
+    for name in STATS:
+        np.testing.assert_array_equal(stats[0][name], stats[1][name], err_msg=name)
+
+
+def test_a_site_called_twice_records_both_calls(tmp_path):
+    """The first call of a module in a forward takes its lane, the second (``name#1``) the general path."""
+    torch.manual_seed(0)
+    linear = nn.Linear(5, 5)
+    model = nn.Sequential(linear, nn.ReLU(), linear)
+    want = []
+    with actprobe.Probe(model, tmp_path / "r.h5") as probe:
+        for step in range(3):
+            x = torch.randn(7, 5, generator=torch.Generator().manual_seed(step))
+            with torch.no_grad():
+                first = linear(x)
+                second = linear(torch.relu(first))
+            want.append((first, second))
+            model(x).sum().backward()
+            probe.step()
+    run = actprobe.read(tmp_path / "r.h5")
+    assert run.sites == ["0", "1", "0#1"]
+    for row, (first, second) in enumerate(want):
+        for column, tensor in ((0, first), (2, second)):
+            got = {name: float(run.stats[name][row, column]) for name in STATS}
+            assert_statistics_close(got, reference_statistics(tensor, -1))
