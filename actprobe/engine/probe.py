@@ -189,25 +189,32 @@ class Probe:
             self._warn_once("closed", "Probe.step() called after the probe was closed; ignored")
             return
         try:
-            if self.recording:
+            recorded = self.recording
+            if recorded:
                 self._end_recorded_step(scalars)
-            self._engine.new_step()
+                self._engine.new_step()
             self._step += 1
-            self._engine.active = self.recording
-            every, hist_every = self.settings.every, self.settings.hist_every
-            self._recorder.hist_now = self.recording and hist_every > 0 and (self._step // every) % hist_every == 0
-            if self.recording:
-                self._engine.attach()
-            elif not dynamo_compiled():  # an unrecorded step runs without hooks: PyTorch's fast path
-                self._engine.detach()
-            # (once torch.compile has compiled anything, the hooks stay, inactive: a function that calls the
-            # model is compiled without guards on its modules' hooks, and a graph made on a step without
-            # them would run without them on the recorded steps too)
+            if recorded or self.recording:  # between two unrecorded steps nothing changes but the time
+                self._prepare_next_step()
             self._check_writer()
-            if self._recorder.started and (self._recorder.full or self._flush_due()):
+            if self._recorder.started and ((recorded and self._recorder.full) or self._flush_due()):
                 self._flush()
         except Exception as exc:  # the profiler never crashes training
             self._fail(exc)
+
+    def _prepare_next_step(self) -> None:
+        """Hooks, lanes and histograms as the step that begins now needs them."""
+        recording = self.recording
+        self._engine.active = recording
+        every, hist_every = self.settings.every, self.settings.hist_every
+        self._recorder.hist_now = recording and hist_every > 0 and (self._step // every) % hist_every == 0
+        if recording:
+            self._engine.attach()
+        elif not dynamo_compiled():  # an unrecorded step runs without hooks: PyTorch's fast path
+            self._engine.detach()
+        # (once torch.compile has compiled anything, the hooks stay, inactive: a function that calls the
+        # model is compiled without guards on its modules' hooks, and a graph made on a step without
+        # them would run without them on the recorded steps too)
 
     def begin_forward(self) -> None:
         """Say that a new forward pass begins: module calls are numbered from 0 again (``name``, then

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import time
 import warnings
 import weakref
 
@@ -420,6 +421,22 @@ def test_flush_seconds_zero_commits_every_step(tmp_path):
             probe.step()
             probe._sink.wait()
             assert actprobe.read(path).rows == i + 1
+
+
+def test_flush_seconds_commits_during_unrecorded_steps(tmp_path):
+    """Rows staged at a recorded step reach the file once flush_seconds have passed, at an unrecorded step."""
+    model = nn.Sequential(nn.Linear(3, 3))
+    path = tmp_path / "run.h5"
+    with actprobe.Probe(model, path, every=100, flush_every=1000, flush_seconds=0.2) as probe:
+        model(torch.randn(2, 3)).sum().backward()
+        probe.step()  # step 0, recorded and staged; steps 1 … 99 are not recorded
+        probe._sink.wait()
+        assert actprobe.read(path).rows == 0
+        time.sleep(0.3)
+        model(torch.randn(2, 3)).sum().backward()
+        probe.step()
+        probe._sink.wait()
+        assert actprobe.read(path).rows == 1
 
 
 def test_step_after_close_warns(tmp_path):
