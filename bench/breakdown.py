@@ -1,5 +1,9 @@
 """Where actprobe's per-step time goes on the CPU: the C kernel, the rest of the hooks, and step().
 
+"C kernel" times the kernel's general entry point (``_cstats.moments``: the first recorded step, and outputs
+unlike their site's last ones); "lanes" the sites' lanes (``c_backend.run_lane``: the common case after
+the first step, one C call that checks the output and runs the same kernel). "hooks (all)" includes both.
+
 Wraps the parts with time.perf_counter over a training run of a workload (the paper's CNN, batch 256,
 by default) and prints milliseconds per step for each, and microseconds per site, beside the step
 time. The warm-up steps fill every ring buffer once (their first pass pays the page faults).
@@ -23,7 +27,7 @@ from actprobe.engine import probe as probe_module, recorder  # noqa: E402
 from actprobe.stats import c_backend, merge  # noqa: E402
 from workloads import make  # noqa: E402
 
-spent = {"C kernel": 0.0, "hooks (all)": 0.0, "probe.step()": 0.0, "merged in step()": 0.0}
+spent = {"C kernel": 0.0, "lanes": 0.0, "hooks (all)": 0.0, "probe.step()": 0.0, "merged in step()": 0.0}
 
 
 def timed(key: str, function):
@@ -51,6 +55,7 @@ def main() -> None:
     if not c_backend.available():
         sys.exit("error: the C kernel is not built")
     c_backend._cstats = TimedC  # this script's instrument: it times the private extension in place
+    c_backend.run_lane = timed("lanes", c_backend.run_lane)
     recorder.Recorder.observe = timed("hooks (all)", recorder.Recorder.observe)
     probe_module.Probe.step = timed("probe.step()", probe_module.Probe.step)
     # rows merged on the training thread: only when every ring buffer is still with the writer thread

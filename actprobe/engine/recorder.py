@@ -26,7 +26,7 @@ from torch import nn
 
 from ..runfile.format import GRAD_STATS, PARAM_GROUPS, STATS, SiteGraph, unit_total
 from ..stats.arena import Arena, Partial
-from ..stats.c_backend import Lane
+from ..stats import c_backend
 from ..stats.dispatch import MomentKernel
 from ..stats.histogram import BINS, Histograms
 from ..stats.merge import RING_BUFFERS, RING_BYTES, Layout, PartialRing, arrangement, merge_now
@@ -37,8 +37,6 @@ from .staging import RowStage, StagedRows, stage_capacity
 
 MAX_UNITS = 1 << 16  # units per site with per-unit moments (the dead fraction); more: none
 MAX_RINGS = 4  # rings of recent arrangements kept (a model whose steps alternate between two reuses them)
-_new_partial = tuple.__new__  # Partial(…) without the Python frame of a NamedTuple's __new__
-_Tensor = torch.Tensor
 
 
 class Recorder:
@@ -65,9 +63,9 @@ class Recorder:
         self._param_partials: list[tuple[int, Partial]] = []  # (group × P + parameter, partial)
         self._generation = 0  # changes when a step ends or is discarded: older gradient hooks do nothing
         self._leaf_hooks: list[torch.utils.hooks.RemovableHandle] = []  # gradient hooks on leaf tensors
-        # a site's lane: (site, shape, strides, dtype, the C kernel's call) for the outputs of its first call in a
-        # step when they look like the last ones (the common case after the first step: one frame, no lookups)
-        self._lane_table: dict[str, tuple[int, torch.Size, tuple[int, ...], torch.dtype, Lane]] = {}
+        # a site's lane: (site, shape, strides, dtype, *the C kernel's call) for the outputs of its first call in a
+        # step when they look like the last ones (the common case after the first step: one C call, no lookups)
+        self._lane_table: dict[str, tuple] = {}
         self._lanes = self._lane_table  # the table in use: an empty one in steps that need the general path
         self.hist_now = False  # set by the probe before each step that takes a histogram row
         self._hist: Histograms | None = None  # the step's histograms of the outputs …
@@ -106,21 +104,9 @@ class Recorder:
 
     def observe(self, module_name: str, call_index: int, module: nn.Module, inputs: object, output: object) -> None:
         lane = self._lanes.get(module_name)
-        if (lane is not None and type(output) is _Tensor and call_index == 0 and output.is_cpu
-                and output.shape == lane[1] and output.stride() == lane[2] and output.dtype is lane[3]):
-            # the site's lane: what _observe_one and the C backend do for this tensor, in one frame
-            moments, masked, is_double, a, entries, b, near_bound, units, numel = lane[4]
-            arena = self._arena
-            offset = arena.used
-            if offset + 4 * entries + 4 <= arena.size:
-                arena.used = offset + 4 * entries + 4
-            else:
-                offset = arena.reserve(4 * entries + 4)
-            args = (is_double, output.data_ptr(), a, entries, b, near_bound, arena.pointer + 8 * offset)
-            if not moments(*args):
-                masked(*args)
-            self._partials.append((lane[0], _new_partial(Partial, (offset, entries, units, numel, 1))))
-        elif self._tracer is not None:  # the first recorded step
+        if lane is not None and call_index == 0 and c_backend.run_lane(lane, output, self._arena, self._partials):
+            return  # the site's lane: what _observe_one and the C backend do for this tensor, in one C call
+        if self._tracer is not None:  # the first recorded step
             self._discover(module_name, call_index, module, inputs, output)
         elif type(output) is torch.Tensor and output.is_floating_point():  # one tensor
             if call_index:
@@ -139,7 +125,7 @@ class Recorder:
                 and self._arena.on_cpu:
             lane = self.kernel.lane(tensor, self.sites[index].unit_dim)
         if lane is not None:
-            self._lane_table[name] = (index, tensor.shape, tensor.stride(), tensor.dtype, lane)
+            self._lane_table[name] = (index, tensor.shape, tensor.stride(), tensor.dtype, *lane)
         else:
             self._lane_table.pop(name, None)
 

@@ -337,39 +337,167 @@ static PyObject *py_set_team(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* The fast pass with the GIL released: 1 if every value was finite, 0 if not (the output is then complete
+ * only after run_masked), -1 when its scratch memory could not be had. */
+static int run_moments(const call_args *c) {
+    int ok, memory;
+    double *out = (double *)(uintptr_t)c->out;
+    team with = current_team();
+    Py_BEGIN_ALLOW_THREADS
+    memory = fast_all(c, out, with);
+    ok = memory && sums_finite(out + 2 * c->E, 2 * c->E);  /* s1[E] then s2[E] */
+    if (ok && c->is_double) reshift_f64((const double *)(uintptr_t)c->data, c->A, c->E, c->B, out);
+    else if (ok) reshift_f32((const float *)(uintptr_t)c->data, c->A, c->E, c->B, out);
+    Py_END_ALLOW_THREADS
+    return memory ? ok : -1;
+}
+
+static void run_masked(const call_args *c) {
+    double *out = (double *)(uintptr_t)c->out;
+    Py_BEGIN_ALLOW_THREADS
+    if (c->is_double) masked_f64((const double *)(uintptr_t)c->data, c->A, c->E, c->B, c->bound, out);
+    else masked_f32((const float *)(uintptr_t)c->data, c->A, c->E, c->B, c->bound, out);
+    Py_END_ALLOW_THREADS
+}
+
 /* moments(...) -> bool: False if a value was not finite; the output is then complete only after
  * masked() with the same arguments. */
 static PyObject *py_moments(PyObject *self, PyObject *args) {
     call_args c;
     if (!parse(args, &c)) return NULL;
-    int ok, memory;
-    double *out = (double *)(uintptr_t)c.out;
-    team with = current_team();
-    Py_BEGIN_ALLOW_THREADS
-    memory = fast_all(&c, out, with);
-    ok = memory && sums_finite(out + 2 * c.E, 2 * c.E);  /* s1[E] then s2[E] */
-    if (ok && c.is_double) reshift_f64((const double *)(uintptr_t)c.data, c.A, c.E, c.B, out);
-    else if (ok) reshift_f32((const float *)(uintptr_t)c.data, c.A, c.E, c.B, out);
-    Py_END_ALLOW_THREADS
-    if (!memory) return PyErr_NoMemory();
+    int ok = run_moments(&c);
+    if (ok < 0) return PyErr_NoMemory();
     return PyBool_FromLong(ok);
 }
 
 static PyObject *py_masked(PyObject *self, PyObject *args) {
     call_args c;
     if (!parse(args, &c)) return NULL;
-    double *out = (double *)(uintptr_t)c.out;
-    Py_BEGIN_ALLOW_THREADS
-    if (c.is_double) masked_f64((const double *)(uintptr_t)c.data, c.A, c.E, c.B, c.bound, out);
-    else masked_f32((const float *)(uintptr_t)c.data, c.A, c.E, c.B, c.bound, out);
-    Py_END_ALLOW_THREADS
+    run_masked(&c);
     Py_RETURN_NONE;
+}
+
+/* A site's lane (the Python side: engine/recorder.py, Recorder.observe): the moments of a recorded output
+ * that looks like the site's last one, in one call. set_lane_types(tensor_type, partial_type) comes first.
+ *
+ * lane(lane, x, arena, partials) -> bool, where lane = (site, shape, strides, dtype, is_double, A, E, B,
+ * bound, units, numel). When x is a plain CPU tensor (type(x) is tensor_type) of that shape, strides and
+ * dtype and the arena has room for 4E+4 values after arena.used, it writes x's moments there (moments,
+ * then masked if a value was not finite: what moments() and masked() write for the same arguments),
+ * advances arena.used, appends (site, partial_type(offset, E, units, numel, 1)) to partials and returns
+ * True. Otherwise it changes nothing and returns False: the caller takes its general path. */
+static PyObject *lane_tensor_type = NULL, *lane_partial_type = NULL;
+static PyObject *s_is_cpu, *s_dtype, *s_shape, *s_stride, *s_data_ptr, *s_used, *s_size, *s_pointer;
+
+static PyObject *py_set_lane_types(PyObject *self, PyObject *args) {
+    PyObject *tensor_type, *partial_type;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyType_Type, &tensor_type, &PyType_Type, &partial_type)) return NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)partial_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_TypeError, "the partial type must be a tuple type");
+        return NULL;
+    }
+    Py_INCREF(tensor_type);
+    Py_INCREF(partial_type);
+    Py_XSETREF(lane_tensor_type, tensor_type);
+    Py_XSETREF(lane_partial_type, partial_type);
+    Py_RETURN_NONE;
+}
+
+/* x.name (or x.name() with call) compared with want: 1 equal, 0 not, -1 error. */
+static int same(PyObject *x, PyObject *name, int call, PyObject *want, int identity) {
+    PyObject *value = call ? PyObject_CallMethodNoArgs(x, name) : PyObject_GetAttr(x, name);
+    if (value == NULL) return -1;
+    int r = identity ? value == want : PyObject_RichCompareBool(value, want, Py_EQ);
+    Py_DECREF(value);
+    return r;
+}
+
+static int long_attribute(PyObject *o, PyObject *name, long long *out) {
+    PyObject *value = PyObject_GetAttr(o, name);
+    if (value == NULL) return 0;
+    *out = PyLong_AsLongLong(value);
+    Py_DECREF(value);
+    return !(*out == -1 && PyErr_Occurred());
+}
+
+static PyObject *py_lane(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyTuple_Check(args[0]) || PyTuple_GET_SIZE(args[0]) != 11 || !PyList_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "lane(lane: 11-tuple, x, arena, partials: list)");
+        return NULL;
+    }
+    if (lane_tensor_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "set_lane_types() comes before lane()");
+        return NULL;
+    }
+    PyObject *lane = args[0], *x = args[1], *arena = args[2], *partials = args[3];
+    if ((PyObject *)Py_TYPE(x) != lane_tensor_type) Py_RETURN_FALSE;
+    int r;
+    if ((r = same(x, s_is_cpu, 0, Py_True, 1)) <= 0
+            || (r = same(x, s_dtype, 0, PyTuple_GET_ITEM(lane, 3), 1)) <= 0
+            || (r = same(x, s_shape, 0, PyTuple_GET_ITEM(lane, 1), 0)) <= 0
+            || (r = same(x, s_stride, 1, PyTuple_GET_ITEM(lane, 2), 0)) <= 0) {
+        if (r < 0) return NULL;
+        Py_RETURN_FALSE;
+    }
+    call_args c;
+    long long used, size, pointer, units, numel;
+    c.is_double = PyObject_IsTrue(PyTuple_GET_ITEM(lane, 4));
+    c.A = PyLong_AsLongLong(PyTuple_GET_ITEM(lane, 5));
+    c.E = PyLong_AsLongLong(PyTuple_GET_ITEM(lane, 6));
+    c.B = PyLong_AsLongLong(PyTuple_GET_ITEM(lane, 7));
+    c.bound = PyFloat_AsDouble(PyTuple_GET_ITEM(lane, 8));
+    units = PyLong_AsLongLong(PyTuple_GET_ITEM(lane, 9));
+    numel = PyLong_AsLongLong(PyTuple_GET_ITEM(lane, 10));
+    if (PyErr_Occurred() || c.is_double < 0) return NULL;
+    if (c.A < 1 || c.E < 1 || c.B < 1 || c.A * c.E * c.B != numel) {
+        PyErr_SetString(PyExc_ValueError, "a lane of an empty or inconsistent shape");
+        return NULL;
+    }
+    if (!long_attribute(arena, s_used, &used) || !long_attribute(arena, s_size, &size)
+            || !long_attribute(arena, s_pointer, &pointer)) return NULL;
+    const long long width = 4 * c.E + 4;
+    if (used < 0 || used + width > size || pointer == 0) Py_RETURN_FALSE;  /* no room: the general path grows it */
+    PyObject *data = PyObject_CallMethodNoArgs(x, s_data_ptr);
+    if (data == NULL) return NULL;
+    c.data = PyLong_AsUnsignedLongLong(data);
+    Py_DECREF(data);
+    if (PyErr_Occurred()) return NULL;
+    c.out = (unsigned long long)pointer + 8ull * (unsigned long long)used;
+    int ok = run_moments(&c);
+    if (ok < 0) return PyErr_NoMemory();
+    if (!ok) run_masked(&c);
+    PyObject *advanced = PyLong_FromLongLong(used + width);
+    if (advanced == NULL) return NULL;
+    r = PyObject_SetAttr(arena, s_used, advanced);
+    Py_DECREF(advanced);
+    if (r < 0) return NULL;
+    PyObject *partial = ((PyTypeObject *)lane_partial_type)->tp_alloc((PyTypeObject *)lane_partial_type, 5);
+    if (partial == NULL) return NULL;
+    PyObject *items[5] = {PyLong_FromLongLong(used), PyLong_FromLongLong(c.E), PyLong_FromLongLong(units),
+                          PyLong_FromLongLong(numel), PyLong_FromLong(1)};
+    for (int i = 0; i < 5; i++) {
+        if (items[i] == NULL) {
+            for (int j = 0; j < 5; j++) Py_XDECREF(items[j]);
+            Py_DECREF(partial);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(partial, i, items[i]);
+    }
+    PyObject *pair = PyTuple_Pack(2, PyTuple_GET_ITEM(lane, 0), partial);
+    Py_DECREF(partial);
+    if (pair == NULL) return NULL;
+    r = PyList_Append(partials, pair);
+    Py_DECREF(pair);
+    if (r < 0) return NULL;
+    Py_RETURN_TRUE;
 }
 
 static PyMethodDef methods[] = {
     {"moments", py_moments, METH_VARARGS, "Fast single-pass moments of finite values; False if any is not finite."},
     {"set_team", py_set_team, METH_VARARGS, "The OpenMP runtime large tensors are read by (0, 0, 0: none)."},
     {"masked", py_masked, METH_VARARGS, "Single-pass moments over the finite values only."},
+    {"set_lane_types", py_set_lane_types, METH_VARARGS, "The tensor type and the Partial type lane() works with."},
+    {"lane", (PyCFunction)(void (*)(void))py_lane, METH_FASTCALL, "A site's lane: moments of an output like its last one."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -383,5 +511,14 @@ static void forget_team(void) {
 
 PyMODINIT_FUNC PyInit__cstats(void) {
     pthread_atfork(NULL, NULL, forget_team);
+    s_is_cpu = PyUnicode_InternFromString("is_cpu");
+    s_dtype = PyUnicode_InternFromString("dtype");
+    s_shape = PyUnicode_InternFromString("shape");
+    s_stride = PyUnicode_InternFromString("stride");
+    s_data_ptr = PyUnicode_InternFromString("data_ptr");
+    s_used = PyUnicode_InternFromString("used");
+    s_size = PyUnicode_InternFromString("size");
+    s_pointer = PyUnicode_InternFromString("pointer");
+    if (!s_is_cpu || !s_dtype || !s_shape || !s_stride || !s_data_ptr || !s_used || !s_size || !s_pointer) return NULL;
     return PyModule_Create(&module);
 }

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -24,6 +25,8 @@ try:
     from . import _cstats
 except ImportError:  # built without a C compiler: the torch backend serves the CPU too
     _cstats = None
+else:
+    _cstats.set_lane_types(torch.Tensor, Partial)
 
 NAME = "C"
 SCRATCH_KEEP_BYTES = 16 << 20  # a larger scratch copy is freed after each use, not kept until close
@@ -77,14 +80,18 @@ def share_torch_threads() -> None:
 _ENTRY_POINTS: tuple[int, int, int] | None = None
 
 
+# run_lane(lane, x, arena, partials) -> bool, for a site's lane ``(site, shape, strides, dtype, *Lane)``: when ``x``
+# is a plain CPU tensor of that shape, strides and dtype and ``arena`` has room, write its moments into ``arena``
+# as ``CBackend`` would, append ``(site, Partial)`` to ``partials`` and return True; else change nothing and
+# return False. The C function itself (``_cstats.lane``), no Python frame; lanes exist only with the extension.
+run_lane: Callable[[tuple, torch.Tensor, Arena, list], bool] | None = None if _cstats is None else _cstats.lane
+
+
 class Lane(NamedTuple):
     """The C kernel's call for every tensor of one shape, strides and dtype that it reads in place: what
     a recorded site whose outputs look alike from step to step needs, worked out once (``CBackend.lane``).
-    ``moments(is_double, pointer, a, entries, b, near_bound, out)``, and ``masked`` with the same
-    arguments when it returns 0, write the same ``Partial(offset, entries, units, numel)`` as ``CBackend``."""
+    ``run_lane`` writes with it the same ``Partial(offset, entries, units, numel)`` as ``CBackend``."""
 
-    moments: object
-    masked: object
     is_double: bool
     a: int
     entries: int
@@ -131,8 +138,7 @@ class CBackend:
         if _cstats is None or not plan.contiguous or x.dtype is not plan.dtype or x.device.type != "cpu":
             return None
         a, entries, b = plan.view_shape
-        return Lane(_cstats.moments, _cstats.masked, plan.is_double, a, entries, b, plan.near_bound, plan.units,
-                    x.numel())
+        return Lane(plan.is_double, a, entries, b, plan.near_bound, plan.units, x.numel())
 
     def _moments(self, x: torch.Tensor, plan: Plan, out_pointer: int) -> None:
         copied = x.dtype != plan.dtype or not plan.contiguous
