@@ -48,7 +48,9 @@ class HookEngine:
         self._hooks = {name: self._hook_for(name) for name, _ in modules}
         self._root_handle: RemovableHandle | None = None
         self._handles: dict[str, RemovableHandle] = {}  # registered once, then taken out and put back
-        self._out: dict[str, Callable[..., None]] = {}  # hooks taken out of their module's dict, by module name
+        # each registered hook as (its module's hook dictionary, its id, the hook), and those taken out now
+        self._slots: dict[str, tuple[dict, int, Callable[..., None]]] = {}
+        self._out: list[tuple[dict, int, Callable[..., None]]] = []
         self._attached = False
         self.attach()
 
@@ -100,18 +102,16 @@ class HookEngine:
             self._root_handle = model.register_forward_pre_hook(self._pre_hook)
         else:
             _put_back(self._root_handle, self._pre_hook)
-        handles = self._handles
-        for name, hook in self._out.items():
-            handle = handles[name]
-            hooks = handle.hooks_dict_ref()
-            if hooks is not None:
-                hooks[handle.id] = hook
+        for hooks, hook_id, hook in self._out:
+            hooks[hook_id] = hook
         self._out.clear()
+        handles = self._handles
         if len(handles) < len(self._modules):  # the first time (or a module was gone)
             for name, ref in self._modules:
                 module = ref()
                 if module is not None and name not in handles:
-                    handles[name] = module.register_forward_hook(self._hooks[name], with_kwargs=True)
+                    handle = handles[name] = module.register_forward_hook(self._hooks[name], with_kwargs=True)
+                    self._slots[name] = (module._forward_hooks, handle.id, self._hooks[name])
 
     def detach(self, *, all_hooks: bool = False) -> None:
         """Take the hooks out until the next ``attach``: those of the modules that have no other forward
@@ -126,6 +126,7 @@ class HookEngine:
                     handle.remove()
             self._root_handle = None
             self._handles.clear()
+            self._slots.clear()
             self._out.clear()
             self._attached = False
             return
@@ -134,19 +135,20 @@ class HookEngine:
         self._attached = False
         if self._root_handle is not None:
             _take_out(self._root_handle)
-        for name, handle in self._handles.items():
-            hooks = handle.hooks_dict_ref()
-            if hooks is not None and len(hooks) == 1:  # the probe's hook is the module's only one
-                hook = hooks.pop(handle.id, None)
-                if hook is not None:
-                    self._out[name] = hook
+        out = self._out
+        for slot in self._slots.values():
+            hooks, hook_id, _ = slot
+            if len(hooks) == 1 and hook_id in hooks:  # the probe's hook is the module's only one
+                del hooks[hook_id]
+                out.append(slot)
 
     def unhook(self, names: Sequence[str]) -> None:
         """Stop hooking these modules (containers whose outputs their children produce)."""
         dropped = set(names)
         self._modules = [(name, ref) for name, ref in self._modules if name not in dropped]
         for name in dropped & set(self._handles):
-            self._out.pop(name, None)
+            slot = self._slots.pop(name)
+            self._out = [other for other in self._out if other is not slot]
             self._handles.pop(name).remove()
 
     def remove(self) -> None:
