@@ -18,7 +18,7 @@ from ..analysis.summary import RunSummary, summarize
 from ..analysis.thresholds import Thresholds
 from ..runfile.reader import Run, read
 from .names import MIN_NAME_WIDTH, shorten
-from .tables import FixedTable, fix_widths
+from .tables import FixedTable, fix_widths, natural_widths
 from .text import cell, printable
 
 STYLE = {"error": "bold red", "warning": "yellow", "info": "cyan"}
@@ -29,8 +29,8 @@ def _number(value: float) -> str:
     return f"{value:.3g}" if value == value else "nan"
 
 
-def _pair(first: str, last: str, single: bool) -> str:
-    return first if single else f"{first} → {last}"
+def _pair(first: str, last: str, single: bool, arrow: str = " → ") -> str:
+    return first if single else f"{first}{arrow}{last}"
 
 
 def _flag_text(observations: tuple[Observation, ...], summary: RunSummary) -> Text:
@@ -46,6 +46,22 @@ def _flag_text(observations: tuple[Observation, ...], summary: RunSummary) -> Te
     return text
 
 
+def _rows(summary: RunSummary, names: list[str], arrow: str) -> list[list[Text]]:
+    single = summary.rows == 1
+    rows = []
+    for name, site in zip(names, summary.sites):
+        rows.append([
+            cell(name), cell(site.module_type),
+            # Text, not str: a plain string would be parsed for markup and highlighted, cell by cell
+            *(Text(_pair(_number(site.first[stat]), _number(site.last[stat]), single, arrow))
+              for stat in ("mean", "std") + (("grad_std",) if summary.grads else ())),
+            *(Text(_pair(percent(site.first[stat]), percent(site.last[stat]), single, arrow))
+              for stat in ("near_zero", "dead")),
+            _flag_text(site.observations, summary),
+        ])
+    return rows
+
+
 def summary_table(summary: RunSummary, width: int = 120) -> Table | FixedTable:
     """One row per site shown: module type, mean, std, near-zero and dead at the first → last recorded
     step, and what the rules observed there. Names are shortened to fit ``width`` columns."""
@@ -58,19 +74,10 @@ def summary_table(summary: RunSummary, width: int = 120) -> Table | FixedTable:
     for name in columns:
         # narrow terminals wrap a cell onto more lines; a number or a name is never cut short
         table.add_column(name, justify="left" if name in ("module", "flags") else "right", overflow="fold")
-    rows = []
-    for name, site in zip(names, summary.sites):
-        rows.append([
-            cell(name), cell(site.module_type),
-            # Text, not str: a plain string would be parsed for markup and highlighted, cell by cell
-            Text(_pair(_number(site.first["mean"]), _number(site.last["mean"]), single)),
-            Text(_pair(_number(site.first["std"]), _number(site.last["std"]), single)),
-            *([Text(_pair(_number(site.first["grad_std"]), _number(site.last["grad_std"]), single))]
-              if summary.grads else []),
-            Text(_pair(percent(site.first["near_zero"]), percent(site.last["near_zero"]), single)),
-            Text(_pair(percent(site.first["dead"]), percent(site.last["dead"]), single)),
-            _flag_text(site.observations, summary),
-        ])
+    rows = _rows(summary, names, " → ")
+    measured = natural_widths(table, rows)
+    if measured is not None and measured[1] > width:  # a narrow terminal: "a→b" rather than a cell on two lines
+        rows = _rows(summary, names, "→")
     if fix_widths(table, rows, width) and FixedTable.supports(table):
         return FixedTable(table, rows)
     for row in rows:

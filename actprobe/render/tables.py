@@ -35,6 +35,21 @@ def _numeric(cell: str) -> bool:
     return not cell or cell[0] in "0123456789+-−—×."
 
 
+def natural_widths(table: RichTable, cells: list[list[Text]]) -> tuple[list[int], int] | None:
+    """Each column's natural width (its widest single-line cell or header) and the whole table's, with
+    (0, 1) padding and borders; None when a cell has several lines."""
+    if any("\n" in c.plain for row in cells for c in row):
+        return None
+    natural = []
+    for index, column in enumerate(table.columns):
+        header = cell_len(str(column.header))
+        longest = max((cell_len(row[index].plain) for row in cells), default=0)
+        natural.append(max(header, longest, column.min_width or 0, 1))
+    padding = 2 * len(natural)  # (0, 1) padding: one cell either side of each column's text
+    borders = len(natural) + 1 if table.box and table.show_edge else len(natural) - 1
+    return natural, sum(natural) + padding + borders
+
+
 def fix_widths(table: RichTable, cells: list[list[Text]], width: int) -> bool:
     """Give each column of ``table`` its natural width when the whole table fits in ``width``.
 
@@ -43,18 +58,10 @@ def fix_widths(table: RichTable, cells: list[list[Text]], width: int) -> bool:
     looks the same. A table too wide for ``width`` is left to rich, which wraps its cells. Returns
     whether the widths were set.
     """
-    if any("\n" in c.plain for row in cells for c in row):
+    measured = natural_widths(table, cells)
+    if measured is None or measured[1] > width:
         return False
-    natural = []
-    for index, column in enumerate(table.columns):
-        header = cell_len(str(column.header))
-        longest = max((cell_len(row[index].plain) for row in cells), default=0)
-        natural.append(max(header, longest, column.min_width or 0, 1))
-    padding = 2 * len(natural)  # (0, 1) padding: one cell either side of each column's text
-    borders = len(natural) + 1 if table.box and table.show_edge else len(natural) - 1
-    if sum(natural) + padding + borders > width:
-        return False
-    for column, natural_width in zip(table.columns, natural):
+    for column, natural_width in zip(table.columns, measured[0]):
         column.width = natural_width
     return True
 

@@ -323,3 +323,21 @@ def test_large_summaries_use_the_fixed_table():
 
     assert isinstance(summary_table(summarize(DEMO), 130), FixedTable)
     assert not isinstance(summary_table(summarize(DEMO), 60), FixedTable), "a table that wraps is rich's"
+
+
+QUIET = hand_run({
+    0: [(0.0995, 0.987, 0.3, 0, 0), (0.101, 1.01, 0.3, 0, 0)],
+    1: [(0.0998, 0.998, 0.3, 0, 0), (0.0999, 0.99, 0.3, 0, 0)],
+}, ["Linear", "ReLU"])
+
+
+def test_a_table_a_little_too_wide_drops_the_arrows_spaces_instead_of_wrapping_cells():
+    """Pairs are "a → b"; where that table is wider than the terminal they are "a→b", one line each (an 80-column
+    terminal, a healthy run: the table was one column too wide, and 0.0995 → 0.0998 took two lines)."""
+    roomy = render(summarize(QUIET), width=120)
+    narrow = render(summarize(QUIET), width=80)
+    assert "0.0995 → 0.0998" in roomy and "0.0995→0.0998" not in roomy
+    assert "0.0995→0.0998" in narrow and "→ 0.0998" not in narrow
+    table = narrow[narrow.index("┏"):]
+    rows = [line for line in table.splitlines() if line.startswith("│")]
+    assert len(rows) == 2 and all(len(line) <= 80 for line in table.splitlines())
