@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -34,9 +35,9 @@ def main() -> None:
     appends: list[tuple[int, float]] = []
     original = storage.RunFileWriter.append
 
-    def timed(self, steps, *rest):  # type: ignore[no-untyped-def]
+    def timed(self, steps, *rest, **options):  # type: ignore[no-untyped-def]
         start = time.perf_counter()
-        original(self, steps, *rest)
+        original(self, steps, *rest, **options)
         appends.append((len(steps), time.perf_counter() - start))
 
     storage.RunFileWriter.append = timed  # type: ignore[method-assign]
@@ -58,6 +59,7 @@ def main() -> None:
                 else:
                     late += 1
             dropped = probe._recorder.dropped_rows
+            error = probe.error
         seconds = time.perf_counter() - start
     run = actprobe.read(path)
     rows = sum(n for n, _ in appends)
@@ -68,6 +70,8 @@ def main() -> None:
           f"rows on average, {1e3 * per_row:.2f} ms of writer time per row")
     for w in caught:
         print(f"warning: {w.message}")
+    if error is not None:  # the figures above would measure a probe that stopped recording
+        sys.exit(f"error: the probe stopped recording: {type(error).__name__}: {error}")
 
 
 if __name__ == "__main__":

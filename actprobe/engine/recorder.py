@@ -67,6 +67,7 @@ class Recorder:
         # step when they look like the last ones (the common case after the first step: one C call, no lookups)
         self._lane_table: dict[str, tuple] = {}
         self._lanes = self._lane_table  # the table in use: an empty one in steps that need the general path
+        self._lanes_possible = False  # set at start(): CPU sites, the C kernel, no gradient hooks
         self.hist_now = False  # set by the probe before each step that takes a histogram row
         self._hist: Histograms | None = None  # the step's histograms of the outputs …
         self._grad_hist: Histograms | None = None  # … and of their gradients
@@ -111,8 +112,10 @@ class Recorder:
         elif type(output) is torch.Tensor and output.is_floating_point():  # one tensor
             if call_index:
                 self._observe_one(site_name(module_name, call_index, ""), module, output)
-            else:
+            elif self._lanes_possible:
                 self._make_lane(module_name, self._observe_one(module_name, module, output), output)
+            else:
+                self._observe_one(module_name, module, output)
         else:
             for suffix, tensor in floating_outputs(output):
                 self._observe_one(site_name(module_name, call_index, suffix), module, tensor)
@@ -251,6 +254,8 @@ class Recorder:
             self._tracer.clear()
             self._tracer = None
         device = self.device or torch.device("cpu")
+        self._lanes_possible = (device.type == "cpu" and c_backend.run_lane is not None and self.kernel.use_c
+                                and not self.grads)
         units = None
         if self.partials:
             self.unit_columns = self._unit_columns()

@@ -1,0 +1,34 @@
+"""Every benchmark script in bench/ runs, on tiny settings, and says what it measured (no figure is judged:
+the figures belong to bench runs on a quiet machine, never to tests)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+RUNS = {
+    "overhead": (["overhead.py", "--smoke", "--model", "wide-100", "--rounds", "2", "--warmup", "1"],
+                 "actprobe every step"),
+    "breakdown": (["breakdown.py", "--model", "wide-100", "--steps", "5", "--warmup", "5"], "lanes"),
+    "kernel": (["kernel.py", "--rounds", "2"], "(256, 64)"),
+    "writer": (["writer.py", "--sites", "20", "--steps", "60", "--rate", "400"], "rows committed 60, dropped 0"),
+    "reader": (["reader.py", "--rows", "300", "--sites", "20"], "actprobe show"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_a_benchmark_runs(name, tmp_path):
+    arguments, expected = RUNS[name]
+    environment = {**os.environ, "TMPDIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, str(BENCH / arguments[0]), *arguments[1:]], capture_output=True,
+                          text=True, cwd=tmp_path, env=environment, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert expected in done.stdout, done.stdout[-2000:]
+    assert "stopped recording" not in done.stdout + done.stderr
