@@ -337,26 +337,47 @@ static PyObject *py_set_team(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* The fast pass with the GIL released: 1 if every value was finite, 0 if not (the output is then complete
- * only after run_masked), -1 when its scratch memory could not be had. */
-static int run_moments(const call_args *c) {
-    int ok, memory;
+/* Python's lock is released around the passes over a tensor of RELEASE_MIN_VALUES values or more only:
+ * a smaller one takes a few microseconds, and releasing the lock for them handed it to any thread waiting
+ * for it (the writer thread, whose HDF5 writes keep it for milliseconds) once per recorded module call,
+ * the training thread then waiting to get it back. */
+#define RELEASE_MIN_VALUES (1 << 16)
+
+static int fast_pass(const call_args *c, team with) {
     double *out = (double *)(uintptr_t)c->out;
-    team with = current_team();
-    Py_BEGIN_ALLOW_THREADS
-    memory = fast_all(c, out, with);
-    ok = memory && sums_finite(out + 2 * c->E, 2 * c->E);  /* s1[E] then s2[E] */
+    int ok = fast_all(c, out, with);
+    int memory = ok;
+    ok = ok && sums_finite(out + 2 * c->E, 2 * c->E);  /* s1[E] then s2[E] */
     if (ok && c->is_double) reshift_f64((const double *)(uintptr_t)c->data, c->A, c->E, c->B, out);
     else if (ok) reshift_f32((const float *)(uintptr_t)c->data, c->A, c->E, c->B, out);
-    Py_END_ALLOW_THREADS
     return memory ? ok : -1;
 }
 
-static void run_masked(const call_args *c) {
+static void masked_pass(const call_args *c) {
     double *out = (double *)(uintptr_t)c->out;
-    Py_BEGIN_ALLOW_THREADS
     if (c->is_double) masked_f64((const double *)(uintptr_t)c->data, c->A, c->E, c->B, c->bound, out);
     else masked_f32((const float *)(uintptr_t)c->data, c->A, c->E, c->B, c->bound, out);
+}
+
+/* The fast pass: 1 if every value was finite, 0 if not (the output is then complete only after
+ * run_masked), -1 when its scratch memory could not be had. */
+static int run_moments(const call_args *c) {
+    int ok;
+    team with = current_team();
+    if (c->A * c->E * c->B < RELEASE_MIN_VALUES) return fast_pass(c, with);
+    Py_BEGIN_ALLOW_THREADS
+    ok = fast_pass(c, with);
+    Py_END_ALLOW_THREADS
+    return ok;
+}
+
+static void run_masked(const call_args *c) {
+    if (c->A * c->E * c->B < RELEASE_MIN_VALUES) {
+        masked_pass(c);
+        return;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    masked_pass(c);
     Py_END_ALLOW_THREADS
 }
 
