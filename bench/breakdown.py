@@ -9,11 +9,23 @@ by default) and prints milliseconds per step for each, and microseconds per site
 time. The warm-up steps fill every ring buffer once (their first pass pays the page faults).
 
     python bench/breakdown.py [--model paper-cnn|wide-100|wide-1000] [--steps 200] [--warmup 400]
+    python bench/breakdown.py --every 10 [--model …] [--steps 3000]
+
+With ``--every K`` it measures what recording every K-th step costs, from medians over many steps of one
+process instead of paired rounds (whose spread on a shared machine is larger than the effect): each
+training step of the probed model and each ``probe.step()`` are timed apart, the recorded ones apart from
+the others, and a copy of the model without a probe runs a step after each (a check: unrecorded steps run
+without hooks, so they should take what the copy takes). The cost of K steps is then the recorded
+training step's extra time, one recorded ``probe.step()`` (hooks taken out) and K − 1 unrecorded ones
+(hooks put back before the next recorded step), relative to K unrecorded steps. With ``--every 1`` every
+step is recorded, and the reference is the copy without a probe (two models: the check's spread applies).
+
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -51,7 +63,11 @@ def main() -> None:
     parser.add_argument("--model", default="paper-cnn", choices=["paper-cnn", "wide-100", "wide-1000"])
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=400)
+    parser.add_argument("--every", type=int, default=None, help="record every K-th step: the every-K estimate")
     args = parser.parse_args()
+    if args.every is not None:
+        every_k(args.model, args.every, args.steps, min(args.warmup, 100))
+        return
     if not c_backend.available():
         sys.exit("error: the C kernel is not built")
     c_backend._cstats = TimedC  # this script's instrument: it times the private extension in place
@@ -70,6 +86,42 @@ def main() -> None:
     print(f"{args.model}: {sites} sites, {args.steps} steps, {1e3 * total / args.steps:.2f} ms per step (probe included)")
     for key, seconds in spent.items():
         print(f"{key:18s} {1e3 * seconds / args.steps:7.3f} ms per step {1e6 * seconds / args.steps / sites:8.2f} µs per site")
+
+
+def every_k(model: str, k: int, steps: int, warmup: int) -> None:
+    probed, plain = make(model, torch.device("cpu")), make(model, torch.device("cpu"))
+    times: dict[str, list[float]] = {"train, recorded": [], "train, unrecorded": [], "train, no probe": [],
+                                     "step(), recorded": [], "step(), unrecorded": []}
+    clock = time.perf_counter
+    with actprobe.Probe(probed.model, Path(tempfile.mkdtemp()) / "every.h5", every=k) as probe:
+        for index in range(warmup + steps):
+            kind = "recorded" if probe.recording else "unrecorded"
+            start = clock()
+            loss = probed.step()
+            middle = clock()
+            probe.step(loss=loss)
+            end = clock()
+            plain.step()
+            if index >= warmup:
+                times[f"train, {kind}"].append(middle - start)
+                times[f"step(), {kind}"].append(end - middle)
+                times["train, no probe"].append(clock() - end)
+    median = {key: statistics.median(values) for key, values in times.items() if values}
+    mean = {key: statistics.fmean(values) for key, values in times.items() if values}
+    idle = median["train, unrecorded"] if k > 1 else median["train, no probe"]
+    extra = median["train, recorded"] - idle + mean["step(), recorded"]
+    if k > 1:
+        extra += (k - 1) * mean["step(), unrecorded"]
+    which = "every step" if k == 1 else f"one step in {k}"
+    print(f"{model}, recording {which}, {steps} steps: medians of the training steps, means of step()")
+    for key in times:
+        if times[key]:
+            value = median[key] if key.startswith("train") else mean[key]
+            print(f"{key:20s} {1e3 * value:8.3f} ms  ({len(times[key])} steps)")
+    if k > 1:
+        print(f"unrecorded / no probe: {100 * (idle / median['train, no probe'] - 1):+.1f}% (the check)")
+    print(f"cost of recording {which}: {1e3 * extra:.3f} ms per {k} step{'s' if k > 1 else ''}, "
+          f"{100 * extra / (k * idle):+.2f}% of their time")
 
 
 if __name__ == "__main__":

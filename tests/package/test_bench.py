@@ -16,6 +16,8 @@ RUNS = {
     "overhead": (["overhead.py", "--smoke", "--model", "wide-100", "--rounds", "2", "--warmup", "1"],
                  "actprobe every step"),
     "breakdown": (["breakdown.py", "--model", "wide-100", "--steps", "5", "--warmup", "5"], "lanes"),
+    "breakdown-every": (["breakdown.py", "--model", "wide-100", "--every", "3", "--steps", "9", "--warmup", "2"],
+                        "cost of recording one step in 3"),
     "kernel": (["kernel.py", "--rounds", "2"], "(256, 64)"),
     "writer": (["writer.py", "--sites", "20", "--steps", "60", "--rate", "400"], "rows committed 60, dropped 0"),
     "reader": (["reader.py", "--rows", "300", "--sites", "20"], "actprobe show"),
