@@ -64,8 +64,10 @@ class HookEngine:
         # torch.compile must not trace the hooks (their bookkeeping would make it recompile at
         # every call): each runs eagerly, at a graph break, on the output the compiled code made.
         # The body runs once per recorded module call: kept flat, one Python call into the recorder.
-        def hook(module: nn.Module, args: object, kwargs: object, output: object) -> None:
-            if eager.frame_callback is not None and eager.frame_callback() is not None:  # (see eager_hook)
+        def hook(module: nn.Module, args: object, kwargs: object, output: object, inside: bool = False) -> None:
+            if not inside and eager.frame_callback is not None and eager.frame_callback() is not None:
+                # under Dynamo's frame evaluation (see eager_hook): through torch.compiler.disable, which
+                # calls back here with inside=True (inside it the callback may be False rather than None)
                 return guarded(module, args, kwargs, output)
             if not self.active or self._capturing:
                 return
@@ -81,7 +83,7 @@ class HookEngine:
                 self._on_call(name, index, module, (args, kwargs), output)
             except Exception as exc:
                 self._on_error(exc)
-        guarded = torch.compiler.disable(hook)
+        guarded = torch.compiler.disable(lambda module, args, kwargs, output: hook(module, args, kwargs, output, True))
         return eager_hook(hook)
 
     def new_step(self) -> None:
@@ -98,20 +100,28 @@ class HookEngine:
         if model is None or self._attached:  # attached already (called every recorded step)
             return
         self._attached = True
-        if self._root_handle is None:
+        root = self._root_handle
+        if root is not None:
+            _put_back(root, self._pre_hook)
+        if root is None or not _holds(model._forward_pre_hooks, root):  # the first time, or the user cleared it
+            if root is not None:
+                root.remove()
             self._root_handle = model.register_forward_pre_hook(self._pre_hook)
-        else:
-            _put_back(self._root_handle, self._pre_hook)
         for hooks, hook_id, hook in self._out:
             hooks[hook_id] = hook
         self._out.clear()
-        handles = self._handles
-        if len(handles) < len(self._modules):  # the first time (or a module was gone)
-            for name, ref in self._modules:
-                module = ref()
-                if module is not None and name not in handles:
-                    handle = handles[name] = module.register_forward_hook(self._hooks[name], with_kwargs=True)
-                    self._slots[name] = (module._forward_hooks, handle.id, self._hooks[name])
+        # register the hooks that are not in their module's dictionary: the first time, and after the user
+        # cleared or replaced a dictionary (``module._forward_hooks.clear()``); PyTorch keeps no other record
+        slots = self._slots
+        for name, ref in self._modules:
+            module = ref()
+            slot = slots.get(name)
+            if module is None or (slot is not None and module._forward_hooks is slot[0] and slot[1] in slot[0]):
+                continue
+            if name in self._handles:
+                self._handles.pop(name).remove()  # from a dictionary the module no longer uses, if it is there
+            handle = self._handles[name] = module.register_forward_hook(self._hooks[name], with_kwargs=True)
+            slots[name] = (module._forward_hooks, handle.id, self._hooks[name])
 
     def detach(self, *, all_hooks: bool = False) -> None:
         """Take the hooks out until the next ``attach``: those of the modules that have no other forward
@@ -163,6 +173,11 @@ def _take_out(handle: RemovableHandle) -> None:
     hooks = handle.hooks_dict_ref()
     if hooks is not None:
         hooks.pop(handle.id, None)
+
+
+def _holds(hooks: dict, handle: RemovableHandle) -> bool:
+    """Whether ``hooks`` is the dictionary ``handle`` registered its hook in, and still holds it."""
+    return handle.hooks_dict_ref() is hooks and handle.id in hooks
 
 
 def _put_back(handle: RemovableHandle, hook: Callable[..., None]) -> None:

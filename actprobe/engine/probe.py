@@ -194,7 +194,8 @@ class Probe:
                 self._end_recorded_step(scalars)
                 self._engine.new_step()
             self._step += 1
-            if recorded or self.recording:  # between two unrecorded steps nothing changes but the time
+            # between two unrecorded steps nothing changes but the time (after a failure: once more, for the hooks)
+            if recorded or self.recording or (self.error is not None and self._engine.attached):
                 self._prepare_next_step()
             self._check_writer()
             if self._recorder.started and ((recorded and self._recorder.full) or self._flush_due()):

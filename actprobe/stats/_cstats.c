@@ -477,7 +477,8 @@ static PyObject *py_lane(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     if (!long_attribute(arena, s_used, &used) || !long_attribute(arena, s_size, &size)
             || !long_attribute(arena, s_pointer, &pointer)) return NULL;
     const long long width = 4 * c.E + 4;
-    if (used < 0 || used + width > size || pointer == 0) Py_RETURN_FALSE;  /* no room: the general path grows it */
+    if (used < 0 || size < 0 || used > size || width > size - used || pointer == 0)
+        Py_RETURN_FALSE;  /* no room: the general path grows it */
     PyObject *data = PyObject_CallMethodNoArgs(x, s_data_ptr);
     if (data == NULL) return NULL;
     c.data = PyLong_AsUnsignedLongLong(data);

@@ -78,3 +78,30 @@ def test_a_compiled_function_recompiled_on_an_idle_step_still_records(tmp_path):
     run = actprobe.read(tmp_path / "f.h5")
     assert run.step.tolist() == [0, 2, 4, 6, 8, 10]
     assert np.isfinite(np.asarray(run.stats["std"])).all(), "every recorded step has every site"
+
+
+@pytest.mark.slow
+def test_hooks_run_under_every_stance_of_torch_compiler(tmp_path):
+    """Under ``set_stance("eager_on_recompile")`` the frame callback inside ``torch.compiler.disable`` is
+    False, not None: a hook that sent itself through the disabled wrapper whenever the callback was not
+    None recursed until Python's stack ran out, out of the user's forward."""
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU())
+    compiled = torch.compile(model)
+    inputs = [torch.randn(3, 4), torch.randn(5, 4), torch.randn(7, 4)]
+    try:
+        with actprobe.Probe(model, tmp_path / "s.h5") as probe:
+            compiled(inputs[0]).sum().backward()
+            probe.step()
+            torch.compiler.set_stance("eager_on_recompile")
+            for x in inputs[1:]:  # new shapes: recompilations, run eagerly instead
+                compiled(x).sum().backward()
+                probe.step()
+    finally:
+        torch.compiler.set_stance("default")
+    run = actprobe.read(tmp_path / "s.h5")
+    assert run.rows == 3 and probe.error is None
+    for row, x in enumerate(inputs):
+        with torch.no_grad():
+            want = reference_statistics(model[0](x), -1)
+        assert abs(float(run.stats["mean"][row, 0]) - want["mean"]) <= 1e-5 * max(abs(want["mean"]), want["std"])

@@ -3,12 +3,15 @@ back and record exactly what they would have, eager or compiled."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 import actprobe
+from actprobe.stats import c_backend
 from conftest import one_recorded_step, reference_statistics
 
 
@@ -113,3 +116,52 @@ def test_hooks_taken_out_and_put_back_leave_nothing_behind(tmp_path, monkeypatch
         handle.remove()
         assert hook_entries(model) == 0
         assert actprobe.read(tmp_path / f"r{closing_step}.h5").step.tolist() == [0, 3]
+
+
+@pytest.mark.parametrize("how", ["cleared while in", "replaced while out"])
+def test_hooks_come_back_after_the_user_cleared_or_replaced_the_dictionaries(tmp_path, monkeypatch, how):
+    """Hooks put back under their ids go into the dictionary they were registered in: one the user cleared
+    (``module._forward_hooks.clear()``) or replaced no longer holds them. Recorded steps register them
+    again from the next recorded step on (a step whose forward ran after the user had removed them is lost)."""
+    monkeypatch.setattr("actprobe.engine.probe.dynamo_compiled", lambda: False)
+    from collections import OrderedDict
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
+    with actprobe.Probe(model, tmp_path / "r.h5", every=2) as probe:
+        for step in range(8):
+            if how == "cleared while in" and step == 2:
+                for module in model.modules():
+                    module._forward_hooks.clear()
+                    module._forward_pre_hooks.clear()
+            if how == "replaced while out" and step == 1:
+                for module in model.modules():
+                    module._forward_hooks = OrderedDict()
+                    module._forward_pre_hooks = OrderedDict()
+            model(torch.randn(3, 4)).sum().backward()
+            probe.step()
+    want = [0, 4, 6] if how == "cleared while in" else [0, 2, 4, 6]  # step 2's forward ran without them
+    assert actprobe.read(tmp_path / "r.h5").step.tolist() == want
+    assert hooked(model) == 0
+
+
+def test_after_a_failure_the_hooks_leave_the_model(tmp_path, monkeypatch):
+    """A probe that stopped recording (here: its kernel failed) takes its hooks out at the next step, as on any
+    unrecorded step: the rest of the training runs on PyTorch's fast call path."""
+    monkeypatch.setattr("actprobe.engine.probe.dynamo_compiled", lambda: False)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    counts = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with actprobe.Probe(model, tmp_path / "e.h5", every=2) as probe:
+            for step in range(6):
+                if step == 2:
+                    monkeypatch.setattr(type(probe._recorder.kernel), "__call__", _broken)
+                    monkeypatch.setattr(c_backend, "run_lane", _broken)
+                model(torch.randn(3, 4)).sum().backward()
+                probe.step()
+                counts.append(hooked(model))
+    assert probe.error is not None and "kernel failed" in str(probe.error)
+    assert counts == [0, 4, 0, 0, 0, 0]  # (after step(): the hooks the next step runs with; step 2 failed)
+
+
+def _broken(*args, **kwargs):
+    raise RuntimeError("kernel failed")

@@ -99,3 +99,13 @@ def test_bad_lanes_raise_clear_errors():
         c_backend.run_lane(lane[:10] + (lane[10] + 1,), x, arena, [])
     with pytest.raises(TypeError, match="tuple type"):
         c_backend._cstats.set_lane_types(torch.Tensor, dict)
+
+
+def test_an_arena_whose_bookkeeping_is_out_of_range_is_declined():
+    """Values the recorder never sets, but that must not send the kernel to a wild address."""
+    x = values(torch.float32, "finite")
+    lane = lane_for(MomentKernel(NEAR), x, 1)
+    arena = Arena(torch.device("cpu"))
+    for used, size in ((2**63 - 10, 100), (-1, 100), (0, -5), (200, 100)):
+        arena.used, arena.size = used, size
+        assert c_backend.run_lane(lane, x, arena, []) is False
