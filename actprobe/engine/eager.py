@@ -40,9 +40,8 @@ def eager_hook(fn: Callable[..., Any]) -> Callable[..., Any]:
     is ``if not inside and frame_callback is not None and frame_callback() is not None: return guarded(...)``,
     with ``guarded`` = ``torch.compiler.disable`` of a call of ``fn`` with ``inside=True`` (inside it the
     callback is None, or False under some of torch.compiler's stances: the flag, not the callback, ends the
-    recursion). Returns
-    ``fn`` itself, marked as ``eager_only`` marks its wrapper; where this torch lacks the private functions,
-    ``frame_callback`` is None and this returns ``torch.compiler.disable(fn)``."""
+    recursion). Returns ``fn`` itself, marked as ``eager_only`` marks its wrapper; where this torch lacks the
+    private functions, ``frame_callback`` is None and this returns ``torch.compiler.disable(fn)``."""
     if frame_callback is None or skip_code is None:
         return torch.compiler.disable(fn)
     skip_code(fn.__code__)

@@ -100,10 +100,6 @@ class Lane(NamedTuple):
     units: int
     numel: int
 
-    @property
-    def width(self) -> int:
-        return 4 * self.entries + 4
-
 
 class CBackend:
     """Moments of CPU tensors with the C kernel, written straight into the arena."""
