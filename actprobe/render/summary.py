@@ -76,8 +76,11 @@ def summary_table(summary: RunSummary, width: int = 120) -> Table | FixedTable:
         table.add_column(name, justify="left" if name in ("module", "flags") else "right", overflow="fold")
     rows = _rows(summary, names, " → ")
     measured = natural_widths(table, rows)
-    if measured is not None and measured[1] > width:  # a narrow terminal: "a→b" rather than a cell on two lines
-        rows = _rows(summary, names, "→")
+    if measured is not None and measured[1] > width:  # a narrow terminal: "a→b" if that makes the table fit
+        compact = _rows(summary, names, "→")
+        fitting = natural_widths(table, compact)
+        if fitting is not None and fitting[1] <= width:
+            rows = compact  # (else rich wraps the cells, at the spaces around the arrows)
     if fix_widths(table, rows, width) and FixedTable.supports(table):
         return FixedTable(table, rows)
     for row in rows:

@@ -341,3 +341,10 @@ def test_a_table_a_little_too_wide_drops_the_arrows_spaces_instead_of_wrapping_c
     table = narrow[narrow.index("┏"):]
     rows = [line for line in table.splitlines() if line.startswith("│")]
     assert len(rows) == 2 and all(len(line) <= 80 for line in table.splitlines())
+
+
+def test_a_table_that_does_not_fit_either_way_keeps_the_spaces_rich_wraps_at():
+    """Where even "a→b" does not fit, the pairs keep their spaces: rich wraps a cell at them, where "a→b"
+    would be folded anywhere (a minus sign on one line, its number on the next)."""
+    narrow = render(summarize(QUIET), width=60)
+    assert "→" in narrow and "→0" not in narrow and "→-" not in narrow
