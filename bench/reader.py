@@ -2,8 +2,8 @@
 ``actprobe info``, ``show``, ``diagnose`` and ``plot`` (each in a fresh process) on a generated valid file,
 against plain h5py reading the first and last rows. Peak memory is the process's VmHWM (Linux),
 which, unlike ru_maxrss, does not inherit the benchmark's own high-water mark. The commands see a
-terminal ``--columns`` wide (120 by default), and ``show`` once more at 80 columns, where its table
-does not fit and rich wraps its cells.
+terminal ``--columns`` wide (120 by default), and ``show`` once more at 80 columns, where its table's
+pairs drop their spaces to fit (or, when that is not enough, rich wraps its cells).
 
     python bench/reader.py [--rows 100000] [--sites 500] [--file PATH] [--columns 120]
 
@@ -99,7 +99,7 @@ def main() -> None:
     for command in (["info"], ["show"], ["show", "--flagged"], ["diagnose"], ["plot", "--out", str(figures)]):
         seconds, mib = measure(PROBE.format(args=[*command, str(path)]), args.columns)
         print(f"{'actprobe ' + ' '.join(command[:2]):24s} {seconds:8.2f} {mib:9.0f}")
-    seconds, mib = measure(PROBE.format(args=["show", str(path)]), 80)  # too narrow: rich wraps the table
+    seconds, mib = measure(PROBE.format(args=["show", str(path)]), 80)  # a narrow terminal
     print(f"{'actprobe show, 80 columns':24s} {seconds:8.2f} {mib:9.0f}")
 
 

@@ -20,6 +20,8 @@ from .eager import eager_hook, eager_only
 
 # on_call(module_name, call_index, module, inputs, output); inputs = (args, kwargs) of the call
 OnCall = Callable[[str, int, nn.Module, object, object], None]
+# a registered hook: (its module's hook dictionary, the id PyTorch gave it, the hook)
+Slot = tuple[dict, int, Callable[..., None]]
 OnError = Callable[[Exception], None]
 
 
@@ -48,9 +50,11 @@ class HookEngine:
         self._hooks = {name: self._hook_for(name) for name, _ in modules}
         self._root_handle: RemovableHandle | None = None
         self._handles: dict[str, RemovableHandle] = {}  # registered once, then taken out and put back
-        # each registered hook as (its module's hook dictionary, its id, the hook), and those taken out now
-        self._slots: dict[str, tuple[dict, int, Callable[..., None]]] = {}
-        self._out: list[tuple[dict, int, Callable[..., None]]] = []
+        # each registered hook as (its module's hook dictionary, its id, the hook): the root's pre-hook, the
+        # modules' forward hooks by name, and those taken out now
+        self._root_slot: Slot | None = None
+        self._slots: dict[str, Slot] = {}
+        self._out: list[Slot] = []
         self._attached = False
         self.attach()
 
@@ -100,23 +104,20 @@ class HookEngine:
         if model is None or self._attached:  # attached already (called every recorded step)
             return
         self._attached = True
-        root = self._root_handle
-        if root is not None:
-            _put_back(root, self._pre_hook)
-        if root is None or not _holds(model._forward_pre_hooks, root):  # the first time, or the user cleared it
-            if root is not None:
-                root.remove()
-            self._root_handle = model.register_forward_pre_hook(self._pre_hook)
         for hooks, hook_id, hook in self._out:
             hooks[hook_id] = hook
         self._out.clear()
         # register the hooks that are not in their module's dictionary: the first time, and after the user
         # cleared or replaced a dictionary (``module._forward_hooks.clear()``); PyTorch keeps no other record
+        if not _holds(model._forward_pre_hooks, self._root_slot):
+            if self._root_handle is not None:
+                self._root_handle.remove()
+            self._root_handle = model.register_forward_pre_hook(self._pre_hook)
+            self._root_slot = (model._forward_pre_hooks, self._root_handle.id, self._pre_hook)
         slots = self._slots
         for name, ref in self._modules:
             module = ref()
-            slot = slots.get(name)
-            if module is None or (slot is not None and module._forward_hooks is slot[0] and slot[1] in slot[0]):
+            if module is None or _holds(module._forward_hooks, slots.get(name)):
                 continue
             if name in self._handles:
                 self._handles.pop(name).remove()  # from a dictionary the module no longer uses, if it is there
@@ -134,7 +135,7 @@ class HookEngine:
             for handle in (self._root_handle, *self._handles.values()):
                 if handle is not None:
                     handle.remove()
-            self._root_handle = None
+            self._root_handle = self._root_slot = None
             self._handles.clear()
             self._slots.clear()
             self._out.clear()
@@ -143,9 +144,11 @@ class HookEngine:
         if not self._attached:  # detached already (called every idle step)
             return
         self._attached = False
-        if self._root_handle is not None:
-            _take_out(self._root_handle)
         out = self._out
+        root = self._root_slot
+        if root is not None and root[1] in root[0]:  # the root's pre-hook goes in any case
+            del root[0][root[1]]
+            out.append(root)
         for slot in self._slots.values():
             hooks, hook_id, _ = slot
             if len(hooks) == 1 and hook_id in hooks:  # the probe's hook is the module's only one
@@ -167,21 +170,7 @@ class HookEngine:
         self.active = False
 
 
-def _take_out(handle: RemovableHandle) -> None:
-    """Take the hook of ``handle`` out of its module's dictionary (its other entries, such as
-    ``with_kwargs``, stay)."""
-    hooks = handle.hooks_dict_ref()
-    if hooks is not None:
-        hooks.pop(handle.id, None)
-
-
-def _holds(hooks: dict, handle: RemovableHandle) -> bool:
-    """Whether ``hooks`` is the dictionary ``handle`` registered its hook in, and still holds it."""
-    return handle.hooks_dict_ref() is hooks and handle.id in hooks
-
-
-def _put_back(handle: RemovableHandle, hook: Callable[..., None]) -> None:
-    """Put a hook taken out with ``_take_out`` back, last, under its id."""
-    hooks = handle.hooks_dict_ref()
-    if hooks is not None:
-        hooks[handle.id] = hook
+def _holds(hooks: dict, slot: Slot | None) -> bool:
+    """Whether ``hooks`` (a module's hook dictionary now) is the one ``slot``'s hook was registered in, and
+    still holds it (taking a hook out leaves its other entries, such as ``with_kwargs``, in place)."""
+    return slot is not None and hooks is slot[0] and slot[1] in hooks

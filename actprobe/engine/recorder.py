@@ -67,7 +67,7 @@ class Recorder:
         # step when they look like the last ones (the common case after the first step: one C call, no lookups)
         self._lane_table: dict[str, tuple] = {}
         self._lanes = self._lane_table  # the table in use: an empty one in steps that need the general path
-        self._lanes_possible = False  # set at start(): CPU sites, the C kernel, no gradient hooks
+        self._lanes_possible = False  # set at start(): CPU sites (a host arena), the C kernel, no gradient hooks
         self.hist_now = False  # set by the probe before each step that takes a histogram row
         self._hist: Histograms | None = None  # the step's histograms of the outputs …
         self._grad_hist: Histograms | None = None  # … and of their gradients
@@ -100,8 +100,7 @@ class Recorder:
     @hist_now.setter
     def hist_now(self, value: bool) -> None:
         self._hist_now = value
-        # histograms and gradient hooks are the general path's: no lane then
-        self._lanes = {} if value or self.grads else self._lane_table
+        self._lanes = {} if value else self._lane_table  # histograms are the general path's: no lane then
 
     def observe(self, module_name: str, call_index: int, module: nn.Module, inputs: object, output: object) -> None:
         lane = self._lanes.get(module_name)
@@ -122,10 +121,9 @@ class Recorder:
 
     def _make_lane(self, name: str, index: int | None, tensor: torch.Tensor) -> None:
         """Give site ``name`` the lane of ``tensor`` (just recorded as site ``index``), when the C kernel read it
-        in place into a host arena and this step may take lanes; else none."""
+        in place and this step may take lanes; else none. Called only when lanes are possible at all."""
         lane = None
-        if index is not None and self._lanes is self._lane_table and tensor.numel() and self._arena is not None \
-                and self._arena.on_cpu:
+        if index is not None and self._lanes is self._lane_table and tensor.numel():
             lane = self.kernel.lane(tensor, self.sites[index].unit_dim)
         if lane is not None:
             self._lane_table[name] = (index, tensor.shape, tensor.stride(), tensor.dtype, *lane)

@@ -343,14 +343,15 @@ static PyObject *py_set_team(PyObject *self, PyObject *args) {
  * the training thread then waiting to get it back. */
 #define RELEASE_MIN_VALUES (1 << 16)
 
+static int keeps_lock(const call_args *c) { return c->A * c->E * c->B < RELEASE_MIN_VALUES; }
+
 static int fast_pass(const call_args *c, team with) {
     double *out = (double *)(uintptr_t)c->out;
-    int ok = fast_all(c, out, with);
-    int memory = ok;
-    ok = ok && sums_finite(out + 2 * c->E, 2 * c->E);  /* s1[E] then s2[E] */
+    if (!fast_all(c, out, with)) return -1;
+    int ok = sums_finite(out + 2 * c->E, 2 * c->E);  /* s1[E] then s2[E] */
     if (ok && c->is_double) reshift_f64((const double *)(uintptr_t)c->data, c->A, c->E, c->B, out);
     else if (ok) reshift_f32((const float *)(uintptr_t)c->data, c->A, c->E, c->B, out);
-    return memory ? ok : -1;
+    return ok;
 }
 
 static void masked_pass(const call_args *c) {
@@ -364,7 +365,7 @@ static void masked_pass(const call_args *c) {
 static int run_moments(const call_args *c) {
     int ok;
     team with = current_team();
-    if (c->A * c->E * c->B < RELEASE_MIN_VALUES) return fast_pass(c, with);
+    if (keeps_lock(c)) return fast_pass(c, with);
     Py_BEGIN_ALLOW_THREADS
     ok = fast_pass(c, with);
     Py_END_ALLOW_THREADS
@@ -372,7 +373,7 @@ static int run_moments(const call_args *c) {
 }
 
 static void run_masked(const call_args *c) {
-    if (c->A * c->E * c->B < RELEASE_MIN_VALUES) {
+    if (keeps_lock(c)) {
         masked_pass(c);
         return;
     }

@@ -129,9 +129,9 @@ class CBackend:
 
     @staticmethod
     def lane(x: torch.Tensor, plan: Plan) -> Lane | None:
-        """The call that serves ``x`` (and every tensor of its shape, strides and dtype), when the kernel reads
-        it in place into a host arena; None when it needs a converted copy."""
-        if _cstats is None or not plan.contiguous or x.dtype is not plan.dtype or x.device.type != "cpu":
+        """The call that serves ``x`` (and every tensor of its shape, strides and dtype: ``plan``'s, a plan of this
+        backend, so a CPU tensor), when the kernel reads it in place; None when it needs a converted copy."""
+        if not plan.contiguous or x.dtype is not plan.dtype:
             return None
         a, entries, b = plan.view_shape
         return Lane(plan.is_double, a, entries, b, plan.near_bound, plan.units, x.numel())
