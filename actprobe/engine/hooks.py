@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from ..stats import c_backend
 from . import eager
 from .eager import eager_hook, eager_only
 
@@ -35,7 +36,9 @@ class HookEngine:
     """
 
     def __init__(self, model: nn.Module, modules: Sequence[tuple[str, nn.Module]], on_call: OnCall,
-                 on_error: OnError, *, train_only: bool) -> None:
+                 on_error: OnError, *, train_only: bool, lane_owner: object = None) -> None:
+        """``lane_owner``: whose sites' lanes the hooks run themselves, in C (``c_backend.lane_hook``), for
+        calls that ``on_call`` would hand to the same lane (the recorder); None: every call goes to ``on_call``."""
         self._root = weakref.ref(model)
         self._on_call = on_call
         self._on_error = on_error
@@ -47,6 +50,7 @@ class HookEngine:
         self._model = weakref.ref(model)
         self._modules = [(name, weakref.ref(module)) for name, module in modules]
         self._pre_hook = eager_only(self._new_forward)
+        self._lane_owner = lane_owner
         self._hooks = {name: self._hook_for(name) for name, _ in modules}
         self._root_handle: RemovableHandle | None = None
         self._handles: dict[str, RemovableHandle] = {}  # registered once, then taken out and put back
@@ -88,7 +92,11 @@ class HookEngine:
             except Exception as exc:
                 self._on_error(exc)
         guarded = torch.compiler.disable(lambda module, args, kwargs, output: hook(module, args, kwargs, output, True))
-        return eager_hook(hook)
+        if self._lane_owner is None or c_backend.lane_hook is None:
+            return eager_hook(hook)
+        # the common case of a recorded step in C: the checks above, the call count and the site's lane, one
+        # call with no Python frame (every other call goes to this hook)
+        return c_backend.lane_hook(name, eager_hook(hook), self, self._lane_owner)
 
     def new_step(self) -> None:
         self._calls.clear()

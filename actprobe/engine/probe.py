@@ -129,7 +129,7 @@ class Probe:
         self.closed = False
         try:
             self._engine = HookEngine(model, modules + extra, self._recorder.observe, self._on_call_error,
-                                      train_only=train_only)
+                                      train_only=train_only, lane_owner=self._recorder)
             self._params = (ParamWatch(optimizer, self._recorder.observe_param, lambda: self.recording,
                                        self._on_call_error) if params else None)
         except BaseException:

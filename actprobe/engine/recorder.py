@@ -63,8 +63,9 @@ class Recorder:
         self._param_partials: list[tuple[int, Partial]] = []  # (group × P + parameter, partial)
         self._generation = 0  # changes when a step ends or is discarded: older gradient hooks do nothing
         self._leaf_hooks: list[torch.utils.hooks.RemovableHandle] = []  # gradient hooks on leaf tensors
-        # a site's lane: (site, shape, strides, dtype, *the C kernel's call) for the outputs of its first call in a
-        # step when they look like the last ones (the common case after the first step: one C call, no lookups)
+        # a site's lane: (site, shape, strides, dtype, *the C kernel's call, [its last pair]) for the outputs of its
+        # first call in a step when they look like the last ones (the common case after the first step: one C call,
+        # no lookups; the hooks run it themselves, c_backend.lane_hook, which reads _lanes, _arena and _partials)
         self._lane_table: dict[str, tuple] = {}
         self._lanes = self._lane_table  # the table in use: an empty one in steps that need the general path
         self._lanes_possible = False  # set at start(): CPU sites (a host arena), the C kernel, no gradient hooks
@@ -126,7 +127,7 @@ class Recorder:
         if index is not None and self._lanes is self._lane_table and tensor.numel():
             lane = self.kernel.lane(tensor, self.sites[index].unit_dim)
         if lane is not None:
-            self._lane_table[name] = (index, tensor.shape, tensor.stride(), tensor.dtype, *lane)
+            self._lane_table[name] = (index, tensor.shape, tensor.stride(), tensor.dtype, *lane, [None])
         else:
             self._lane_table.pop(name, None)
 

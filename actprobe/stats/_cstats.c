@@ -33,6 +33,7 @@
 #include <Python.h>
 #include <math.h>
 #include <pthread.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -234,19 +235,22 @@ static int parse(PyObject *args, call_args *c) {
  * values, so that the passes over parts of the rows add up (count, sums, far) and combine (min, max).
  * Returns 0 when its scratch memory could not be had. */
 static int fast_rows(const call_args *c, int64_t a0, int64_t a1, double *out) {
-    const int64_t W = c->E * c->B;
+    /* One entry's values are one run, whatever the rows: (A, 1, B) is read as (1, 1, A*B), never row by row
+     * (a Linear layer with one output makes rows of one value, where that path does no vector work). */
+    const int64_t E = c->E, B = E == 1 ? (a1 - a0) * c->B : c->B, A = E == 1 ? 1 : a1 - a0, W = E * B;
     void *columns = NULL;
     /* Short runs are read row by row (vectorised across columns) when the columns fit in scratch. */
-    if ((c->B < MIN_RUN || (W <= CACHED_COLUMNS && a1 - a0 >= CACHED_MIN_ROWS)) && (W <= MAX_COLUMNS || c->B == 1)) {
+    if ((B < MIN_RUN || (W <= CACHED_COLUMNS && A >= CACHED_MIN_ROWS)) && (W <= MAX_COLUMNS || B == 1)) {
         columns = scratch((size_t)padded_columns(W) * (2 * sizeof(double) + 3 * (c->is_double ? sizeof(double) : sizeof(float))));
         if (!columns) return 0;
     }
+    const int64_t first = a0 * c->E * c->B;  /* the part's first value */
     if (c->is_double) {
         const double *x = (const double *)(uintptr_t)c->data;
-        moments_f64(x + a0 * W, x, a1 - a0, c->E, c->B, c->bound, out, columns);
+        moments_f64(x + first, x, A, E, B, c->bound, out, columns);
     } else {
         const float *x = (const float *)(uintptr_t)c->data;
-        moments_f32(x + a0 * W, x, a1 - a0, c->E, c->B, c->bound, out, columns);
+        moments_f32(x + first, x, A, E, B, c->bound, out, columns);
     }
     return 1;
 }
@@ -403,11 +407,13 @@ static PyObject *py_masked(PyObject *self, PyObject *args) {
  * that looks like the site's last one, in one call. set_lane_types(tensor_type, partial_type) comes first.
  *
  * lane(lane, x, arena, partials) -> bool, where lane = (site, shape, strides, dtype, is_double, A, E, B,
- * bound, units, numel). When x is a plain CPU tensor (type(x) is tensor_type) of that shape, strides and
+ * bound, units, numel, cache). When x is a plain CPU tensor (type(x) is tensor_type) of that shape, strides and
  * dtype and the arena has room for 4E+4 values after arena.used, it writes x's moments there (moments,
  * then masked if a value was not finite: what moments() and masked() write for the same arguments),
  * advances arena.used, appends (site, partial_type(offset, E, units, numel, 1)) to partials and returns
- * True. Otherwise it changes nothing and returns False: the caller takes its general path. */
+ * True; that pair is kept in cache (a list of one item), and appended again, the same object, by the next call
+ * that writes at the same offset. Otherwise it changes nothing and returns False: the caller takes its
+ * general path. */
 static PyObject *lane_tensor_type = NULL, *lane_partial_type = NULL;
 static PyObject *s_is_cpu, *s_dtype, *s_shape, *s_stride, *s_data_ptr, *s_used, *s_size, *s_pointer;
 
@@ -442,25 +448,24 @@ static int long_attribute(PyObject *o, PyObject *name, long long *out) {
     return !(*out == -1 && PyErr_Occurred());
 }
 
-static PyObject *py_lane(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 4 || !PyTuple_Check(args[0]) || PyTuple_GET_SIZE(args[0]) != 11 || !PyList_Check(args[3])) {
-        PyErr_SetString(PyExc_TypeError, "lane(lane: 11-tuple, x, arena, partials: list)");
-        return NULL;
+/* The lane's work (see above): 1 done, 0 declined (nothing changed), -1 an error (set). */
+static int run_lane(PyObject *lane, PyObject *x, PyObject *arena, PyObject *partials) {
+    if (!PyTuple_Check(lane) || PyTuple_GET_SIZE(lane) != 12 || !PyList_Check(partials)
+            || !PyList_Check(PyTuple_GET_ITEM(lane, 11)) || PyList_GET_SIZE(PyTuple_GET_ITEM(lane, 11)) != 1) {
+        PyErr_SetString(PyExc_TypeError, "lane(lane: 12-tuple, x, arena, partials: list)");
+        return -1;
     }
     if (lane_tensor_type == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "set_lane_types() comes before lane()");
-        return NULL;
+        return -1;
     }
-    PyObject *lane = args[0], *x = args[1], *arena = args[2], *partials = args[3];
-    if ((PyObject *)Py_TYPE(x) != lane_tensor_type) Py_RETURN_FALSE;
+    if ((PyObject *)Py_TYPE(x) != lane_tensor_type) return 0;
     int r;
     if ((r = same(x, s_is_cpu, 0, Py_True, 1)) <= 0
             || (r = same(x, s_dtype, 0, PyTuple_GET_ITEM(lane, 3), 1)) <= 0
             || (r = same(x, s_shape, 0, PyTuple_GET_ITEM(lane, 1), 0)) <= 0
-            || (r = same(x, s_stride, 1, PyTuple_GET_ITEM(lane, 2), 0)) <= 0) {
-        if (r < 0) return NULL;
-        Py_RETURN_FALSE;
-    }
+            || (r = same(x, s_stride, 1, PyTuple_GET_ITEM(lane, 2), 0)) <= 0)
+        return r;
     call_args c;
     long long used, size, pointer, units, numel;
     c.is_double = PyObject_IsTrue(PyTuple_GET_ITEM(lane, 4));
@@ -470,50 +475,240 @@ static PyObject *py_lane(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     c.bound = PyFloat_AsDouble(PyTuple_GET_ITEM(lane, 8));
     units = PyLong_AsLongLong(PyTuple_GET_ITEM(lane, 9));
     numel = PyLong_AsLongLong(PyTuple_GET_ITEM(lane, 10));
-    if (PyErr_Occurred() || c.is_double < 0) return NULL;
+    if (PyErr_Occurred() || c.is_double < 0) return -1;
     if (c.A < 1 || c.E < 1 || c.B < 1 || c.A * c.E * c.B != numel) {
         PyErr_SetString(PyExc_ValueError, "a lane of an empty or inconsistent shape");
-        return NULL;
+        return -1;
     }
     if (!long_attribute(arena, s_used, &used) || !long_attribute(arena, s_size, &size)
-            || !long_attribute(arena, s_pointer, &pointer)) return NULL;
+            || !long_attribute(arena, s_pointer, &pointer)) return -1;
     const long long width = 4 * c.E + 4;
     if (used < 0 || size < 0 || used > size || width > size - used || pointer == 0)
-        Py_RETURN_FALSE;  /* no room: the general path grows it */
+        return 0;  /* no room: the general path grows it */
     PyObject *data = PyObject_CallMethodNoArgs(x, s_data_ptr);
-    if (data == NULL) return NULL;
+    if (data == NULL) return -1;
     c.data = PyLong_AsUnsignedLongLong(data);
     Py_DECREF(data);
-    if (PyErr_Occurred()) return NULL;
+    if (PyErr_Occurred()) return -1;
     c.out = (unsigned long long)pointer + 8ull * (unsigned long long)used;
     int ok = run_moments(&c);
-    if (ok < 0) return PyErr_NoMemory();
+    if (ok < 0) { PyErr_NoMemory(); return -1; }
     if (!ok) run_masked(&c);
     PyObject *advanced = PyLong_FromLongLong(used + width);
-    if (advanced == NULL) return NULL;
+    if (advanced == NULL) return -1;
     r = PyObject_SetAttr(arena, s_used, advanced);
     Py_DECREF(advanced);
-    if (r < 0) return NULL;
+    if (r < 0) return -1;
+    /* the pair of the lane's last call, when it wrote at the same offset: the same object again, so that a step
+     * like the last one allocates nothing here and its arrangement compares equal item by item by identity */
+    PyObject *cache = PyTuple_GET_ITEM(lane, 11), *last = PyList_GET_ITEM(cache, 0);
+    if (PyTuple_CheckExact(last) && PyTuple_GET_SIZE(last) == 2
+            && PyTuple_GET_ITEM(last, 0) == PyTuple_GET_ITEM(lane, 0)
+            && Py_TYPE(PyTuple_GET_ITEM(last, 1)) == (PyTypeObject *)lane_partial_type
+            && PyLong_AsLongLong(PyTuple_GET_ITEM(PyTuple_GET_ITEM(last, 1), 0)) == used)
+        return PyList_Append(partials, last) < 0 ? -1 : 1;
     PyObject *partial = ((PyTypeObject *)lane_partial_type)->tp_alloc((PyTypeObject *)lane_partial_type, 5);
-    if (partial == NULL) return NULL;
+    if (partial == NULL) return -1;
     PyObject *items[5] = {PyLong_FromLongLong(used), PyLong_FromLongLong(c.E), PyLong_FromLongLong(units),
                           PyLong_FromLongLong(numel), PyLong_FromLong(1)};
     for (int i = 0; i < 5; i++) {
         if (items[i] == NULL) {
             for (int j = 0; j < 5; j++) Py_XDECREF(items[j]);
             Py_DECREF(partial);
-            return NULL;
+            return -1;
         }
         PyTuple_SET_ITEM(partial, i, items[i]);
     }
     PyObject *pair = PyTuple_Pack(2, PyTuple_GET_ITEM(lane, 0), partial);
     Py_DECREF(partial);
-    if (pair == NULL) return NULL;
+    if (pair == NULL) return -1;
+    PyList_SetItem(cache, 0, Py_NewRef(pair));  /* steals the new reference; cannot fail (index 0 exists) */
     r = PyList_Append(partials, pair);
     Py_DECREF(pair);
-    if (r < 0) return NULL;
-    Py_RETURN_TRUE;
+    if (r < 0) return -1;
+    return 1;
 }
+
+static PyObject *py_lane(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "lane(lane: 12-tuple, x, arena, partials: list)");
+        return NULL;
+    }
+    int r = run_lane(args[0], args[1], args[2], args[3]);
+    if (r < 0) return NULL;
+    return PyBool_FromLong(r);
+}
+
+/* A module's forward hook whose common case runs here, with no Python frame (the Python side: engine/hooks.py,
+ * HookEngine). Hook(name, slow, engine, owner) is called as PyTorch calls a forward hook registered with_kwargs,
+ * hook(module, args, kwargs, output). When the engine's state lets the call be recorded (engine.active, not
+ * engine._capturing, and under engine._train_only the root engine._root() in training mode with gradients
+ * enabled), it is the module's first call of the forward (name not in engine._calls), and the site has a lane (owner._lanes[name]) that takes the output, it
+ * runs the lane into owner._arena and owner._partials, counts the call (engine._calls[name] = 1) and returns
+ * None: what slow(module, args, kwargs, output) does in that case. Every other call, and any error here, goes
+ * to slow, the Python hook, which does the rest as before (and reports errors as it reports any). The type is
+ * marked for torch.compile as its disabled functions are: tracing never enters it, and at a graph break the C
+ * side enters no Python frame (the frames Dynamo's callback would compile), while slow guards itself.
+ * set_grad_enabled_function(torch.is_grad_enabled) comes first. */
+static PyObject *hook_grad_enabled = NULL;
+static PyObject *s_active, *s_capturing, *s_train_only, *s_root, *s_training, *s_calls, *s_lanes, *s_arena,
+                *s_partials, *one;
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *name, *slow, *engine, *owner;
+} Hook;
+
+static PyObject *py_set_grad_enabled_function(PyObject *self, PyObject *function) {
+    if (!PyCallable_Check(function)) {
+        PyErr_SetString(PyExc_TypeError, "set_grad_enabled_function(torch.is_grad_enabled)");
+        return NULL;
+    }
+    Py_XSETREF(hook_grad_enabled, Py_NewRef(function));
+    Py_RETURN_NONE;
+}
+
+/* o.name's truth: 1, 0, or -1 on an error. */
+static int attribute_true(PyObject *o, PyObject *name) {
+    PyObject *value = PyObject_GetAttr(o, name);
+    if (value == NULL) return -1;
+    int r = PyObject_IsTrue(value);
+    Py_DECREF(value);
+    return r;
+}
+
+/* Whether a call made now may be recorded, as far as the engine's state says: 1, 0, or -1 on an error. */
+static int hook_open(Hook *h) {
+    if (hook_grad_enabled == NULL) return 0;
+    int r;
+    if ((r = attribute_true(h->engine, s_active)) <= 0) return r;
+    if ((r = attribute_true(h->engine, s_capturing)) != 0) return r < 0 ? -1 : 0;
+    if ((r = attribute_true(h->engine, s_train_only)) <= 0) return r < 0 ? -1 : 1;
+    PyObject *ref = PyObject_GetAttr(h->engine, s_root);
+    if (ref == NULL) return -1;
+    PyObject *root = PyObject_CallNoArgs(ref);
+    Py_DECREF(ref);
+    if (root == NULL) return -1;
+    r = root == Py_None ? 0 : attribute_true(root, s_training);
+    Py_DECREF(root);
+    if (r <= 0) return r;
+    PyObject *enabled = PyObject_CallNoArgs(hook_grad_enabled);
+    if (enabled == NULL) return -1;
+    r = enabled == Py_True;
+    Py_DECREF(enabled);
+    return r;
+}
+
+/* 1: recorded here; 0: the Python hook's call; -1: an error (set). */
+static int hook_fast(Hook *h, PyObject *output) {
+    int r = hook_open(h);
+    if (r <= 0) return r;
+    PyObject *calls = PyObject_GetAttr(h->engine, s_calls), *lanes = NULL, *arena = NULL, *partials = NULL;
+    r = -1;
+    if (calls == NULL || !PyDict_Check(calls)) goto done;
+    PyObject *count = PyDict_GetItemWithError(calls, h->name);  /* borrowed */
+    if (count != NULL || PyErr_Occurred()) { r = count != NULL ? 0 : -1; goto done; }  /* a later call */
+    lanes = PyObject_GetAttr(h->owner, s_lanes);
+    if (lanes == NULL || !PyDict_Check(lanes)) goto done;
+    PyObject *lane = PyDict_GetItemWithError(lanes, h->name);  /* borrowed, kept alive by lanes */
+    if (lane == NULL) { r = PyErr_Occurred() ? -1 : 0; goto done; }
+    if ((arena = PyObject_GetAttr(h->owner, s_arena)) == NULL || (partials = PyObject_GetAttr(h->owner, s_partials)) == NULL)
+        goto done;
+    r = run_lane(lane, output, arena, partials);
+    if (r == 1 && PyDict_SetItem(calls, h->name, one) < 0) r = -1;
+done:
+    if (r < 0 && !PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "a hook engine without its call counts or lanes");
+    Py_XDECREF(calls);
+    Py_XDECREF(lanes);
+    Py_XDECREF(arena);
+    Py_XDECREF(partials);
+    return r;
+}
+
+static PyObject *hook_call(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    Hook *h = (Hook *)self;
+    if (PyVectorcall_NARGS(nargsf) == 4 && kwnames == NULL) {
+        int r = hook_fast(h, args[3]);
+        if (r > 0) Py_RETURN_NONE;
+        if (r < 0) PyErr_Clear();  /* the Python hook meets the same error and reports it */
+    }
+    return PyObject_Vectorcall(h->slow, args, nargsf, kwnames);
+}
+
+static PyObject *hook_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    PyObject *name, *slow, *engine, *owner;
+    static char *keywords[] = {"name", "slow", "engine", "owner", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "UOOO", keywords, &name, &slow, &engine, &owner)) return NULL;
+    if (!PyCallable_Check(slow)) {
+        PyErr_SetString(PyExc_TypeError, "Hook(name, slow, engine, owner): slow must be callable");
+        return NULL;
+    }
+    Hook *h = (Hook *)type->tp_alloc(type, 0);
+    if (h == NULL) return NULL;
+    h->vectorcall = hook_call;
+    h->name = Py_NewRef(name);
+    h->slow = Py_NewRef(slow);
+    h->engine = Py_NewRef(engine);
+    h->owner = Py_NewRef(owner);
+    return (PyObject *)h;
+}
+
+static int hook_traverse(Hook *h, visitproc visit, void *arg) {
+    Py_VISIT(h->name);
+    Py_VISIT(h->slow);
+    Py_VISIT(h->engine);
+    Py_VISIT(h->owner);
+    return 0;
+}
+
+static int hook_clear(Hook *h) {
+    Py_CLEAR(h->name);
+    Py_CLEAR(h->slow);
+    Py_CLEAR(h->engine);
+    Py_CLEAR(h->owner);
+    return 0;
+}
+
+static void hook_dealloc(Hook *h) {
+    PyObject_GC_UnTrack(h);
+    hook_clear(h);
+    Py_TYPE(h)->tp_free((PyObject *)h);
+}
+
+/* copy.copy and copy.deepcopy of a module keep its hooks as they keep a function: the same object. */
+static PyObject *hook_same(PyObject *self, PyObject *unused) { return Py_NewRef(self); }
+
+static PyObject *hook_get_slow(Hook *h, void *unused) { return Py_NewRef(h->slow); }
+static PyObject *hook_get_name(Hook *h, void *unused) { return Py_NewRef(h->name); }
+
+static PyMethodDef hook_methods[] = {
+    {"__copy__", hook_same, METH_NOARGS, NULL},
+    {"__deepcopy__", hook_same, METH_O, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef hook_getset[] = {
+    {"slow", (getter)hook_get_slow, NULL, "The Python hook: every call the C side does not take.", NULL},
+    {"name", (getter)hook_get_name, NULL, "The module's name.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject HookType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "actprobe.stats._cstats.Hook",
+    .tp_doc = "A forward hook that records a site's lane in C and hands every other call to its Python hook.",
+    .tp_basicsize = sizeof(Hook),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(Hook, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_new = hook_new,
+    .tp_traverse = (traverseproc)hook_traverse,
+    .tp_clear = (inquiry)hook_clear,
+    .tp_dealloc = (destructor)hook_dealloc,
+    .tp_methods = hook_methods,
+    .tp_getset = hook_getset,
+};
 
 static PyMethodDef methods[] = {
     {"moments", py_moments, METH_VARARGS, "Fast single-pass moments of finite values; False if any is not finite."},
@@ -521,6 +716,7 @@ static PyMethodDef methods[] = {
     {"masked", py_masked, METH_VARARGS, "Single-pass moments over the finite values only."},
     {"set_lane_types", py_set_lane_types, METH_VARARGS, "The tensor type and the Partial type lane() works with."},
     {"lane", (PyCFunction)(void (*)(void))py_lane, METH_FASTCALL, "A site's lane: moments of an output like its last one."},
+    {"set_grad_enabled_function", py_set_grad_enabled_function, METH_O, "torch.is_grad_enabled, for the hooks."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -543,5 +739,27 @@ PyMODINIT_FUNC PyInit__cstats(void) {
     s_size = PyUnicode_InternFromString("size");
     s_pointer = PyUnicode_InternFromString("pointer");
     if (!s_is_cpu || !s_dtype || !s_shape || !s_stride || !s_data_ptr || !s_used || !s_size || !s_pointer) return NULL;
-    return PyModule_Create(&module);
+    s_active = PyUnicode_InternFromString("active");
+    s_capturing = PyUnicode_InternFromString("_capturing");
+    s_train_only = PyUnicode_InternFromString("_train_only");
+    s_root = PyUnicode_InternFromString("_root");
+    s_training = PyUnicode_InternFromString("training");
+    s_calls = PyUnicode_InternFromString("_calls");
+    s_lanes = PyUnicode_InternFromString("_lanes");
+    s_arena = PyUnicode_InternFromString("_arena");
+    s_partials = PyUnicode_InternFromString("_partials");
+    one = PyLong_FromLong(1);
+    if (!s_active || !s_capturing || !s_train_only || !s_root || !s_training || !s_calls || !s_lanes || !s_arena
+            || !s_partials || !one) return NULL;
+    if (PyType_Ready(&HookType) < 0) return NULL;
+    /* torch.compile treats the hooks as its disabled functions: a graph break, never traced */
+    if (PyDict_SetItemString(HookType.tp_dict, "_torchdynamo_disable", Py_True) < 0) return NULL;
+    PyType_Modified(&HookType);
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    if (PyModule_AddObjectRef(m, "Hook", (PyObject *)&HookType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
 }

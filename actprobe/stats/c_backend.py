@@ -27,6 +27,7 @@ except ImportError:  # built without a C compiler: the torch backend serves the 
     _cstats = None
 else:
     _cstats.set_lane_types(torch.Tensor, Partial)
+    _cstats.set_grad_enabled_function(torch.is_grad_enabled)
 
 NAME = "C"
 SCRATCH_KEEP_BYTES = 16 << 20  # a larger scratch copy is freed after each use, not kept until close
@@ -80,11 +81,20 @@ def share_torch_threads() -> None:
 _ENTRY_POINTS: tuple[int, int, int] | None = None
 
 
-# run_lane(lane, x, arena, partials) -> bool, for a site's lane ``(site, shape, strides, dtype, *Lane)``: when ``x``
-# is a plain CPU tensor of that shape, strides and dtype and ``arena`` has room, write its moments into ``arena``
-# as ``CBackend`` would, append ``(site, Partial)`` to ``partials`` and return True; else change nothing and
-# return False. The C function itself (``_cstats.lane``), no Python frame; lanes exist only with the extension.
+# run_lane(lane, x, arena, partials) -> bool, for a site's lane ``(site, shape, strides, dtype, *Lane, [None])``:
+# when ``x`` is a plain CPU tensor of that shape, strides and dtype and ``arena`` has room, write its moments into
+# ``arena`` as ``CBackend`` would, append ``(site, Partial)`` to ``partials`` and return True; else change nothing
+# and return False. The list at the end keeps the last pair: a call at the same offset appends that same object
+# (a step like the last allocates nothing, and its arrangement compares equal by identity). The C function itself (``_cstats.lane``), no Python frame; lanes exist only with the extension.
 run_lane: Callable[[tuple, torch.Tensor, Arena, list], bool] | None = None if _cstats is None else _cstats.lane
+
+# lane_hook(name, slow, engine, owner): a forward hook for module ``name`` that runs the site's lane itself (no
+# Python frame) when ``engine``'s state lets the call be recorded, it is the module's first call of the forward
+# and ``owner._lanes[name]`` takes the output, and hands every other call to ``slow``, the Python hook it
+# stands for. The engine provides ``active``, ``_capturing``, ``_train_only``, ``_root`` and ``_calls``
+# (``engine.hooks.HookEngine``), the owner ``_lanes``, ``_arena`` and ``_partials`` (``engine.recorder.Recorder``).
+lane_hook: Callable[[str, Callable[..., None], object, object], Callable[..., None]] | None = (
+    None if _cstats is None else _cstats.Hook)
 
 
 class Lane(NamedTuple):

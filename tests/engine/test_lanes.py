@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import actprobe
+from actprobe.stats import c_backend
 from conftest import STATS, assert_statistics_close, paper_cnn, reference_statistics, train_steps
 
 
@@ -99,3 +100,73 @@ def test_a_site_called_twice_records_both_calls(tmp_path):
         for column, tensor in ((0, first), (2, second)):
             got = {name: float(run.stats[name][row, column]) for name in STATS}
             assert_statistics_close(got, reference_statistics(tensor, -1))
+
+
+def _counting_calls(probe) -> list[int]:
+    """Counts the module calls that reach the recorder through the Python hooks, per step (the hooks in C
+    record a site's lane without them)."""
+    counts = [0]
+    observe = probe._engine._on_call
+
+    def counted(*args):
+        counts[-1] += 1
+        return observe(*args)
+
+    probe._engine._on_call = counted
+    return counts
+
+
+def test_hooks_in_c_record_what_the_python_hooks_record(tmp_path, monkeypatch):
+    """From the third step on, every site of the paper CNN is recorded by its hook in C, with no Python call;
+    the file is the same, bit for bit, as the one made by the Python hooks alone."""
+    stats, calls = {}, {}
+    for kind in ("c", "python"):
+        if kind == "python":
+            monkeypatch.setattr(c_backend, "lane_hook", None)
+        torch.manual_seed(0)
+        model = paper_cnn()
+        with actprobe.Probe(model, tmp_path / f"{kind}.h5") as probe:
+            hook_types = {type(hook).__name__ for module in model.modules() for hook in module._forward_hooks.values()}
+            counts = _counting_calls(probe)
+            for step in range(5):
+                train_steps(model, 1, probe=probe, seed=step)
+                counts.append(0)
+        calls[kind], stats[kind] = (hook_types, counts[:5]), actprobe.read(tmp_path / f"{kind}.h5").stats
+    assert calls["c"] == ({"Hook"}, [11, 11, 0, 0, 0])  # step 0 found the sites, step 1 made the lanes
+    assert calls["python"] == ({"function"}, [11] * 5)
+    for name in STATS:
+        np.testing.assert_array_equal(np.asarray(stats["c"][name]), np.asarray(stats["python"][name]), err_msg=name)
+
+
+def test_hooks_in_c_leave_out_what_train_only_and_idle_steps_leave_out(tmp_path):
+    """Forwards in eval mode, without gradients, on an unrecorded step (the hook stays, inactive, beside the
+    user's own hook) or captured… none of them reaches the row: only the recorded step's training forward."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    model[0].register_forward_hook(lambda module, args, output: None)  # keeps the probe's hook in place
+    want = []
+    with actprobe.Probe(model, tmp_path / "t.h5", every=2) as probe:
+        counts = _counting_calls(probe)
+        for step in range(7):
+            gen = torch.Generator().manual_seed(step)
+            x, other = torch.randn(5, 6, generator=gen), torch.randn(5, 6, generator=gen) * 10  # lanes would take it
+            if step >= 2:  # the lanes are made: what the C hooks must leave out
+                with torch.no_grad():
+                    model(other)
+                model.eval()
+                model(other)
+                model.train()
+            out = model(x)
+            with torch.no_grad():  # not through the module: its hook would count it
+                want.append(nn.functional.linear(x, model[0].weight, model[0].bias))
+            out.sum().backward()
+            probe.step()
+            counts.append(0)
+        skipped = probe._engine.skipped
+    assert counts[:7] == [3, 0, 3, 0, 0, 0, 0]  # step 2 made the lanes; at steps 4 and 6 every site is in C
+    assert skipped == 3 * 2 * 3  # two forwards of 3 modules at steps 2, 4 and 6 (at 3 and 5 the hooks are inactive)
+    run = actprobe.read(tmp_path / "t.h5")
+    assert run.step.tolist() == [0, 2, 4, 6]
+    for row, step in enumerate(run.step):
+        got = {name: float(run.stats[name][row, 0]) for name in STATS}
+        assert_statistics_close(got, reference_statistics(want[step], -1))

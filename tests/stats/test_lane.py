@@ -19,7 +19,7 @@ def lane_for(kernel: MomentKernel, x: torch.Tensor, unit_dim: int | None, site: 
     kernel(x, unit_dim, Arena(torch.device("cpu")))  # makes the plan
     spec = kernel.lane(x, unit_dim)
     assert spec is not None
-    return (site, x.shape, x.stride(), x.dtype, *spec)
+    return (site, x.shape, x.stride(), x.dtype, *spec, [None])
 
 
 def values(dtype: torch.dtype, special: str) -> torch.Tensor:
@@ -91,12 +91,14 @@ def test_bad_lanes_raise_clear_errors():
     x = values(torch.float32, "finite")
     arena = Arena(torch.device("cpu"))
     lane = lane_for(MomentKernel(NEAR), x, 1)
-    with pytest.raises(TypeError, match="11-tuple"):
+    with pytest.raises(TypeError, match="12-tuple"):
         c_backend.run_lane(lane[:5], x, arena, [])
-    with pytest.raises(TypeError, match="11-tuple"):
+    with pytest.raises(TypeError, match="12-tuple"):
         c_backend.run_lane(lane, x, arena, ())
+    with pytest.raises(TypeError, match="12-tuple"):
+        c_backend.run_lane(lane[:11] + ([None, None],), x, arena, [])
     with pytest.raises(ValueError, match="inconsistent"):
-        c_backend.run_lane(lane[:10] + (lane[10] + 1,), x, arena, [])
+        c_backend.run_lane(lane[:10] + (lane[10] + 1, [None]), x, arena, [])
     with pytest.raises(TypeError, match="tuple type"):
         c_backend._cstats.set_lane_types(torch.Tensor, dict)
 
@@ -109,3 +111,25 @@ def test_an_arena_whose_bookkeeping_is_out_of_range_is_declined():
     for used, size in ((2**63 - 10, 100), (-1, 100), (0, -5), (200, 100)):
         arena.used, arena.size = used, size
         assert c_backend.run_lane(lane, x, arena, []) is False
+
+
+def test_a_call_at_the_offset_of_the_last_appends_the_same_pair():
+    """A step like the last allocates nothing: the lane appends the pair it made last time, the same object, when
+    it writes at the same offset (so that the step's arrangement compares equal by identity); a call at another
+    offset makes a new pair, equal to the general call's ``Partial``."""
+    x = values(torch.float32, "finite")
+    kernel = MomentKernel(NEAR)
+    lane = lane_for(kernel, x, 1)
+    arena, partials = Arena(torch.device("cpu")), []
+    assert c_backend.run_lane(lane, x, arena, partials)
+    arena.used = 0
+    assert c_backend.run_lane(lane, x, arena, partials)
+    assert partials[0] is partials[1] and lane[-1] == [partials[0]]
+    arena.used = 8
+    assert c_backend.run_lane(lane, x, arena, partials)
+    general = Arena(torch.device("cpu"))
+    general.reserve(8)
+    assert partials[2] is not partials[0] and partials[2] == (7, kernel(x, 1, general)) and lane[-1] == [partials[2]]
+    arena.used = 0
+    assert c_backend.run_lane(lane, x, arena, partials) and partials[3] is not partials[0]
+    assert partials[3] == partials[0]

@@ -24,6 +24,8 @@ SHAPES = [
     ((4, 9, 32), -1),  # (N, T, F)
     ((16, 12, 30), 1),  # (N, C, L)
     ((5000,), None),  # no units
+    ((3000, 1), -1),  # one unit: one run, whatever the rows (a Linear layer of one output)
+    ((40, 1, 9, 9), 1),  # one channel
     ((), None),  # a scalar
 ]
 
