@@ -191,11 +191,14 @@ class Probe:
         try:
             recorded = self.recording
             if recorded:
-                self._end_recorded_step(scalars)
+                if not self._recorder.seal(self._step, time.perf_counter() - self._started, scalars):
+                    self._end_recorded_step(scalars)
                 self._engine.new_step()
             self._step += 1
-            # between two unrecorded steps nothing changes but the time (after a failure: once more, for the hooks)
-            if recorded or self.recording or (self.error is not None and self._engine.attached):
+            # between two unrecorded steps nothing changes but the time (after a failure: once more, for the hooks),
+            # nor between two recorded ones without histograms
+            if (recorded != self.recording or (recorded and self.settings.hist_every)
+                    or (self.error is not None and self._engine.attached)):
                 self._prepare_next_step()
             self._check_writer()
             if self._recorder.started and ((recorded and self._recorder.full) or self._flush_due()):
@@ -320,6 +323,7 @@ class Probe:
                             "recorded step ends with probe.step()")
 
     def _report_new_sites(self) -> None:
+        self._recorder.news = False
         if self._recorder.unitless:
             names = sorted(self._recorder.unitless)
             self._warn_once("unitless", f"sites with more than {MAX_UNITS:,} units are recorded without per-unit "

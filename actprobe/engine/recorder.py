@@ -17,7 +17,7 @@ in-place module changes its tensor receives the gradient with respect to the val
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from functools import partial
 
 import numpy as np
@@ -79,6 +79,7 @@ class Recorder:
         self.ignored: set[str] = set()
         self.unitless: set[str] = set()  # sites with more than MAX_UNITS units, recorded without units
         self.sharded: set[str] = set()  # outputs that are tensor subclasses (DTensor, …): not recorded
+        self.news = False  # whether one of these three sets has grown since the probe last reported them
         self._partials: list[tuple[int, Partial]] = []
         self._channel_first_shapes: set[torch.Size] = set()
         self._layouts: dict[tuple, Layout] = {}
@@ -155,12 +156,14 @@ class Recorder:
     def _observe_one(self, name: str, module: nn.Module, tensor: torch.Tensor) -> int | None:
         if type(tensor) is not torch.Tensor and not plain(tensor):
             self.sharded.add(name)
+            self.news = True
             return None
         index = self._index.get(name)
         if index is None:
             if self.started:  # the site set is fixed
                 if name not in self._passed_on:  # not a container's output that a child produced
                     self.ignored.add(name)
+                    self.news = True
                 return None
             index = self._add_site(name, module, tensor)
         if tensor.numel() == 0:
@@ -199,6 +202,7 @@ class Recorder:
             # site is recorded as one pseudo-unit (its dead fraction is NaN), and the probe says so
             dim = None
             self.unitless.add(name)
+            self.news = True
         self.sites.append(Site(name=name, module_type=type(module).__name__, unit_dim=dim))
         self._index[name] = len(self.sites) - 1
         if self.device is None:
@@ -278,6 +282,27 @@ class Recorder:
                 first += count
         return columns
 
+    def seal(self, step: int, elapsed: float, scalars: Mapping[str, object]) -> bool:
+        """``end_step`` in the common case, where there is nothing to decide: a step of CPU sites arranged as the
+        last one (its ring has room for the row), no histogram, no new site to report, every scalar a number or
+        a one-value CPU tensor that has a column. Returns False, having changed nothing, in any other case.
+        What the training thread does at the end of such a step: a row's step, time and scalars, one copy of the
+        arena into the ring; the writer thread merges the ring's rows."""
+        ring, stage, arena = self._ring, self.stage, self._arena
+        if (not self._lanes_possible or self.hist_now or self.news or ring is None or stage is None or arena is None
+                or ring.full or (ring.filled and ring.first_row + ring.filled != stage.rows)
+                or arena.used != ring.layout.width or self._param_partials or ring.key != tuple(self._partials)):
+            return False
+        row = stage.rows
+        if not stage.add_host_row(step, elapsed, scalars):
+            return False
+        if not ring.filled:  # the first row since the ring's last rows were handed over
+            ring.first_row = row
+        ring.take_from(arena)
+        self._partials = []
+        self._generation += 1
+        return True
+
     def end_step(self, step: int, elapsed: float, scalars: dict[str, float | torch.Tensor]) -> None:
         """Turn this step's partials into the next row of the stage (``start`` first)."""
         stage = self.stage
@@ -317,6 +342,12 @@ class Recorder:
         if self.stage is None:
             return None
         self._drain(self.stage)
+        arena, ring = self._arena, self._ring
+        if arena is not None and arena.aimed:  # at a row of the ring, whose rows may have been handed over now
+            if arena.used or ring is None:
+                arena.unaim()  # a flush within a step: its partials go along to the arena's own buffer
+            else:
+                ring.aim(arena)
         return self.stage.take()
 
     def _finish_step(self, stage: RowStage, index: int) -> None:
@@ -353,6 +384,7 @@ class Recorder:
             if capacity < (1 if buffers > 1 else 2):  # too wide to gather: merge this step on its own
                 stage.set_stats(index, merge_now(layout, self._arena.row(), self.dead_eps))
                 self._arena.clear()
+                self._arena.unaim()  # (it may have been aimed at a row of a ring just handed over)
                 return
             ring = self._ring = PartialRing(key, layout, capacity, stage.device, buffers)
             if len(self._rings) >= MAX_RINGS:
@@ -360,8 +392,7 @@ class Recorder:
             self._rings[key] = ring
         if not ring.filled:
             ring.first_row = index
-        ring.add_from(self._arena)
-        self._arena.clear()
+        ring.take_from(self._arena)
 
     @staticmethod
     def _hands_over(stage: RowStage) -> bool:

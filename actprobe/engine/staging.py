@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import queue
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -74,10 +74,10 @@ class StagedRows:
 
     def __init__(self, stage: RowStage, slot: _HostSlot, n: int, event: torch.cuda.Event | None,
                  segments: list[Segment], hists: list[tuple[int, torch.Tensor]] | None = None) -> None:
-        self.steps = stage._steps[:n].copy()
-        self.times = stage._times[:n].copy()
+        self.steps = np.array(stage._steps, dtype=np.int64)
+        self.times = np.array(stage._times, dtype=np.float64)
         self.scalar_names = list(stage.scalar_names)  # the columns of scalars(), in order (names only grow)
-        self._host_scalars = stage._host_scalars[:n].copy()
+        self._host_rows = stage._host_rows  # the stage starts new lists: these are the batch's
         self._from_device = stage._from_device[:n].copy()
         self._free = stage._free
         self._slot, self._n, self._event, self._segments = slot, n, event, segments
@@ -111,7 +111,11 @@ class StagedRows:
 
     def scalars(self) -> np.ndarray:
         m = len(self.scalar_names)
-        return np.where(self._from_device[:, :m], self._slot.scalars[:self._n, :m].numpy(), self._host_scalars[:, :m])
+        host = np.full((self._n, m), np.nan)
+        for row, values in enumerate(self._host_rows):
+            for column, value in values:
+                host[row, column] = value
+        return np.where(self._from_device[:, :m], self._slot.scalars[:self._n, :m].numpy(), host)
 
     def release(self) -> None:
         for segment in self._segments:
@@ -138,10 +142,12 @@ class RowStage:
             self._partials = torch.full((capacity, sites, PARTIAL_VALUES), torch.nan, dtype=torch.float64, device=device)
             self._units = torch.full((capacity, units, UNIT_VALUES), torch.nan, dtype=torch.float64, device=device)
         self._device_scalars = torch.full((capacity, m), torch.nan, dtype=torch.float64, device=device)
-        self._host_scalars = np.full((capacity, m), np.nan)
         self._from_device = np.zeros((capacity, m), dtype=bool)
-        self._steps = np.zeros(capacity, dtype=np.int64)
-        self._times = np.zeros(capacity, dtype=np.float64)
+        # each row's step, time and host scalars ((column, value) pairs), in lists: a numpy element costs ~3 µs
+        # to write at the end of a step that left the caches cold, a list's a fraction of that
+        self._steps: list[int] = []
+        self._times: list[float] = []
+        self._host_rows: list[list[tuple[int, float]]] = []
         self.rows = 0
         self.dropped_rows = 0
         self._segments: list[Segment] = []
@@ -168,21 +174,48 @@ class RowStage:
     def add_row(self, step: int, elapsed: float, scalars: dict[str, float | torch.Tensor]) -> int:
         """Start a row; its statistics follow through ``set_stats``. Returns the row's index."""
         row = self.rows
-        self._steps[row] = step
-        self._times[row] = elapsed
+        host = []
         for name, value in scalars.items():
             column = self.scalar_index[name]
             if isinstance(value, torch.Tensor) and value.is_cpu:
                 # a CPU tensor is read where it lies (no device to wait for): one host write, where the
                 # device path's indexing and copies cost ~50 µs in a step that left the caches cold
-                self._host_scalars[row, column] = value.item()  # item() records nothing for autograd
+                host.append((column, value.item()))  # item() records nothing for autograd
             elif isinstance(value, torch.Tensor):
                 self._device_scalars[row, column].copy_(value.detach().reshape(()).to(self.device, non_blocking=True))
                 self._from_device[row, column] = True
             else:
-                self._host_scalars[row, column] = value
+                host.append((column, float(value)))
+        self._steps.append(step)
+        self._times.append(elapsed)
+        self._host_rows.append(host)
         self.rows += 1
         return row
+
+    def add_host_row(self, step: int, elapsed: float, scalars: Mapping[str, object]) -> bool:
+        """``add_row`` for scalars that are numbers (int, float) or one-value CPU tensors under names that have a
+        column, as the common case needs it; False, having changed nothing, for any other (or no room)."""
+        row = self.rows
+        if row >= self.capacity:
+            return False
+        index = self.scalar_index
+        values = []
+        for name, value in scalars.items():
+            column = index.get(name)
+            kind = type(value)
+            if column is None:
+                return False
+            if kind is float or kind is int:
+                values.append((column, value))
+            elif kind is torch.Tensor and value.is_cpu and value.numel() == 1 and not value.is_complex():
+                values.append((column, value.item()))  # item() records nothing for autograd
+            else:
+                return False
+        self._steps.append(step)
+        self._times.append(elapsed)
+        self._host_rows.append(values)
+        self.rows = row + 1
+        return True
 
     def set_stats(self, first_row: int, merged: Merged) -> None:
         """Statistics (n, S, 8) of rows first_row … first_row + n − 1, and their partials (kept when the
@@ -239,5 +272,5 @@ class RowStage:
 
     def _reset_scalars(self, n: int) -> None:
         self._device_scalars[:n].fill_(torch.nan)
-        self._host_scalars[:n] = np.nan
         self._from_device[:n] = False
+        self._steps, self._times, self._host_rows = [], [], []

@@ -35,17 +35,47 @@ class Arena:
     """The packed partials of the step in progress, side by side in one float64 buffer on one device.
 
     Kernels write into it directly (the C kernel through a pointer), so that a step costs no
-    allocation per site and its partials are one contiguous row, ready to merge.
+    allocation per site and its partials are one contiguous row, ready to merge. On the CPU an empty arena
+    can be aimed at the row of a ``merge.PartialRing`` that the step's partials will fill if they are
+    arranged as the last step's (``aim``): then they are written there in place, with no copy at the end.
     """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.on_cpu = device.type == "cpu"
-        self.buffer = torch.zeros(4096, dtype=torch.float64, device=device)
-        self.pointer = self.buffer.data_ptr()  # the buffer's address, kept: step() copies from it with no torch call
-        self.size = self.buffer.numel()
+        self._buffer: torch.Tensor | None = torch.zeros(4096, dtype=torch.float64, device=device)
+        self.pointer = self._buffer.data_ptr()  # the buffer's address, kept: step() copies from it with no torch call
+        self.size = self._buffer.numel()
         self.used = 0
         self.zero_on_clear = False  # set by kernels that add into the arena (atomics need zeros)
+        self._own = self._buffer  # the arena's own buffer, whatever it is aimed at
+        self._base = self._own  # the tensor whose memory the arena's buffer is
+        self.aimed = False
+
+    @property
+    def buffer(self) -> torch.Tensor:
+        """The memory partials are written into, a (size,) float64 view."""
+        if self._buffer is None:  # aimed: the view is made when something asks for it (no torch call per step)
+            start = (self.pointer - self._base.data_ptr()) // 8
+            self._buffer = self._base.view(-1)[start:start + self.size]
+        return self._buffer
+
+    def aim(self, base: torch.Tensor, pointer: int, size: int) -> None:
+        """Write the next partials at ``pointer``, where ``size`` float64 values of the contiguous float64 tensor
+        ``base`` lie (the arena is empty), until they are full (``reserve`` then goes on in the arena's own
+        buffer) or the arena is aimed elsewhere."""
+        self._base, self._buffer, self.pointer, self.size, self.aimed = base, None, pointer, size, True
+
+    def unaim(self) -> None:
+        """Back to the arena's own buffer, taking along what it holds (the row it was aimed at may be given away)."""
+        if not self.aimed:
+            return
+        if self.used > self._own.numel():
+            self._own = torch.zeros(max(2 * self._own.numel(), self.used), dtype=torch.float64, device=self.device)
+        if self.used:
+            self._own[:self.used].copy_(self.buffer[:self.used])
+        self._base = self._buffer = self._own
+        self.pointer, self.size, self.aimed = self._own.data_ptr(), self._own.numel(), False
 
     def reserve(self, width: int) -> int:
         """Room for ``width`` values; returns its offset. May move the buffer: take pointers after.
@@ -53,13 +83,13 @@ class Arena:
         Memory past ``used`` is zero whenever ``zero_on_clear`` is set.
         """
         offset = self.used
-        if offset + width > self.buffer.numel():
-            grown = torch.zeros(max(2 * self.buffer.numel(), offset + width), dtype=torch.float64,
-                                device=self.device)
+        if offset + width > self.size:
+            grown = torch.zeros(max(2 * self.size, offset + width), dtype=torch.float64, device=self.device)
             grown[:offset].copy_(self.buffer[:offset])
-            self.buffer = grown
+            self._buffer = self._own = self._base = grown
             self.pointer = grown.data_ptr()
             self.size = grown.numel()
+            self.aimed = False
         self.used = offset + width
         return offset
 

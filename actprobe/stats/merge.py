@@ -274,19 +274,35 @@ class PartialRing:
         self.rows[self.filled].copy_(row)
         self.filled += 1
 
-    def add_from(self, arena: Arena) -> None:
-        """The arena's row (the step's packed partials) as the next row. On the CPU one ``memmove``: the
-        torch operations of ``add`` cost ~25 µs each in a step that left the caches cold."""
+    def take_from(self, arena: Arena) -> None:
+        """The arena's row (the step's packed partials) as the ring's next row; the arena is left empty, and aimed
+        (``Arena.aim``) at the row after it where there is one, on the CPU, in a ring whose rows are handed over:
+        a next step arranged as this one writes its partials there in place, with no copy. Else the row is
+        copied: on the CPU one ``memmove`` (the torch operations of ``add`` cost ~25 µs each in a step that
+        left the caches cold)."""
         width = self.layout.width
         if arena.used != width:
             raise ValueError(f"a row of {arena.used} partials for a ring of rows of {width}")
         if self.filled >= self.capacity:
             raise IndexError(f"the ring holds {self.capacity} rows already")
-        if self._on_cpu and arena.on_cpu:
-            _copy(self._pointer + 8 * width * self.filled, arena.pointer, 8 * width)
-            self.filled += 1
+        row = self._pointer + 8 * width * self.filled
+        if not self._on_cpu or not arena.on_cpu:
+            self.rows[self.filled].copy_(arena.row())
+        elif arena.pointer != row:  # else written there already
+            _copy(row, arena.pointer, 8 * width)
+        self.filled += 1
+        arena.clear()
+        self.aim(arena)
+
+    def aim(self, arena: Arena) -> None:
+        """Aim the empty ``arena`` at the ring's next row (see ``take_from``), or back at its own buffer (also
+        when its kernels add into it: a ring's rows are not zeros)."""
+        width = self.layout.width
+        if (self._on_cpu and arena.on_cpu and self._buffers > 1 and self.filled < self.capacity
+                and not arena.zero_on_clear):
+            arena.aim(self.rows, self._pointer + 8 * width * self.filled, width)
         else:
-            self.add(arena.row())
+            arena.unaim()
 
     def merge(self, dead_eps: float) -> Merged:
         """(filled, S, 8) statistics of the rows gathered so far, and their partials (``merge_partials``);
