@@ -1,12 +1,13 @@
-"""Where actprobe's per-step time goes on the CPU: the C kernel, the rest of the hooks, and step().
+"""Where actprobe's per-step time goes on the CPU: the hooks, the C kernel's general calls, and step().
 
 "C kernel" times the kernel's general entry point (``_cstats.moments``: the first recorded step, and outputs
-unlike their site's last ones); "lanes" the sites' lanes (``c_backend.run_lane``: the common case after
-the first step, one C call that checks the output and runs the same kernel). "hooks (all)" includes both.
-
-Wraps the parts with time.perf_counter over a training run of a workload (the paper's CNN, batch 256,
-by default) and prints milliseconds per step for each, and microseconds per site, beside the step
-time. The warm-up steps fill every ring buffer once (their first pass pays the page faults).
+unlike their site's last ones), "probe.step()" the end of each step, both wrapped with time.perf_counter over a
+training run of a workload (the paper's CNN, batch 256, by default). "hooks" is what the probe's hooks add to a
+forward pass, PyTorch's own hook dispatch included: the median of forwards with the hooks minus the median of
+forwards without them (taken out, as on an unrecorded step), alternating, after the run. The common case after
+the first step, a site's lane, runs inside a hook written in C (``_cstats.Hook``), which no Python wrapper can
+time without adding a frame of its own. Prints milliseconds per step for each, and microseconds per site,
+beside the step time. The warm-up steps fill every ring buffer once (their first pass pays the page faults).
 
     python bench/breakdown.py [--model paper-cnn|wide-100|wide-1000] [--steps 200] [--warmup 400]
     python bench/breakdown.py --every 10 [--model …] [--steps 3000]
@@ -35,11 +36,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import actprobe  # noqa: E402
-from actprobe.engine import probe as probe_module, recorder  # noqa: E402
+from actprobe.engine import probe as probe_module  # noqa: E402
 from actprobe.stats import c_backend, merge  # noqa: E402
 from workloads import make  # noqa: E402
 
-spent = {"C kernel": 0.0, "lanes": 0.0, "hooks (all)": 0.0, "probe.step()": 0.0, "merged in step()": 0.0}
+spent = {"C kernel": 0.0, "probe.step()": 0.0, "merged in step()": 0.0}
 
 
 def timed(key: str, function):
@@ -71,8 +72,6 @@ def main() -> None:
     if not c_backend.available():
         sys.exit("error: the C kernel is not built")
     c_backend._cstats = TimedC  # this script's instrument: it times the private extension in place
-    c_backend.run_lane = timed("lanes", c_backend.run_lane)
-    recorder.Recorder.observe = timed("hooks (all)", recorder.Recorder.observe)
     probe_module.Probe.step = timed("probe.step()", probe_module.Probe.step)
     # rows merged on the training thread: only when every ring buffer is still with the writer thread
     merge.PartialRing.merge = timed("merged in step()", merge.PartialRing.merge)
@@ -83,9 +82,30 @@ def main() -> None:
             spent[key] = 0.0
         total = workload.run(args.steps, probe).seconds
         sites = len(probe.sites)
+        hooks = hooks_cost(workload, probe, args.steps)
     print(f"{args.model}: {sites} sites, {args.steps} steps, {1e3 * total / args.steps:.2f} ms per step (probe included)")
-    for key, seconds in spent.items():
+    for key, seconds in {"hooks": hooks * args.steps, **spent}.items():
         print(f"{key:18s} {1e3 * seconds / args.steps:7.3f} ms per step {1e6 * seconds / args.steps / sites:8.2f} µs per site")
+
+
+def hooks_cost(workload, probe, rounds: int) -> float:
+    """Seconds the probe's hooks add to one forward pass of a recorded step: alternating forwards with them
+    and without them (taken out, as on an unrecorded step), in training mode; each forward's partials are
+    dropped, so that the arena is the same for every one."""
+    model, inputs = workload.model, workload.batch[0]
+    engine, recorder = probe._engine, probe._recorder  # this script's instrument: the probe's own parts
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(rounds):
+        for hooked in (True, False):
+            if not hooked:
+                engine.detach()
+            start = time.perf_counter()
+            model(inputs)
+            times[hooked].append(time.perf_counter() - start)
+            engine.attach()
+            recorder.discard_step()
+            engine.new_step()
+    return statistics.median(times[True]) - statistics.median(times[False])
 
 
 def every_k(model: str, k: int, steps: int, warmup: int) -> None:

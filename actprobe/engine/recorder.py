@@ -286,8 +286,9 @@ class Recorder:
         """``end_step`` in the common case, where there is nothing to decide: a step of CPU sites arranged as the
         last one (its ring has room for the row), no histogram, no new site to report, every scalar a number or
         a one-value CPU tensor that has a column. Returns False, having changed nothing, in any other case.
-        What the training thread does at the end of such a step: a row's step, time and scalars, one copy of the
-        arena into the ring; the writer thread merges the ring's rows."""
+        What the training thread does at the end of such a step: a row's step, time and scalars in lists, and the
+        arena's row counted into the ring (written there in place, the arena was aimed at it); the writer thread
+        merges the ring's rows."""
         ring, stage, arena = self._ring, self.stage, self._arena
         if (not self._lanes_possible or self.hist_now or self.news or ring is None or stage is None or arena is None
                 or ring.full or (ring.filled and ring.first_row + ring.filled != stage.rows)
