@@ -235,9 +235,10 @@ static int parse(PyObject *args, call_args *c) {
  * values, so that the passes over parts of the rows add up (count, sums, far) and combine (min, max).
  * Returns 0 when its scratch memory could not be had. */
 static int fast_rows(const call_args *c, int64_t a0, int64_t a1, double *out) {
-    /* One entry's values are one run, whatever the rows: (A, 1, B) is read as (1, 1, A*B), never row by row
+    /* One entry in short runs is read as one long run: (A, 1, B) as (1, 1, A*B), not row by row over B columns
      * (a Linear layer with one output makes rows of one value, where that path does no vector work). */
-    const int64_t E = c->E, B = E == 1 ? (a1 - a0) * c->B : c->B, A = E == 1 ? 1 : a1 - a0, W = E * B;
+    const int one_run = c->E == 1 && c->B < MIN_RUN;
+    const int64_t E = c->E, B = one_run ? (a1 - a0) * c->B : c->B, A = one_run ? 1 : a1 - a0, W = E * B;
     void *columns = NULL;
     /* Short runs are read row by row (vectorised across columns) when the columns fit in scratch. */
     if ((B < MIN_RUN || (W <= CACHED_COLUMNS && A >= CACHED_MIN_ROWS)) && (W <= MAX_COLUMNS || B == 1)) {

@@ -24,8 +24,9 @@ SHAPES = [
     ((4, 9, 32), -1),  # (N, T, F)
     ((16, 12, 30), 1),  # (N, C, L)
     ((5000,), None),  # no units
-    ((3000, 1), -1),  # one unit: one run, whatever the rows (a Linear layer of one output)
-    ((40, 1, 9, 9), 1),  # one channel
+    ((3000, 1), -1),  # one unit in runs of one value: read as one run (a Linear layer of one output)
+    ((40, 1, 9, 9), 1),  # one channel, runs of 81 values
+    ((200, 1, 3, 3), 1),  # one channel, runs of 9 values: read as one run
     ((), None),  # a scalar
 ]
 
