@@ -6,7 +6,9 @@ training run of a workload (the paper's CNN, batch 256, by default). "hooks" is 
 forward pass, PyTorch's own hook dispatch included: the median of forwards with the hooks minus the median of
 forwards without them (taken out, as on an unrecorded step), alternating, after the run. The common case after
 the first step, a site's lane, runs inside a hook written in C (``_cstats.Hook``), which no Python wrapper can
-time without adding a frame of its own. Prints milliseconds per step for each, and microseconds per site,
+time without adding a frame of its own; "(an empty hook)" is what a Python hook that does nothing, on the same
+modules, adds to a forward the same way: PyTorch's cost of dispatching a hook at all, the floor of any hook.
+Prints milliseconds per step for each, and microseconds per site,
 beside the step time. The warm-up steps fill every ring buffer once (their first pass pays the page faults).
 
     python bench/breakdown.py [--model paper-cnn|wide-100|wide-1000] [--steps 200] [--warmup 400]
@@ -82,30 +84,39 @@ def main() -> None:
             spent[key] = 0.0
         total = workload.run(args.steps, probe).seconds
         sites = len(probe.sites)
-        hooks = hooks_cost(workload, probe, args.steps)
+        hooks, empty = hooks_cost(workload, probe, args.steps)
     print(f"{args.model}: {sites} sites, {args.steps} steps, {1e3 * total / args.steps:.2f} ms per step (probe included)")
-    for key, seconds in {"hooks": hooks * args.steps, **spent}.items():
+    for key, seconds in {"hooks": hooks * args.steps, **spent, "(an empty hook)": empty * args.steps}.items():
         print(f"{key:18s} {1e3 * seconds / args.steps:7.3f} ms per step {1e6 * seconds / args.steps / sites:8.2f} µs per site")
 
 
-def hooks_cost(workload, probe, rounds: int) -> float:
-    """Seconds the probe's hooks add to one forward pass of a recorded step: alternating forwards with them
-    and without them (taken out, as on an unrecorded step), in training mode; each forward's partials are
-    dropped, so that the arena is the same for every one."""
+def hooks_cost(workload, probe, rounds: int) -> tuple[float, float]:
+    """Seconds the probe's hooks add to one forward pass of a recorded step, and what an empty Python hook
+    (registered with kwargs, as the probe's are) on the same modules adds: PyTorch's dispatch of a hook at
+    all. Alternating forwards with the probe's hooks, without them (taken out, as on an unrecorded step) and
+    with the empty hooks instead, in training mode; each forward's partials are dropped, so that the arena is
+    the same for every one."""
     model, inputs = workload.model, workload.batch[0]
     engine, recorder = probe._engine, probe._recorder  # this script's instrument: the probe's own parts
-    times: dict[bool, list[float]] = {True: [], False: []}
+    hooked = [model.get_submodule(name) for name in engine._slots]
+    times: dict[str, list[float]] = {"probe": [], "none": [], "empty": []}
     for _ in range(rounds):
-        for hooked in (True, False):
-            if not hooked:
+        for mode in times:
+            handles = []
+            if mode != "probe":
                 engine.detach()
+            if mode == "empty":
+                handles = [module.register_forward_hook(lambda *args: None, with_kwargs=True) for module in hooked]
             start = time.perf_counter()
             model(inputs)
-            times[hooked].append(time.perf_counter() - start)
+            times[mode].append(time.perf_counter() - start)
+            for handle in handles:
+                handle.remove()
             engine.attach()
             recorder.discard_step()
             engine.new_step()
-    return statistics.median(times[True]) - statistics.median(times[False])
+    none = statistics.median(times["none"])
+    return statistics.median(times["probe"]) - none, statistics.median(times["empty"]) - none
 
 
 def every_k(model: str, k: int, steps: int, warmup: int) -> None:

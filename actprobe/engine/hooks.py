@@ -19,6 +19,8 @@ from ..stats import c_backend
 from . import eager
 from .eager import eager_hook, eager_only
 
+c_backend.set_frame_callback(eager.frame_callback)  # the hooks in C leave calls under torch.compile to the Python hook
+
 # on_call(module_name, call_index, module, inputs, output); inputs = (args, kwargs) of the call
 OnCall = Callable[[str, int, nn.Module, object, object], None]
 # a registered hook: (its module's hook dictionary, the id PyTorch gave it, the hook)

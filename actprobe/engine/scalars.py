@@ -9,10 +9,16 @@ import torch
 
 
 def scalar_value(value: object) -> float | torch.Tensor | None:
-    """A number or a 1-element real tensor as it is recorded; None for anything else."""
+    """A number or a 1-element real tensor as it is recorded; None for anything else (an int beyond float64's
+    range included)."""
     if isinstance(value, bool):
         return float(value)
-    if isinstance(value, (int, float)):
+    if isinstance(value, int):
+        try:
+            return float(value)
+        except OverflowError:
+            return None
+    if isinstance(value, float):
         return float(value)
     if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
         return value
@@ -34,8 +40,8 @@ def accepted(scalars: Mapping[str, object], add_column: Callable[[str], bool],
     for name, value in scalars.items():
         clean = scalar_value(value)
         if clean is None:
-            warn_once(f"scalar-type:{name}", f"step({name}=…) is not a number or a 1-element tensor "
-                      f"({type(value).__name__}); it is not recorded")
+            warn_once(f"scalar-type:{name}", f"step({name}=…) is not a number within float64's range or a 1-element "
+                      f"tensor ({type(value).__name__}); it is not recorded")
         elif not add_column(name):
             warn_once(f"scalar-new:{name}", f"step({name}=…) is not recorded: the file already has the most "
                       "scalar columns a probe keeps")

@@ -205,8 +205,13 @@ class RowStage:
             kind = type(value)
             if column is None:
                 return False
-            if kind is float or kind is int:
+            if kind is float:
                 values.append((column, value))
+            elif kind is int:
+                try:
+                    values.append((column, float(value)))
+                except OverflowError:  # beyond float64: the general path leaves it out, and says so
+                    return False
             elif kind is torch.Tensor and value.is_cpu and value.numel() == 1 and not value.is_complex():
                 values.append((column, value.item()))  # item() records nothing for autograd
             else:

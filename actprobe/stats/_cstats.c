@@ -481,25 +481,28 @@ static int run_lane(PyObject *lane, PyObject *x, PyObject *arena, PyObject *part
         PyErr_SetString(PyExc_ValueError, "a lane of an empty or inconsistent shape");
         return -1;
     }
-    if (!long_attribute(arena, s_used, &used) || !long_attribute(arena, s_size, &size)
-            || !long_attribute(arena, s_pointer, &pointer)) return -1;
-    const long long width = 4 * c.E + 4;
-    if (used < 0 || size < 0 || used > size || width > size - used || pointer == 0)
-        return 0;  /* no room: the general path grows it */
     PyObject *data = PyObject_CallMethodNoArgs(x, s_data_ptr);
     if (data == NULL) return -1;
     c.data = PyLong_AsUnsignedLongLong(data);
     Py_DECREF(data);
     if (PyErr_Occurred()) return -1;
-    c.out = (unsigned long long)pointer + 8ull * (unsigned long long)used;
-    int ok = run_moments(&c);
-    if (ok < 0) { PyErr_NoMemory(); return -1; }
-    if (!ok) run_masked(&c);
+    /* from reading arena.used to advancing it, nothing here lets another thread run */
+    if (!long_attribute(arena, s_used, &used) || !long_attribute(arena, s_size, &size)
+            || !long_attribute(arena, s_pointer, &pointer)) return -1;
+    const long long width = 4 * c.E + 4;
+    if (used < 0 || size < 0 || used > size || width > size - used || pointer == 0)
+        return 0;  /* no room: the general path grows it */
+    /* the room is taken before the kernel runs (as Arena.reserve takes it): while the kernel lets other threads
+     * run, a call on another thread gets room of its own */
     PyObject *advanced = PyLong_FromLongLong(used + width);
     if (advanced == NULL) return -1;
     r = PyObject_SetAttr(arena, s_used, advanced);
     Py_DECREF(advanced);
     if (r < 0) return -1;
+    c.out = (unsigned long long)pointer + 8ull * (unsigned long long)used;
+    int ok = run_moments(&c);
+    if (ok < 0) { PyErr_NoMemory(); return -1; }
+    if (!ok) run_masked(&c);
     /* the pair of the lane's last call, when it wrote at the same offset: the same object again, so that a step
      * like the last one allocates nothing here and its arrangement compares equal item by item by identity */
     PyObject *cache = PyTuple_GET_ITEM(lane, 11), *last = PyList_GET_ITEM(cache, 0);
@@ -512,14 +515,12 @@ static int run_lane(PyObject *lane, PyObject *x, PyObject *arena, PyObject *part
     if (partial == NULL) return -1;
     PyObject *items[5] = {PyLong_FromLongLong(used), PyLong_FromLongLong(c.E), PyLong_FromLongLong(units),
                           PyLong_FromLongLong(numel), PyLong_FromLong(1)};
-    for (int i = 0; i < 5; i++) {
-        if (items[i] == NULL) {
-            for (int j = 0; j < 5; j++) Py_XDECREF(items[j]);
-            Py_DECREF(partial);
-            return -1;
-        }
-        PyTuple_SET_ITEM(partial, i, items[i]);
+    if (!items[0] || !items[1] || !items[2] || !items[3] || !items[4]) {
+        for (int i = 0; i < 5; i++) Py_XDECREF(items[i]);
+        Py_DECREF(partial);
+        return -1;
     }
+    for (int i = 0; i < 5; i++) PyTuple_SET_ITEM(partial, i, items[i]);
     PyObject *pair = PyTuple_Pack(2, PyTuple_GET_ITEM(lane, 0), partial);
     Py_DECREF(partial);
     if (pair == NULL) return -1;
@@ -548,10 +549,12 @@ static PyObject *py_lane(PyObject *self, PyObject *const *args, Py_ssize_t nargs
  * runs the lane into owner._arena and owner._partials, counts the call (engine._calls[name] = 1) and returns
  * None: what slow(module, args, kwargs, output) does in that case. Every other call, and any error here, goes
  * to slow, the Python hook, which does the rest as before (and reports errors as it reports any). The type is
- * marked for torch.compile as its disabled functions are: tracing never enters it, and at a graph break the C
- * side enters no Python frame (the frames Dynamo's callback would compile), while slow guards itself.
- * set_grad_enabled_function(torch.is_grad_enabled) comes first. */
-static PyObject *hook_grad_enabled = NULL;
+ * marked for torch.compile as its disabled functions are: tracing never enters it; and a call made while
+ * Dynamo's frame-evaluation callback is set (at a graph break of compiled code) goes to slow too, which guards
+ * itself: reading the tensor may call Python (a TorchFunctionMode's __torch_function__), which the callback
+ * would compile. set_grad_enabled_function(torch.is_grad_enabled) comes first, and set_frame_callback(getter)
+ * (Dynamo's get_eval_frame_callback, or None where this torch has none). */
+static PyObject *hook_grad_enabled = NULL, *hook_frame_callback = NULL;
 static PyObject *s_active, *s_capturing, *s_train_only, *s_root, *s_training, *s_calls, *s_lanes, *s_arena,
                 *s_partials, *one;
 
@@ -560,6 +563,15 @@ typedef struct {
     vectorcallfunc vectorcall;
     PyObject *name, *slow, *engine, *owner;
 } Hook;
+
+static PyObject *py_set_frame_callback(PyObject *self, PyObject *getter) {
+    if (getter != Py_None && !PyCallable_Check(getter)) {
+        PyErr_SetString(PyExc_TypeError, "set_frame_callback(get_eval_frame_callback or None)");
+        return NULL;
+    }
+    Py_XSETREF(hook_frame_callback, getter == Py_None ? NULL : Py_NewRef(getter));
+    Py_RETURN_NONE;
+}
 
 static PyObject *py_set_grad_enabled_function(PyObject *self, PyObject *function) {
     if (!PyCallable_Check(function)) {
@@ -582,6 +594,13 @@ static int attribute_true(PyObject *o, PyObject *name) {
 /* Whether a call made now may be recorded, as far as the engine's state says: 1, 0, or -1 on an error. */
 static int hook_open(Hook *h) {
     if (hook_grad_enabled == NULL) return 0;
+    if (hook_frame_callback != NULL) {
+        PyObject *callback = PyObject_CallNoArgs(hook_frame_callback);
+        if (callback == NULL) return -1;
+        int none = callback == Py_None;
+        Py_DECREF(callback);
+        if (!none) return 0;
+    }
     int r;
     if ((r = attribute_true(h->engine, s_active)) <= 0) return r;
     if ((r = attribute_true(h->engine, s_capturing)) != 0) return r < 0 ? -1 : 0;
@@ -605,23 +624,32 @@ static int hook_open(Hook *h) {
 static int hook_fast(Hook *h, PyObject *output) {
     int r = hook_open(h);
     if (r <= 0) return r;
-    PyObject *calls = PyObject_GetAttr(h->engine, s_calls), *lanes = NULL, *arena = NULL, *partials = NULL;
+    PyObject *calls = PyObject_GetAttr(h->engine, s_calls), *lanes = NULL, *lane = NULL, *arena = NULL, *partials = NULL;
     r = -1;
     if (calls == NULL || !PyDict_Check(calls)) goto done;
     PyObject *count = PyDict_GetItemWithError(calls, h->name);  /* borrowed */
     if (count != NULL || PyErr_Occurred()) { r = count != NULL ? 0 : -1; goto done; }  /* a later call */
     lanes = PyObject_GetAttr(h->owner, s_lanes);
     if (lanes == NULL || !PyDict_Check(lanes)) goto done;
-    PyObject *lane = PyDict_GetItemWithError(lanes, h->name);  /* borrowed, kept alive by lanes */
+    /* a strong reference: while the kernel lets other threads run, one of them may replace the site's lane */
+    lane = Py_XNewRef(PyDict_GetItemWithError(lanes, h->name));
     if (lane == NULL) { r = PyErr_Occurred() ? -1 : 0; goto done; }
     if ((arena = PyObject_GetAttr(h->owner, s_arena)) == NULL || (partials = PyObject_GetAttr(h->owner, s_partials)) == NULL)
         goto done;
+    /* the call is counted first, as the Python hook counts it, and uncounted when the lane declines it */
+    if (PyDict_SetItem(calls, h->name, one) < 0) goto done;
     r = run_lane(lane, output, arena, partials);
-    if (r == 1 && PyDict_SetItem(calls, h->name, one) < 0) r = -1;
+    if (r <= 0) {
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        if (PyDict_DelItem(calls, h->name) < 0) PyErr_Clear();
+        PyErr_Restore(type, value, traceback);
+    }
 done:
     if (r < 0 && !PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "a hook engine without its call counts or lanes");
     Py_XDECREF(calls);
     Py_XDECREF(lanes);
+    Py_XDECREF(lane);
     Py_XDECREF(arena);
     Py_XDECREF(partials);
     return r;
@@ -718,6 +746,7 @@ static PyMethodDef methods[] = {
     {"set_lane_types", py_set_lane_types, METH_VARARGS, "The tensor type and the Partial type lane() works with."},
     {"lane", (PyCFunction)(void (*)(void))py_lane, METH_FASTCALL, "A site's lane: moments of an output like its last one."},
     {"set_grad_enabled_function", py_set_grad_enabled_function, METH_O, "torch.is_grad_enabled, for the hooks."},
+    {"set_frame_callback", py_set_frame_callback, METH_O, "Dynamo's get_eval_frame_callback (or None), for the hooks."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -51,6 +51,7 @@ class Arena:
         self._own = self._buffer  # the arena's own buffer, whatever it is aimed at
         self._base = self._own  # the tensor whose memory the arena's buffer is
         self.aimed = False
+        self._retired: list[torch.Tensor] = []  # memory given up by reserve() during the step
 
     @property
     def buffer(self) -> torch.Tensor:
@@ -86,6 +87,9 @@ class Arena:
         if offset + width > self.size:
             grown = torch.zeros(max(2 * self.size, offset + width), dtype=torch.float64, device=self.device)
             grown[:offset].copy_(self.buffer[:offset])
+            # the old memory stays until the step ends: a kernel on another thread (one that let this thread run)
+            # may still be writing into it, and must not write into freed memory
+            self._retired.append(self._base)
             self._buffer = self._own = self._base = grown
             self.pointer = grown.data_ptr()
             self.size = grown.numel()
@@ -101,6 +105,8 @@ class Arena:
         if self.zero_on_clear:
             self.buffer[:self.used].zero_()  # one memset per step, ordered after the row's last reader
         self.used = 0
+        if self._retired:
+            self._retired = []
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

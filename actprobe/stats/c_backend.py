@@ -97,6 +97,13 @@ lane_hook: Callable[[str, Callable[..., None], object, object], Callable[..., No
     None if _cstats is None else _cstats.Hook)
 
 
+def set_frame_callback(getter: Callable[[], object] | None) -> None:
+    """Give the hooks in C Dynamo's getter of its frame-evaluation callback (None: this torch has none): a call
+    made while the callback is set goes to the Python hook, which guards itself against torch.compile."""
+    if _cstats is not None:
+        _cstats.set_frame_callback(getter)
+
+
 class Lane(NamedTuple):
     """The C kernel's call for every tensor of one shape, strides and dtype that it reads in place: what
     a recorded site whose outputs look alike from step to step needs, worked out once (``CBackend.lane``).

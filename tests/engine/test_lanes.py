@@ -3,11 +3,16 @@ general path records, and steps whose outputs change shape, strides or dtype fal
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import torch
 from torch import nn
 
 import actprobe
+from actprobe.engine import eager
 from actprobe.stats import c_backend
 from conftest import STATS, assert_statistics_close, paper_cnn, reference_statistics, train_steps
 
@@ -170,3 +175,65 @@ def test_hooks_in_c_leave_out_what_train_only_and_idle_steps_leave_out(tmp_path)
     for row, step in enumerate(run.step):
         got = {name: float(run.stats[name][row, 0]) for name in STATS}
         assert_statistics_close(got, reference_statistics(want[step], -1))
+
+
+def test_a_hook_in_c_leaves_calls_under_torch_compile_to_the_python_hook(tmp_path):
+    """While Dynamo's frame-evaluation callback is set (a graph break of compiled code), reading the output may
+    call Python (a TorchFunctionMode's ``__torch_function__``) that the callback would compile: the hook in C
+    hands such a call to the Python hook, which guards itself. Here a stand-in getter says a callback is set."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU())
+    with actprobe.Probe(model, tmp_path / "f.h5") as probe:
+        counts = _counting_calls(probe)
+        for step in range(4):
+            if step == 3:
+                c_backend.set_frame_callback(lambda: "a callback")
+            try:
+                model(torch.randn(5, 6)).sum().backward()
+            finally:
+                c_backend.set_frame_callback(eager.frame_callback)
+            probe.step()
+            counts.append(0)
+    assert counts[:4] == [2, 2, 0, 2]  # step 3: both calls through the Python hook, which recorded them
+    assert actprobe.read(tmp_path / "f.h5").rows == 4
+
+
+_REPLACED_LANES = """
+import threading, warnings, torch, actprobe
+torch.set_num_threads(1)
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(64, 1024), torch.nn.Tanh())
+x = torch.randn(256, 64)  # 262,144 values: the kernel lets other threads run
+stop = False
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    with torch.no_grad(), actprobe.Probe(model, {path!r}, train_only=False) as probe:
+        model(x); probe.step(); model(x); probe.step()
+        table = probe._recorder._lane_table
+        def replace():
+            while not stop:
+                for name in ("0", "1"):
+                    table[name] = tuple(table[name][:11]) + ([None],)  # what Recorder._make_lane does
+        thread = threading.Thread(target=replace)
+        thread.start()
+        try:
+            for step in range(150):
+                model(x)
+                probe.step()
+        finally:
+            stop = True
+            thread.join()
+assert probe.error is None, probe.error
+print("ok", actprobe.read({path!r}).rows)
+"""
+
+
+def test_a_lane_replaced_by_another_thread_during_the_kernel_is_not_freed_under_it(tmp_path):
+    """Another thread may replace a site's lane while the kernel of a hook in C lets it run (a forward of another
+    shape on that thread makes the site's lane anew): the hook holds the lane until it is done. Before, the lane
+    was freed under it and the process crashed (twice in two runs of this script)."""
+    script = _REPLACED_LANES.format(path=str(tmp_path / "threads.h5"))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "PYTHONMALLOC": "debug"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["ok", "152"]

@@ -134,3 +134,21 @@ def test_an_aimed_arena_writes_in_place_grows_into_its_own_buffer_and_keeps_its_
     arena.unaim()  # its partials go along
     ring_rows.zero_()
     assert not arena.aimed and torch.equal(arena.row(), torch.full((3,), 2.0, dtype=torch.float64))
+
+
+def test_an_int_beyond_float64_is_left_out_and_recording_goes_on(tmp_path):
+    """``step(n=10**400)``: that value is not recorded (one warning), the row and the rows around it are."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with actprobe.Probe(model, tmp_path / "n.h5") as probe:
+            for step in range(8):
+                model(torch.randn(3, 4)).sum().backward()
+                probe.step(n=10 ** 400 if step in (5, 6) else step)
+    messages = [str(w.message) for w in caught]
+    assert probe.error is None
+    assert sum("step(n=…) is not a number within float64's range" in m for m in messages) == 1, messages
+    run = actprobe.read(tmp_path / "n.h5")
+    assert run.step.tolist() == list(range(8))
+    n = np.asarray(run.scalars["n"])
+    assert np.isnan(n[5:7]).all() and n[[0, 1, 2, 3, 4, 7]].tolist() == [0, 1, 2, 3, 4, 7]
