@@ -126,9 +126,9 @@ class HookEngine:
             self._root_slot = (model._forward_pre_hooks, self._root_handle.id, self._pre_hook)
         slots = self._slots
         for name, ref in self._modules:
-            module, slot = ref(), slots.get(name)
-            if module is None or (slot is not None and module._forward_hooks is slot[0] and slot[1] in slot[0]):
-                continue  # (``_holds``, inline: this loop runs before every recorded step, once per module)
+            module = ref()
+            if module is None or _holds(module._forward_hooks, slots.get(name)):
+                continue
             if name in self._handles:
                 self._handles.pop(name).remove()  # from a dictionary the module no longer uses, if it is there
             handle = self._handles[name] = module.register_forward_hook(self._hooks[name], with_kwargs=True)

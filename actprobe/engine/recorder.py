@@ -291,17 +291,15 @@ class Recorder:
         merges the ring's rows."""
         ring, stage, arena = self._ring, self.stage, self._arena
         if (not self._lanes_possible or self.hist_now or self.news or ring is None or stage is None or arena is None
-                or ring.full or (ring.filled and ring.first_row + ring.filled != stage.rows)
-                or arena.used != ring.layout.width or self._param_partials or ring.key != tuple(self._partials)):
+                or not ring.follows(stage.rows) or arena.used != ring.layout.width or self._param_partials
+                or ring.key != tuple(self._partials)):
             return False
         row = stage.rows
         if not stage.add_host_row(step, elapsed, scalars):
             return False
-        if not ring.filled:  # the first row since the ring's last rows were handed over
-            ring.first_row = row
-        ring.take_from(arena)
+        ring.take_from(arena, row)
         self._partials = []
-        self._generation += 1
+        self._end_generation()
         return True
 
     def end_step(self, step: int, elapsed: float, scalars: dict[str, float | torch.Tensor]) -> None:
@@ -367,8 +365,7 @@ class Recorder:
         assert self._arena is not None
         key = arrangement(partials)
         ring = self._ring
-        if ring is not None and ring.filled and (
-                ring.key != key or ring.full or ring.first_row + ring.filled != index):
+        if ring is not None and ring.filled and (ring.key != key or not ring.follows(index)):
             # a part-filled ring (the arrangement changed) is merged now, as before the hand-over existed:
             # handing over its buffer for a row or two would hold memory for rows never written
             self._drain(stage, now=not ring.full)
@@ -391,9 +388,7 @@ class Recorder:
             if len(self._rings) >= MAX_RINGS:
                 self._rings.clear()
             self._rings[key] = ring
-        if not ring.filled:
-            ring.first_row = index
-        ring.take_from(self._arena)
+        ring.take_from(self._arena, index)
 
     @staticmethod
     def _hands_over(stage: RowStage) -> bool:

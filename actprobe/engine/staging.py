@@ -20,6 +20,7 @@ import torch
 
 from ..runfile.format import STATISTICS
 from ..stats.merge import PARTIAL_VALUES, UNIT_VALUES, Merged, Segment
+from .scalars import scalar_value
 
 HOST_SLOTS = 3  # at least this many host slots; more when they are small, up to MAX_HOST_SLOTS
 MAX_HOST_SLOTS = 32
@@ -208,10 +209,10 @@ class RowStage:
             if kind is float:
                 values.append((column, value))
             elif kind is int:
-                try:
-                    values.append((column, float(value)))
-                except OverflowError:  # beyond float64: the general path leaves it out, and says so
+                number = scalar_value(value)
+                if number is None:  # beyond float64: the general path leaves it out, and says so
                     return False
+                values.append((column, number))
             elif kind is torch.Tensor and value.is_cpu and value.numel() == 1 and not value.is_complex():
                 values.append((column, value.item()))  # item() records nothing for autograd
             else:

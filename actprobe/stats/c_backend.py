@@ -85,7 +85,8 @@ _ENTRY_POINTS: tuple[int, int, int] | None = None
 # when ``x`` is a plain CPU tensor of that shape, strides and dtype and ``arena`` has room, write its moments into
 # ``arena`` as ``CBackend`` would, append ``(site, Partial)`` to ``partials`` and return True; else change nothing
 # and return False. The list at the end keeps the last pair: a call at the same offset appends that same object
-# (a step like the last allocates nothing, and its arrangement compares equal by identity). The C function itself (``_cstats.lane``), no Python frame; lanes exist only with the extension.
+# (a step like the last allocates nothing, and its arrangement compares equal by identity). The C function
+# itself (``_cstats.lane``), no Python frame; lanes exist only with the extension.
 run_lane: Callable[[tuple, torch.Tensor, Arena, list], bool] | None = None if _cstats is None else _cstats.lane
 
 # lane_hook(name, slow, engine, owner): a forward hook for module ``name`` that runs the site's lane itself (no

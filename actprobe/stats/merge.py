@@ -274,8 +274,14 @@ class PartialRing:
         self.rows[self.filled].copy_(row)
         self.filled += 1
 
-    def take_from(self, arena: Arena) -> None:
-        """The arena's row (the step's packed partials) as the ring's next row; the arena is left empty, and aimed
+    def follows(self, index: int) -> bool:
+        """Whether row ``index`` of the flush interval can be the ring's next: there is room, and the ring is empty
+        or its rows end just before it."""
+        return self.filled < self.capacity and (not self.filled or self.first_row + self.filled == index)
+
+    def take_from(self, arena: Arena, index: int) -> None:
+        """The arena's row (the step's packed partials) as the ring's next row, row ``index`` of the flush interval
+        (``follows(index)``); the arena is left empty, and aimed
         (``Arena.aim``) at the row after it where there is one, on the CPU, in a ring whose rows are handed over:
         a next step arranged as this one writes its partials there in place, with no copy. Else the row is
         copied: on the CPU one ``memmove`` (the torch operations of ``add`` cost ~25 µs each in a step that
@@ -285,12 +291,15 @@ class PartialRing:
             raise ValueError(f"a row of {arena.used} partials for a ring of rows of {width}")
         if self.filled >= self.capacity:
             raise IndexError(f"the ring holds {self.capacity} rows already")
-        row = self._pointer + 8 * width * self.filled
+        if not self.filled:
+            self.first_row = index
+        address = self._pointer + 8 * width * self.filled
         if not self._on_cpu or not arena.on_cpu:
-            self.rows[self.filled].copy_(arena.row())
-        elif arena.pointer != row:  # else written there already
-            _copy(row, arena.pointer, 8 * width)
-        self.filled += 1
+            self.add(arena.row())
+        else:
+            if arena.pointer != address:  # else written there already
+                _copy(address, arena.pointer, 8 * width)
+            self.filled += 1
         arena.clear()
         self.aim(arena)
 
