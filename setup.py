@@ -1,4 +1,5 @@
-"""Builds the optional C extensions (actprobe/stats/_cstats.c: the CPU kernel; actprobe/stats/_cmerge.c:
+"""Builds the optional C extensions (actprobe/stats/_cstats.c: the CPU kernel, the hooks in C, and with _cstate.c the
+recording state as C fields and the end of a recorded step; actprobe/stats/_cmerge.c:
 merging partials into rows on the CPU; actprobe/stats/_chist.c: histograms on the CPU); all other
 metadata lives in pyproject.toml.
 
@@ -13,7 +14,8 @@ setup(
     ext_modules=[
         Extension(
             "actprobe.stats._cstats",
-            ["actprobe/stats/_cstats.c"],
+            ["actprobe/stats/_cstats.c", "actprobe/stats/_cstate.c"],
+            depends=["actprobe/stats/_cstate.h"],
             # -ffast-math lets the compiler vectorise the reductions (min and max too); it also lets it
             # assume that no floating-point value is NaN or Inf, so _cstats.c tests finiteness on
             # integers only (tests/stats/test_compilers.py builds it with GCC and with clang)

@@ -104,6 +104,12 @@ class HookEngine:
         self._calls.clear()
 
     @property
+    def call_counts(self) -> dict[str, int]:
+        """Calls of each hooked module in the current forward (names of first calls only once each); cleared by
+        ``new_step``, and by whoever ends a step without calling it (``Probe.step`` in C clears it itself)."""
+        return self._calls
+
+    @property
     def attached(self) -> bool:
         return self._attached
 

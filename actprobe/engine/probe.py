@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import ActprobeWarning, OptionError
 from ..runfile.format import SiteGraph
+from ..stats.cores import ProbeCore
 from ..stats.dispatch import MomentKernel
 from .eager import dynamo_compiled
 from .hooks import HookEngine
@@ -30,7 +31,7 @@ from .sink import FileSink
 _open_probes: weakref.WeakSet[Probe] = weakref.WeakSet()
 
 
-class Probe:
+class Probe(ProbeCore):
     """Records activation statistics of every selected module, every recorded training step.
 
     Use it as a context manager around the training loop and call ``step()`` once per step::
@@ -40,6 +41,10 @@ class Probe:
                 loss = loss_fn(model(x), y)
                 loss.backward(); opt.step(); opt.zero_grad()
                 probe.step(loss=loss)
+
+    ``step(**scalars)`` ends one training step; keyword values (numbers or 1-element tensors) are recorded too
+    (device tensors are copied on their device: recording them does not synchronise). Its common case runs in C
+    (``ProbeCore``, ``stats/_cstate.c``), every other one in Python (``_step_general``).
 
     Statistics are computed on the tensors' own device without any host–device synchronisation;
     rows reach the file in batches from a background thread. Recording never raises into the
@@ -120,6 +125,10 @@ class Probe:
                                   on_error=self._on_call_error, hooked=[name for name, _ in modules],
                                   containers=[name for name, _ in extra], partials=self.rank is not None)
         self._step = 0
+        # the settings step() reads, as attributes of the probe: one lookup each in a step that left the caches cold
+        self._every, self._hist_every = self.settings.every, self.settings.hist_every
+        self._flush_seconds = self.settings.flush_seconds
+        self._writer = None  # the sink's writer thread, once the file is open (step checks it for errors)
         self._recorder.hist_now = hist_every > 0  # recorded step 0 is histogram row 0
         self._started = time.perf_counter()
         self._last_flush = self._started
@@ -135,6 +144,7 @@ class Probe:
         except BaseException:
             self._sink.release()
             raise
+        self._calls = self._engine.call_counts  # cleared by step() as HookEngine.new_step clears it
         self._forked = False  # set in a child made with fork: the file and its lock are the parent's
         _open_probes.add(self)
 
@@ -178,30 +188,46 @@ class Probe:
         """The statistics backends that have served this probe's tensors so far (``C``, ``torch``, ``Triton``)."""
         return tuple(sorted(self._recorder.kernel.backends_used))
 
-    def step(self, **scalars: float | int | torch.Tensor) -> None:
-        """End one training step; keyword values (numbers or 1-element tensors) are recorded too.
+    # step(**scalars): ProbeCore's, written in C for the common case (stats/_cstate.c), which hands every other call
+    # to _step_general; without the C extension, ProbeCore.step is _step_general itself (stats/cores.py)
 
-        Device tensors are copied on their device: recording them does not synchronise.
-        """
+    def _step_general(self, **scalars: float | int | torch.Tensor) -> None:
+        """``step`` in every case: the end of a recorded step in the common case (``Recorder.seal``), else the
+        recorder's general path; the hooks for the next step, the writer's state and a flush when one is due."""
         if self._forked:  # the parent records; the child leaves its file alone
             return
         if self.closed:
             self._warn_once("closed", "Probe.step() called after the probe was closed; ignored")
             return
         try:
-            recorded = self.recording
+            every = self._every
+            recorded = self._step % every == 0 and self.error is None
+            flush = False
             if recorded:
-                if not self._recorder.seal(self._step, time.perf_counter() - self._started, scalars):
+                sealed = self._recorder.seal(self._step, time.perf_counter() - self._started, scalars)
+                if sealed:
+                    flush = sealed == 2
+                else:
                     self._end_recorded_step(scalars)
+                    flush = self._recorder.started and self._recorder.full
                 self._engine.new_step()
             self._step += 1
             # between two unrecorded steps nothing changes but the time (after a failure: once more, for the hooks),
             # nor between two recorded ones without histograms
-            if (recorded != self.recording or (recorded and self.settings.hist_every)
+            if ((every > 1 and recorded != self.recording) or (recorded and self._hist_every)
                     or (self.error is not None and self._engine.attached)):
                 self._prepare_next_step()
+        except Exception as exc:  # the profiler never crashes training
+            self._fail(exc)
+            return
+        self._finish_step(flush)
+
+    def _finish_step(self, flush: bool) -> None:
+        """The end of ``step`` once the step is counted: stop if the writer thread failed; flush when ``flush`` or
+        when ``flush_seconds`` have passed since the last flush (once the file's columns are known)."""
+        try:
             self._check_writer()
-            if self._recorder.started and ((recorded and self._recorder.full) or self._flush_due()):
+            if flush or (time.perf_counter() - self._last_flush >= self._flush_seconds and self._recorder.started):
                 self._flush()
         except Exception as exc:  # the profiler never crashes training
             self._fail(exc)
@@ -296,6 +322,7 @@ class Probe:
                             recorder.stat_groups, recorder.params, recorder.hist_groups if settings.hist_every else (),
                             self._param_ndims, recorder.unit_columns,
                             self._params.sharded if self._params is not None else ())
+            self._writer = self._sink.writer
             self._engine.unhook(recorder.idle_containers)
         self._report_new_sites()
         recorder.end_step(self._step, time.perf_counter() - self._started,
@@ -338,9 +365,6 @@ class Probe:
             names = sorted(self._recorder.ignored)
             self._warn_once("new-sites", f"sites that first appeared after the first recorded step are not "
                             f"recorded: {', '.join(names[:5])}{' …' if len(names) > 5 else ''}")
-
-    def _flush_due(self) -> bool:
-        return time.perf_counter() - self._last_flush >= self.settings.flush_seconds
 
     def _flush(self) -> None:
         self._last_flush = time.perf_counter()

@@ -17,7 +17,7 @@ in-place module changes its tensor receives the gradient with respect to the val
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Sequence
 from functools import partial
 
 import numpy as np
@@ -27,6 +27,7 @@ from torch import nn
 from ..runfile.format import GRAD_STATS, PARAM_GROUPS, STATS, SiteGraph, unit_total
 from ..stats.arena import Arena, Partial
 from ..stats import c_backend
+from ..stats.cores import RecorderCore
 from ..stats.dispatch import MomentKernel
 from ..stats.histogram import BINS, Histograms
 from ..stats.merge import RING_BUFFERS, RING_BYTES, Layout, PartialRing, arrangement, merge_now
@@ -39,8 +40,18 @@ MAX_UNITS = 1 << 16  # units per site with per-unit moments (the dead fraction);
 MAX_RINGS = 4  # rings of recent arrangements kept (a model whose steps alternate between two reuses them)
 
 
-class Recorder:
-    """Collects the partials of the current step; ``finish_step`` reduces them to a row."""
+class Recorder(RecorderCore):
+    """Collects the partials of the current step; ``end_step`` reduces them to a row.
+
+    ``seal(step, elapsed, scalars)`` (``RecorderCore``'s, in C) is ``end_step`` in the common case, where there is
+    nothing to decide: a step of CPU sites arranged as the last one (its ring has room for the row, which follows
+    the ring's rows), no histogram, no parameters, no new site to report, every scalar a number or a one-value CPU
+    tensor that has a column. What the training thread then does at the end of the step: the row's step, time and
+    scalars appended to the stage's lists, and the arena's row counted into the ring (written there in place: the
+    arena was aimed at it), the arena aimed at the next row; the writer thread merges the ring's rows. It returns
+    0, having changed nothing, in any other case (``end_step`` then), 1 when it ended the step, 2 when it did and
+    the stage or the ring is full (or holds ``RING_BYTES`` of handed-over rows): a flush is due. The fields it
+    reads are ``RecorderCore``'s, ``RingCore``'s, ``StageCore``'s and ``ArenaCore``'s."""
 
     def __init__(self, kernel: MomentKernel, *, dead_eps: float, rows_per_flush: int, grads: bool = False,
                  params: Sequence[str] = (), on_error: Callable[[Exception], None] | None = None,
@@ -62,6 +73,7 @@ class Recorder:
         self.params = list(params)
         self._param_partials: list[tuple[int, Partial]] = []  # (group × P + parameter, partial)
         self._generation = 0  # changes when a step ends or is discarded: older gradient hooks do nothing
+        self._flush_bytes = RING_BYTES  # handed-over rows that make seal() call for a flush
         self._leaf_hooks: list[torch.utils.hooks.RemovableHandle] = []  # gradient hooks on leaf tensors
         # a site's lane: (site, shape, strides, dtype, *the C kernel's call, [its last pair]) for the outputs of its
         # first call in a step when they look like the last ones (the common case after the first step: one C call,
@@ -128,7 +140,10 @@ class Recorder:
         if index is not None and self._lanes is self._lane_table and tensor.numel():
             lane = self.kernel.lane(tensor, self.sites[index].unit_dim)
         if lane is not None:
-            self._lane_table[name] = (index, tensor.shape, tensor.stride(), tensor.dtype, *lane, [None])
+            # its last pair: the one just recorded, which its next call at the same offset reuses (run_lane); so the
+            # key of a ring made of this step's pairs is the next steps' pairs themselves, compared by identity
+            last = self._partials[-1] if self._partials and self._partials[-1][0] is index else None
+            self._lane_table[name] = (index, tensor.shape, tensor.stride(), tensor.dtype, *lane, [last])
         else:
             self._lane_table.pop(name, None)
 
@@ -281,26 +296,6 @@ class Recorder:
                 columns[group * sites + site] = (first, count)
                 first += count
         return columns
-
-    def seal(self, step: int, elapsed: float, scalars: Mapping[str, object]) -> bool:
-        """``end_step`` in the common case, where there is nothing to decide: a step of CPU sites arranged as the
-        last one (its ring has room for the row), no histogram, no new site to report, every scalar a number or
-        a one-value CPU tensor that has a column. Returns False, having changed nothing, in any other case.
-        What the training thread does at the end of such a step: a row's step, time and scalars in lists, and the
-        arena's row counted into the ring (written there in place, the arena was aimed at it); the writer thread
-        merges the ring's rows."""
-        ring, stage, arena = self._ring, self.stage, self._arena
-        if (not self._lanes_possible or self.hist_now or self.news or ring is None or stage is None or arena is None
-                or not ring.follows(stage.rows) or arena.used != ring.layout.width or self._param_partials
-                or ring.key != tuple(self._partials)):
-            return False
-        row = stage.rows
-        if not stage.add_host_row(step, elapsed, scalars):
-            return False
-        ring.take_from(arena, row)
-        self._partials = []
-        self._end_generation()
-        return True
 
     def end_step(self, step: int, elapsed: float, scalars: dict[str, float | torch.Tensor]) -> None:
         """Turn this step's partials into the next row of the stage (``start`` first)."""

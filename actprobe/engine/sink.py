@@ -45,6 +45,11 @@ class FileSink:
     def opened(self) -> bool:
         return self._writer is not None
 
+    @property
+    def writer(self) -> BackgroundWriter | None:
+        """The writer thread once the file is open (its ``error`` says whether it stopped on one)."""
+        return self._writer
+
     def submit(self, batch: Batch) -> None:
         assert self._writer is not None, "open() comes before submit()"
         self._writer.submit(batch)

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import queue
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from ..runfile.format import STATISTICS
+from ..stats.cores import StageCore
 from ..stats.merge import PARTIAL_VALUES, UNIT_VALUES, Merged, Segment
-from .scalars import scalar_value
 
 HOST_SLOTS = 3  # at least this many host slots; more when they are small, up to MAX_HOST_SLOTS
 MAX_HOST_SLOTS = 32
@@ -75,14 +75,22 @@ class StagedRows:
 
     def __init__(self, stage: RowStage, slot: _HostSlot, n: int, event: torch.cuda.Event | None,
                  segments: list[Segment], hists: list[tuple[int, torch.Tensor]] | None = None) -> None:
-        self.steps = np.array(stage._steps, dtype=np.int64)
-        self.times = np.array(stage._times, dtype=np.float64)
+        # the stage starts new lists: these are the batch's, made arrays on the writer thread (``steps``, ``times``)
+        self._steps, self._times, self._host_rows = stage._steps, stage._times, stage._host_rows
         self.scalar_names = list(stage.scalar_names)  # the columns of scalars(), in order (names only grow)
-        self._host_rows = stage._host_rows  # the stage starts new lists: these are the batch's
-        self._from_device = stage._from_device[:n].copy()
+        # which values came from device tensors (in the slot's scalars); None: none did
+        self._from_device = stage._from_device[:n].copy() if stage.device_scalars else None
         self._free = stage._free
         self._slot, self._n, self._event, self._segments = slot, n, event, segments
         self._hists = hists or []
+
+    @property
+    def steps(self) -> np.ndarray:
+        return np.array(self._steps, dtype=np.int64)
+
+    @property
+    def times(self) -> np.ndarray:
+        return np.array(self._times, dtype=np.float64)
 
     def ready(self) -> None:
         """On the writer thread: wait for the copies, then merge the segments into the slot. Once."""
@@ -116,6 +124,8 @@ class StagedRows:
         for row, values in enumerate(self._host_rows):
             for column, value in values:
                 host[row, column] = value
+        if self._from_device is None:
+            return host
         return np.where(self._from_device[:, :m], self._slot.scalars[:self._n, :m].numpy(), host)
 
     def release(self) -> None:
@@ -124,8 +134,10 @@ class StagedRows:
         self._free.put(self._slot)
 
 
-class RowStage:
-    """The device rows of the current flush interval and the host slots they are copied to."""
+class RowStage(StageCore):
+    """The device rows of the current flush interval and the host slots they are copied to. ``rows``,
+    ``capacity``, ``deferred_bytes``, the scalar columns and the lists of host values are fields of ``StageCore``,
+    which ``Recorder.seal`` appends to."""
 
     def __init__(self, capacity: int, sites: int, scalar_names: Sequence[str], device: torch.device,
                  units: int | None = None) -> None:
@@ -144,6 +156,7 @@ class RowStage:
             self._units = torch.full((capacity, units, UNIT_VALUES), torch.nan, dtype=torch.float64, device=device)
         self._device_scalars = torch.full((capacity, m), torch.nan, dtype=torch.float64, device=device)
         self._from_device = np.zeros((capacity, m), dtype=bool)
+        self.device_scalars = False  # whether a row of this interval has a value from a device tensor
         # each row's step, time and host scalars ((column, value) pairs), in lists: a numpy element costs ~3 µs
         # to write at the end of a step that left the caches cold, a list's a fraction of that
         self._steps: list[int] = []
@@ -185,6 +198,7 @@ class RowStage:
             elif isinstance(value, torch.Tensor):
                 self._device_scalars[row, column].copy_(value.detach().reshape(()).to(self.device, non_blocking=True))
                 self._from_device[row, column] = True
+                self.device_scalars = True
             else:
                 host.append((column, float(value)))
         self._steps.append(step)
@@ -192,36 +206,6 @@ class RowStage:
         self._host_rows.append(host)
         self.rows += 1
         return row
-
-    def add_host_row(self, step: int, elapsed: float, scalars: Mapping[str, object]) -> bool:
-        """``add_row`` for scalars that are numbers (int, float) or one-value CPU tensors under names that have a
-        column, as the common case needs it; False, having changed nothing, for any other (or no room)."""
-        row = self.rows
-        if row >= self.capacity:
-            return False
-        index = self.scalar_index
-        values = []
-        for name, value in scalars.items():
-            column = index.get(name)
-            kind = type(value)
-            if column is None:
-                return False
-            if kind is float:
-                values.append((column, value))
-            elif kind is int:
-                number = scalar_value(value)
-                if number is None:  # beyond float64: the general path leaves it out, and says so
-                    return False
-                values.append((column, number))
-            elif kind is torch.Tensor and value.is_cpu and value.numel() == 1 and not value.is_complex():
-                values.append((column, value.item()))  # item() records nothing for autograd
-            else:
-                return False
-        self._steps.append(step)
-        self._times.append(elapsed)
-        self._host_rows.append(values)
-        self.rows = row + 1
-        return True
 
     def set_stats(self, first_row: int, merged: Merged) -> None:
         """Statistics (n, S, 8) of rows first_row … first_row + n − 1, and their partials (kept when the
@@ -264,7 +248,8 @@ class RowStage:
             if slot.partials is not None and self._partials is not None:
                 slot.partials[:n].copy_(self._partials[:n], non_blocking=True)
                 slot.units[:n].copy_(self._units[:n], non_blocking=True)
-        slot.scalars[:n].copy_(self._device_scalars[:n], non_blocking=True)
+        if self.device_scalars:
+            slot.scalars[:n].copy_(self._device_scalars[:n], non_blocking=True)
         if self.device.type == "cuda":  # histogram rows come along, copied before the event like the rest
             hists = [(row, torch.empty(counts.shape, dtype=counts.dtype, pin_memory=True).copy_(counts, non_blocking=True))
                      for row, counts in hists]
@@ -277,6 +262,8 @@ class RowStage:
         return rows
 
     def _reset_scalars(self, n: int) -> None:
-        self._device_scalars[:n].fill_(torch.nan)
-        self._from_device[:n] = False
+        if self.device_scalars:
+            self._device_scalars[:n].fill_(torch.nan)
+            self._from_device[:n] = False
+            self.device_scalars = False
         self._steps, self._times, self._host_rows = [], [], []

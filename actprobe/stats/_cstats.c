@@ -2,8 +2,8 @@
  *
  * Contents: the fast pass (MOMENTS_FAST: run by run, or row by row across the columns), the second pass
  * of entries whose shift was far from their mean (RESHIFT), the masked pass for tensors with NaN/Inf
- * (MOMENTS_MASKED), the split of large tensors over torch's OpenMP team (fast_all), and the Python
- * entry points.
+ * (MOMENTS_MASKED), the split of large tensors over torch's OpenMP team (fast_all), the Python
+ * entry points, a site's lane and the hooks in C (the recording state they read: _cstate.c).
  *
  * A tensor is seen as (A, E, B), contiguous: A rows, E entries (units), B values per entry and row.
  * One call reads every value once and writes, for each entry, the number of finite values, a
@@ -37,6 +37,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "_cstate.h"
 
 /* One copy of the fast path per instruction set, chosen when the library loads: AVX-512 (x86-64-v4, 30%
  * faster than AVX2 on the CPUs that have it), AVX2, and the baseline. */
@@ -415,8 +417,9 @@ static PyObject *py_masked(PyObject *self, PyObject *args) {
  * True; that pair is kept in cache (a list of one item), and appended again, the same object, by the next call
  * that writes at the same offset. Otherwise it changes nothing and returns False: the caller takes its
  * general path. */
-static PyObject *lane_tensor_type = NULL, *lane_partial_type = NULL;
-static PyObject *s_is_cpu, *s_dtype, *s_shape, *s_stride, *s_data_ptr, *s_used, *s_size, *s_pointer;
+PyObject *lane_tensor_type = NULL;
+static PyObject *lane_partial_type = NULL;
+static PyObject *s_is_cpu, *s_dtype, *s_shape, *s_stride, *s_data_ptr;
 
 static PyObject *py_set_lane_types(PyObject *self, PyObject *args) {
     PyObject *tensor_type, *partial_type;
@@ -441,19 +444,12 @@ static int same(PyObject *x, PyObject *name, int call, PyObject *want, int ident
     return r;
 }
 
-static int long_attribute(PyObject *o, PyObject *name, long long *out) {
-    PyObject *value = PyObject_GetAttr(o, name);
-    if (value == NULL) return 0;
-    *out = PyLong_AsLongLong(value);
-    Py_DECREF(value);
-    return !(*out == -1 && PyErr_Occurred());
-}
-
 /* The lane's work (see above): 1 done, 0 declined (nothing changed), -1 an error (set). */
 static int run_lane(PyObject *lane, PyObject *x, PyObject *arena, PyObject *partials) {
     if (!PyTuple_Check(lane) || PyTuple_GET_SIZE(lane) != 12 || !PyList_Check(partials)
+            || !PyObject_TypeCheck(arena, &ArenaCoreType)
             || !PyList_Check(PyTuple_GET_ITEM(lane, 11)) || PyList_GET_SIZE(PyTuple_GET_ITEM(lane, 11)) != 1) {
-        PyErr_SetString(PyExc_TypeError, "lane(lane: 12-tuple, x, arena, partials: list)");
+        PyErr_SetString(PyExc_TypeError, "lane(lane: 12-tuple, x, arena: Arena, partials: list)");
         return -1;
     }
     if (lane_tensor_type == NULL) {
@@ -487,18 +483,14 @@ static int run_lane(PyObject *lane, PyObject *x, PyObject *arena, PyObject *part
     Py_DECREF(data);
     if (PyErr_Occurred()) return -1;
     /* from reading arena.used to advancing it, nothing here lets another thread run */
-    if (!long_attribute(arena, s_used, &used) || !long_attribute(arena, s_size, &size)
-            || !long_attribute(arena, s_pointer, &pointer)) return -1;
+    long long *fields = ((Core *)arena)->i;
+    used = fields[ARENA_USED], size = fields[ARENA_SIZE], pointer = fields[ARENA_POINTER];
     const long long width = 4 * c.E + 4;
     if (used < 0 || size < 0 || used > size || width > size - used || pointer == 0)
         return 0;  /* no room: the general path grows it */
     /* the room is taken before the kernel runs (as Arena.reserve takes it): while the kernel lets other threads
      * run, a call on another thread gets room of its own */
-    PyObject *advanced = PyLong_FromLongLong(used + width);
-    if (advanced == NULL) return -1;
-    r = PyObject_SetAttr(arena, s_used, advanced);
-    Py_DECREF(advanced);
-    if (r < 0) return -1;
+    fields[ARENA_USED] = used + width;
     c.out = (unsigned long long)pointer + 8ull * (unsigned long long)used;
     int ok = run_moments(&c);
     if (ok < 0) { PyErr_NoMemory(); return -1; }
@@ -546,7 +538,8 @@ static PyObject *py_lane(PyObject *self, PyObject *const *args, Py_ssize_t nargs
  * hook(module, args, kwargs, output). When the engine's state lets the call be recorded (engine.active, not
  * engine._capturing, and under engine._train_only the root engine._root() in training mode with gradients
  * enabled), it is the module's first call of the forward (name not in engine._calls), and the site has a lane (owner._lanes[name]) that takes the output, it
- * runs the lane into owner._arena and owner._partials, counts the call (engine._calls[name] = 1) and returns
+ * runs the lane into owner._arena and owner._partials (owner: a RecorderCore, whose fields these are, _cstate.c),
+ * counts the call (engine._calls[name] = 1) and returns
  * None: what slow(module, args, kwargs, output) does in that case. Every other call, and any error here, goes
  * to slow, the Python hook, which does the rest as before (and reports errors as it reports any). The type is
  * marked for torch.compile as its disabled functions are: tracing never enters it; and a call made while
@@ -555,8 +548,7 @@ static PyObject *py_lane(PyObject *self, PyObject *const *args, Py_ssize_t nargs
  * would compile. set_grad_enabled_function(torch.is_grad_enabled) comes first, and set_frame_callback(getter)
  * (Dynamo's get_eval_frame_callback, or None where this torch has none). */
 static PyObject *hook_grad_enabled = NULL, *hook_frame_callback = NULL;
-static PyObject *s_active, *s_capturing, *s_train_only, *s_root, *s_training, *s_calls, *s_lanes, *s_arena,
-                *s_partials, *one;
+static PyObject *s_active, *s_capturing, *s_train_only, *s_root, *s_training, *s_calls, *one;
 
 typedef struct {
     PyObject_HEAD
@@ -629,12 +621,16 @@ static int hook_fast(Hook *h, PyObject *output) {
     if (calls == NULL || !PyDict_Check(calls)) goto done;
     PyObject *count = PyDict_GetItemWithError(calls, h->name);  /* borrowed */
     if (count != NULL || PyErr_Occurred()) { r = count != NULL ? 0 : -1; goto done; }  /* a later call */
-    lanes = PyObject_GetAttr(h->owner, s_lanes);
+    /* the recorder's fields (a RecorderCore: Hook's owner) */
+    if (!PyObject_TypeCheck(h->owner, &RecorderCoreType)) { r = 0; goto done; }
+    Core *owner = (Core *)h->owner;
+    lanes = Py_XNewRef(owner->o[RECORDER_LANES]);
     if (lanes == NULL || !PyDict_Check(lanes)) goto done;
     /* a strong reference: while the kernel lets other threads run, one of them may replace the site's lane */
     lane = Py_XNewRef(PyDict_GetItemWithError(lanes, h->name));
     if (lane == NULL) { r = PyErr_Occurred() ? -1 : 0; goto done; }
-    if ((arena = PyObject_GetAttr(h->owner, s_arena)) == NULL || (partials = PyObject_GetAttr(h->owner, s_partials)) == NULL)
+    if ((arena = Py_XNewRef(owner->o[RECORDER_ARENA])) == NULL
+            || (partials = Py_XNewRef(owner->o[RECORDER_PARTIALS])) == NULL)
         goto done;
     /* the call is counted first, as the Python hook counts it, and uncounted when the lane declines it */
     if (PyDict_SetItem(calls, h->name, one) < 0) goto done;
@@ -765,29 +761,22 @@ PyMODINIT_FUNC PyInit__cstats(void) {
     s_shape = PyUnicode_InternFromString("shape");
     s_stride = PyUnicode_InternFromString("stride");
     s_data_ptr = PyUnicode_InternFromString("data_ptr");
-    s_used = PyUnicode_InternFromString("used");
-    s_size = PyUnicode_InternFromString("size");
-    s_pointer = PyUnicode_InternFromString("pointer");
-    if (!s_is_cpu || !s_dtype || !s_shape || !s_stride || !s_data_ptr || !s_used || !s_size || !s_pointer) return NULL;
+    if (!s_is_cpu || !s_dtype || !s_shape || !s_stride || !s_data_ptr) return NULL;
     s_active = PyUnicode_InternFromString("active");
     s_capturing = PyUnicode_InternFromString("_capturing");
     s_train_only = PyUnicode_InternFromString("_train_only");
     s_root = PyUnicode_InternFromString("_root");
     s_training = PyUnicode_InternFromString("training");
     s_calls = PyUnicode_InternFromString("_calls");
-    s_lanes = PyUnicode_InternFromString("_lanes");
-    s_arena = PyUnicode_InternFromString("_arena");
-    s_partials = PyUnicode_InternFromString("_partials");
     one = PyLong_FromLong(1);
-    if (!s_active || !s_capturing || !s_train_only || !s_root || !s_training || !s_calls || !s_lanes || !s_arena
-            || !s_partials || !one) return NULL;
+    if (!s_active || !s_capturing || !s_train_only || !s_root || !s_training || !s_calls || !one) return NULL;
     if (PyType_Ready(&HookType) < 0) return NULL;
     /* torch.compile treats the hooks as its disabled functions: a graph break, never traced */
     if (PyDict_SetItemString(HookType.tp_dict, "_torchdynamo_disable", Py_True) < 0) return NULL;
     PyType_Modified(&HookType);
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
-    if (PyModule_AddObjectRef(m, "Hook", (PyObject *)&HookType) < 0) {
+    if (PyModule_AddObjectRef(m, "Hook", (PyObject *)&HookType) < 0 || add_state_types(m) < 0) {
         Py_DECREF(m);
         return NULL;
     }

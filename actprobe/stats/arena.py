@@ -13,6 +13,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .cores import ArenaCore
+
 
 class Partial(NamedTuple):
     """Moments of one tensor, packed as float64 in the step's ``Arena`` from ``offset`` on:
@@ -31,13 +33,14 @@ class Partial(NamedTuple):
         return 4 * self.entries + 4 * self.scalar_rows
 
 
-class Arena:
+class Arena(ArenaCore):
     """The packed partials of the step in progress, side by side in one float64 buffer on one device.
 
     Kernels write into it directly (the C kernel through a pointer), so that a step costs no
     allocation per site and its partials are one contiguous row, ready to merge. On the CPU an empty arena
     can be aimed at the row of a ``merge.PartialRing`` that the step's partials will fill if they are
     arranged as the last step's (``aim``): then they are written there in place, with no copy at the end.
+    ``used``, ``size``, ``pointer`` and the flags are fields of ``ArenaCore``, which the C hooks read.
     """
 
     def __init__(self, device: torch.device) -> None:

@@ -83,7 +83,7 @@ _ENTRY_POINTS: tuple[int, int, int] | None = None
 
 # run_lane(lane, x, arena, partials) -> bool, for a site's lane ``(site, shape, strides, dtype, *Lane, [None])``:
 # when ``x`` is a plain CPU tensor of that shape, strides and dtype and ``arena`` has room, write its moments into
-# ``arena`` as ``CBackend`` would, append ``(site, Partial)`` to ``partials`` and return True; else change nothing
+# ``arena`` (an ``Arena``: its fields are ``ArenaCore``'s) as ``CBackend`` would, append ``(site, Partial)`` to ``partials`` and return True; else change nothing
 # and return False. The list at the end keeps the last pair: a call at the same offset appends that same object
 # (a step like the last allocates nothing, and its arrangement compares equal by identity). The C function
 # itself (``_cstats.lane``), no Python frame; lanes exist only with the extension.
@@ -93,7 +93,8 @@ run_lane: Callable[[tuple, torch.Tensor, Arena, list], bool] | None = None if _c
 # Python frame) when ``engine``'s state lets the call be recorded, it is the module's first call of the forward
 # and ``owner._lanes[name]`` takes the output, and hands every other call to ``slow``, the Python hook it
 # stands for. The engine provides ``active``, ``_capturing``, ``_train_only``, ``_root`` and ``_calls``
-# (``engine.hooks.HookEngine``), the owner ``_lanes``, ``_arena`` and ``_partials`` (``engine.recorder.Recorder``).
+# (``engine.hooks.HookEngine``), the owner ``_lanes``, ``_arena`` and ``_partials`` as fields of its base
+# ``stats.cores.RecorderCore`` (``engine.recorder.Recorder``; any other owner: every call goes to ``slow``).
 lane_hook: Callable[[str, Callable[..., None], object, object], Callable[..., None]] | None = (
     None if _cstats is None else _cstats.Hook)
 

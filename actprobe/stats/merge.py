@@ -24,6 +24,7 @@ import torch
 
 from ..runfile.format import PARTIAL_NAMES, UNIT_PARTIAL_NAMES, unit_total
 from .arena import Arena, Partial
+from .cores import RingCore
 
 try:
     from . import _cmerge
@@ -241,17 +242,19 @@ def merge_now(layout: Layout, row: torch.Tensor, dead_eps: float) -> Merged:
     return merge_partials(layout, row[None], dead_eps)
 
 
-class PartialRing:
+class PartialRing(RingCore):
     """Packed partials of consecutive steps with one arrangement, kept until merged together.
 
     With ``buffers`` > 1 the filled rows can be handed over to be merged on another thread
     (``hand_over``) while the ring goes on filling another buffer; a buffer comes back when the
-    ``Segment`` made of it is released.
+    ``Segment`` made of it is released. ``filled``, ``first_row``, ``width`` and the rows' address are fields
+    of ``RingCore``, which ``Recorder.seal`` reads.
     """
 
     def __init__(self, key: tuple, layout: Layout, capacity: int, device: torch.device, buffers: int = 1) -> None:
         self.key = key
         self.layout = layout
+        self.width = layout.width
         self.capacity = capacity
         self.rows = torch.empty((capacity, layout.width), dtype=torch.float64, device=device)
         self._on_cpu = device.type == "cpu"
@@ -286,7 +289,7 @@ class PartialRing:
         a next step arranged as this one writes its partials there in place, with no copy. Else the row is
         copied: on the CPU one ``memmove`` (the torch operations of ``add`` cost ~25 µs each in a step that
         left the caches cold)."""
-        width = self.layout.width
+        width = self.width
         if arena.used != width:
             raise ValueError(f"a row of {arena.used} partials for a ring of rows of {width}")
         if self.filled >= self.capacity:
@@ -306,7 +309,7 @@ class PartialRing:
     def aim(self, arena: Arena) -> None:
         """Aim the empty ``arena`` at the ring's next row (see ``take_from``), or back at its own buffer (also
         when its kernels add into it: a ring's rows are not zeros)."""
-        width = self.layout.width
+        width = self.width
         if (self._on_cpu and arena.on_cpu and self._buffers > 1 and self.filled < self.capacity
                 and not arena.zero_on_clear):
             arena.aim(self.rows, self._pointer + 8 * width * self.filled, width)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import actprobe
+from actprobe.engine.probe import Probe
 from actprobe.engine.recorder import Recorder
 from actprobe.stats.arena import Arena
 from conftest import STATS
@@ -47,22 +48,27 @@ def _scalars(step: int, loss: torch.Tensor) -> dict:
     return values
 
 
-def _record(path, *, flush_inside: bool = False, change: int = 99, **options) -> list[bool]:
-    """Twelve training steps; returns, per step, whether it ended in the common case."""
+def _record(path, *, flush_inside: bool = False, change: int = 99, general: bool = False, **options) -> list[bool]:
+    """Twelve training steps; returns, per step, whether it ended in the common case (not by ``Recorder.end_step``,
+    the general path). With ``general``, every step takes the general path: ``Probe._step_general`` with a
+    ``Recorder.seal`` that declines."""
     model = Model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    sealed: list[bool] = []
-    real = Recorder.seal
+    general_ends: list[int] = []
+    real = Recorder.end_step
 
-    def seal(self, *args):
-        sealed.append(real(self, *args))
-        return sealed[-1]
+    def end_step(self, step, *args):
+        general_ends.append(step)
+        return real(self, step, *args)
 
     gen = torch.Generator().manual_seed(5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(Recorder, "seal", seal)
+            patch.setattr(Recorder, "end_step", end_step)
+            if general:
+                patch.setattr(Probe, "step", Probe._step_general)
+                patch.setattr(Recorder, "seal", lambda self, *args: 0)
             with actprobe.Probe(model, path, **options) as probe:
                 for step in range(12):
                     model.with_tanh = step < change
@@ -73,7 +79,7 @@ def _record(path, *, flush_inside: bool = False, change: int = 99, **options) ->
                     optimizer.step()
                     optimizer.zero_grad()
                     probe.step(**_scalars(step, loss))
-    return sealed
+    return [step not in general_ends for step in range(12)]
 
 
 def _contents(path) -> dict:
@@ -91,14 +97,13 @@ def _assert_same(a: dict, b: dict) -> None:
 
 
 @pytest.mark.parametrize("change", [99, 3])
-def test_the_common_case_records_what_the_general_path_records(tmp_path, monkeypatch, change):
+def test_the_common_case_records_what_the_general_path_records(tmp_path, change):
     """``change``: from step 3 on, a site is left out (rows 3 and 4 of the first flush have another arrangement
     than rows 0–2, and the next flush's first row has theirs)."""
     sealed = _record(tmp_path / "sealed.h5", flush_every=5, change=change)
     assert sum(sealed) >= 4, sealed  # the common case did happen
     assert not all(sealed[1:]), "steps with scalars it does not take went the general way"
-    monkeypatch.setattr(Recorder, "seal", lambda self, *args: False)
-    _record(tmp_path / "general.h5", flush_every=5, change=change)
+    assert not any(_record(tmp_path / "general.h5", flush_every=5, change=change, general=True))
     sealed_run, general_run = _contents(tmp_path / "sealed.h5"), _contents(tmp_path / "general.h5")
     _assert_same(sealed_run, general_run)
     assert set(k for k in sealed_run if k.startswith("scalar:")) == {
