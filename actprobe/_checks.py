@@ -7,8 +7,11 @@ Every message reads ``<name> must be <what>, got <value>``; ``name`` is what the
 from __future__ import annotations
 
 import math
+import sys
 
 from .errors import OptionError
+
+MAX_INTEGER = 2 ** 62  # the largest whole-number option
 
 
 def check_number(name: str, value: object, *, integer: bool = False, minimum: float = 0.0,
@@ -33,6 +36,11 @@ def check_number(name: str, value: object, *, integer: bool = False, minimum: fl
     if not ok:
         none = allow_none and not name.startswith("--")  # a command-line flag is never None
         raise OptionError(f"{name} must be {_describe(integer, minimum, strict, none)}, got {value!r}")
+    # the probe keeps its options in 64-bit fields (a C int64, a float64)
+    if integer and value is not None and value > MAX_INTEGER:
+        raise OptionError(f"{name} must be at most 2**62, got {value!r}")
+    if not integer and isinstance(value, int) and abs(value) > sys.float_info.max:
+        raise OptionError(f"{name} must be a number within float64's range, got {value!r}")
 
 
 def _describe(integer: bool, minimum: float, strict: bool, allow_none: bool) -> str:

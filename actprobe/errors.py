@@ -5,6 +5,13 @@ exits with code 2. Failures while recording never raise into the training loop; 
 once as an ``ActprobeWarning`` and recording stops.
 """
 
+from __future__ import annotations
+
+import os
+import sys
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
 
 class ActprobeError(Exception):
     """Base class of every error actprobe raises on purpose."""
@@ -36,3 +43,15 @@ class ModelFileError(ActprobeError):
 
 class DataError(ActprobeError):
     """A data set cannot be found or read, or ``data()`` yields batches of the wrong form."""
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` for ``warnings.warn``, called by the function that warns, that names the first frame
+    outside actprobe: the user's line that called into it, whatever frames of actprobe are between (or none: a
+    method written in C, ``Probe.step``, has no frame of its own)."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back
+        level += 1
+    return level

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ActprobeWarning, OptionError
+from ..errors import ActprobeWarning, OptionError, user_stacklevel
 from ..runfile.format import SiteGraph
 from ..stats.cores import ProbeCore
 from ..stats.dispatch import MomentKernel
@@ -104,6 +104,10 @@ class Probe(ProbeCore):
                                       flush_every=flush_every, flush_seconds=flush_seconds, train_only=train_only,
                                       grads=grads, params=params, hist_every=hist_every, overwrite=overwrite,
                                       meta=meta or {}, kernel=kernel)
+        # the settings step() reads, as fields of the probe (ProbeCore): one read each in a step that left the caches
+        # cold; set before the path is claimed (the settings bound them to what the fields hold)
+        self._every, self._hist_every = self.settings.every, self.settings.hist_every
+        self._flush_seconds = self.settings.flush_seconds
         if params and optimizer is None:
             raise OptionError("params=True records the optimizer's steps: pass it too, "
                               "Probe(model, path, params=True, optimizer=opt)")
@@ -125,9 +129,6 @@ class Probe(ProbeCore):
                                   on_error=self._on_call_error, hooked=[name for name, _ in modules],
                                   containers=[name for name, _ in extra], partials=self.rank is not None)
         self._step = 0
-        # the settings step() reads, as attributes of the probe: one lookup each in a step that left the caches cold
-        self._every, self._hist_every = self.settings.every, self.settings.hist_every
-        self._flush_seconds = self.settings.flush_seconds
         self._writer = None  # the sink's writer thread, once the file is open (step checks it for errors)
         self._recorder.hist_now = hist_every > 0  # recorded step 0 is histogram row 0
         self._started = time.perf_counter()
@@ -191,9 +192,17 @@ class Probe(ProbeCore):
     # step(**scalars): ProbeCore's, written in C for the common case (stats/_cstate.c), which hands every other call
     # to _step_general; without the C extension, ProbeCore.step is _step_general itself (stats/cores.py)
 
-    def _step_general(self, **scalars: float | int | torch.Tensor) -> None:
+    def _step_general(self, /, **scalars: float | int | torch.Tensor) -> None:
         """``step`` in every case: the end of a recorded step in the common case (``Recorder.seal``), else the
         recorder's general path; the hooks for the next step, the writer's state and a flush when one is due."""
+        self._end_step(scalars, try_seal=True)
+
+    def _step_declined(self, /, **scalars: float | int | torch.Tensor) -> None:
+        """``step`` once ``Recorder.seal`` declined it (``ProbeCore.step`` tried it): the general path, without
+        reading the scalars for ``seal`` again."""
+        self._end_step(scalars, try_seal=False)
+
+    def _end_step(self, scalars: dict[str, Any], *, try_seal: bool) -> None:
         if self._forked:  # the parent records; the child leaves its file alone
             return
         if self.closed:
@@ -204,7 +213,7 @@ class Probe(ProbeCore):
             recorded = self._step % every == 0 and self.error is None
             flush = False
             if recorded:
-                sealed = self._recorder.seal(self._step, time.perf_counter() - self._started, scalars)
+                sealed = try_seal and self._recorder.seal(self._step, time.perf_counter() - self._started, scalars)
                 if sealed:
                     flush = sealed == 2
                 else:
@@ -281,10 +290,12 @@ class Probe(ProbeCore):
             self._sink.release()  # closes the child's copy of the lock's descriptor, nothing more
             return
         try:
-            self._engine.remove()
-            if self._staged_rows_valid:
-                self._flush()
-            self._sink.close()
+            try:
+                self._engine.remove()
+                if self._staged_rows_valid:
+                    self._flush()
+            finally:  # the writer commits what it holds and closes the file, also after a failed flush
+                self._sink.close()
             self._check_writer()
         except Exception as exc:
             self._fail(exc)
@@ -388,12 +399,12 @@ class Probe(ProbeCore):
             self._recorder.discard_step()
             warnings.warn(f"actprobe stopped recording to {self.file}: {type(exc).__name__}: {exc}. "
                           "Rows committed before this stay in the file; training goes on.",
-                          ActprobeWarning, stacklevel=3)
+                          ActprobeWarning, stacklevel=user_stacklevel())
 
     def _warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            warnings.warn(message, ActprobeWarning, stacklevel=3)
+            warnings.warn(message, ActprobeWarning, stacklevel=user_stacklevel())
 
 
 @atexit.register

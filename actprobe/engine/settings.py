@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .._checks import non_negative, positive_int
+from .._checks import MAX_INTEGER, non_negative, positive_int
 from ..errors import OptionError
 from ..runfile.format import DEAD_EPS, NEAR_ZERO_EPS
 
@@ -48,6 +48,8 @@ class ProbeSettings:
         non_negative("flush_seconds", self.flush_seconds, allow_inf=True)
         if not isinstance(self.hist_every, int) or isinstance(self.hist_every, bool) or self.hist_every < 0:
             raise OptionError(f"hist_every must be a whole number ≥ 0 (0: no histograms), got {self.hist_every!r}")
+        if self.hist_every > MAX_INTEGER:
+            raise OptionError(f"hist_every must be at most 2**62, got {self.hist_every!r}")
         for name in ("train_only", "overwrite", "grads", "params"):
             if not isinstance(getattr(self, name), bool):
                 raise OptionError(f"{name} must be True or False, got {getattr(self, name)!r}")

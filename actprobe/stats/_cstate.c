@@ -37,6 +37,88 @@ static void core_dealloc(Core *c) {
     Py_TYPE(c)->tp_free((PyObject *)c);
 }
 
+/* copy.copy, copy.deepcopy and pickle: (the instance's dictionary or None, the ints, the doubles, {index: object}
+ * of the object fields that are set). */
+static PyObject *core_getstate(PyObject *self, PyObject *unused) {
+    Core *c = (Core *)self;
+    PyObject *dict = PyObject_GenericGetDict(self, NULL);
+    if (dict == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) return NULL;
+        PyErr_Clear();
+        dict = Py_NewRef(Py_None);
+    }
+    PyObject *ints = PyTuple_New(CORE_INTS), *doubles = PyTuple_New(CORE_DOUBLES), *objects = PyDict_New();
+    int ok = ints != NULL && doubles != NULL && objects != NULL;
+    for (int k = 0; ok && k < CORE_INTS; k++) {
+        PyObject *v = PyLong_FromLongLong(c->i[k]);
+        if (v == NULL) ok = 0;
+        else PyTuple_SET_ITEM(ints, k, v);
+    }
+    for (int k = 0; ok && k < CORE_DOUBLES; k++) {
+        PyObject *v = PyFloat_FromDouble(c->d[k]);
+        if (v == NULL) ok = 0;
+        else PyTuple_SET_ITEM(doubles, k, v);
+    }
+    for (int k = 0; ok && k < CORE_OBJECTS; k++) {
+        if (c->o[k] == NULL) continue;
+        PyObject *key = PyLong_FromLong(k);
+        ok = key != NULL && PyDict_SetItem(objects, key, c->o[k]) == 0;
+        Py_XDECREF(key);
+    }
+    if (!ok) {
+        Py_DECREF(dict);
+        Py_XDECREF(ints);
+        Py_XDECREF(doubles);
+        Py_XDECREF(objects);
+        return NULL;
+    }
+    return Py_BuildValue("(NNNN)", dict, ints, doubles, objects);
+}
+
+static PyObject *core_setstate(PyObject *self, PyObject *state) {
+    Core *c = (Core *)self;
+    PyObject *dict, *ints, *doubles, *objects;
+    if (!PyArg_ParseTuple(state, "OO!O!O!:__setstate__", &dict, &PyTuple_Type, &ints, &PyTuple_Type, &doubles,
+                          &PyDict_Type, &objects))
+        return NULL;
+    if (PyTuple_GET_SIZE(ints) != CORE_INTS || PyTuple_GET_SIZE(doubles) != CORE_DOUBLES) {
+        PyErr_SetString(PyExc_ValueError, "__setstate__: a state of another layout");
+        return NULL;
+    }
+    long long i[CORE_INTS];
+    double d[CORE_DOUBLES];
+    for (int k = 0; k < CORE_INTS; k++)
+        if ((i[k] = PyLong_AsLongLong(PyTuple_GET_ITEM(ints, k))) == -1 && PyErr_Occurred()) return NULL;
+    for (int k = 0; k < CORE_DOUBLES; k++)
+        if ((d[k] = PyFloat_AsDouble(PyTuple_GET_ITEM(doubles, k))) == -1.0 && PyErr_Occurred()) return NULL;
+    PyObject *key, *value;
+    Py_ssize_t position = 0;
+    while (PyDict_Next(objects, &position, &key, &value)) {
+        long k = PyLong_AsLong(key);
+        if (k < 0 || k >= CORE_OBJECTS) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "__setstate__: a field out of range");
+            return NULL;
+        }
+    }
+    if (dict != Py_None) {
+        PyObject *own = PyObject_GenericGetDict(self, NULL);
+        int r = own == NULL ? -1 : PyDict_Update(own, dict);
+        Py_XDECREF(own);
+        if (r < 0) return NULL;
+    }
+    memcpy(c->i, i, sizeof i);
+    memcpy(c->d, d, sizeof d);
+    position = 0;
+    while (PyDict_Next(objects, &position, &key, &value)) Py_XSETREF(c->o[PyLong_AsLong(key)], Py_NewRef(value));
+    Py_RETURN_NONE;
+}
+
+#define CORE_COPY_METHODS \
+    {"__getstate__", core_getstate, METH_NOARGS, "The fields and the dictionary, for copy and pickle."}, \
+    {"__setstate__", core_setstate, METH_O, "The fields and the dictionary from __getstate__'s state."}
+
+static PyMethodDef core_methods[] = {CORE_COPY_METHODS, {NULL, NULL, 0, NULL}};
+
 #define INT_MEMBER(name, k) {name, T_LONGLONG, offsetof(Core, i) + (k) * sizeof(long long), 0, NULL}
 #define OBJ_MEMBER(name, k) {name, T_OBJECT_EX, offsetof(Core, o) + (k) * sizeof(PyObject *), 0, NULL}
 
@@ -102,55 +184,76 @@ static int empty_list(PyObject *o) { return o != NULL && PyList_Check(o) && PyLi
 
 static PyObject *s_is_cpu_attr, *s_item, *s_unaim;
 
-/* The recorded value of one scalar (a new reference), as the general path records it, or NULL (no error set) for
- * any value the common case leaves to it: a float; an int as a float (not one beyond float64); a one-value CPU
- * torch.Tensor read with item() (not a complex one). */
-static PyObject *scalar_number(PyObject *value) {
-    if (PyFloat_CheckExact(value)) return Py_NewRef(value);
+/* An error while reading a scalar: an Exception declines (0: the general path reads the value again, and reports
+ * what it cannot record), any other (KeyboardInterrupt) goes on (-1). */
+static int declined(void) {
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) return -1;
+    PyErr_Clear();
+    return 0;
+}
+
+/* The recorded value of one scalar into *out (a new reference), as the general path records it: 1; 0 for any value
+ * the common case leaves to it; -1 an error that goes on (set). A float; an int as a float (not one beyond
+ * float64); a one-value CPU torch.Tensor read with item() (not a complex one). */
+static int scalar_number(PyObject *value, PyObject **out) {
+    *out = NULL;
+    if (PyFloat_CheckExact(value)) {
+        *out = Py_NewRef(value);
+        return 1;
+    }
     if (PyLong_CheckExact(value)) {
         double d = PyLong_AsDouble(value);
-        if (d == -1.0 && PyErr_Occurred()) {
-            PyErr_Clear();
-            return NULL;
-        }
-        return PyFloat_FromDouble(d);
+        if (d == -1.0 && PyErr_Occurred()) return declined();
+        return (*out = PyFloat_FromDouble(d)) == NULL ? -1 : 1;
     }
-    if (lane_tensor_type == NULL || (PyObject *)Py_TYPE(value) != lane_tensor_type) return NULL;
+    if (lane_tensor_type == NULL || (PyObject *)Py_TYPE(value) != lane_tensor_type) return 0;
     PyObject *cpu = PyObject_GetAttr(value, s_is_cpu_attr);
     if (cpu != Py_True) {
-        if (cpu == NULL) PyErr_Clear();
         Py_XDECREF(cpu);
-        return NULL;
+        return cpu == NULL ? declined() : 0;
     }
     Py_DECREF(cpu);
     PyObject *number = PyObject_CallMethodNoArgs(value, s_item);  /* raises for more than one value */
-    if (number == NULL) PyErr_Clear();
-    else if (PyComplex_Check(number)) Py_CLEAR(number);
-    return number;
+    if (number == NULL) return declined();
+    if (PyComplex_Check(number)) {
+        Py_DECREF(number);
+        return 0;
+    }
+    *out = number;
+    return 1;
 }
 
-/* The (column, value) pairs of a step's n scalars (names[k] = values[k]), or NULL (no error set) when one is not
- * the common case's. */
-static PyObject *scalar_row(PyObject *names, PyObject *const *values, Py_ssize_t n, PyObject *index) {
-    PyObject *row = PyList_New(0);
-    if (row == NULL) {
-        PyErr_Clear();
-        return NULL;
-    }
+/* Whether a scalar is of a kind the common case takes (before any is read): a float, an int, a torch.Tensor. */
+static int scalar_kind(PyObject *value) {
+    return PyFloat_CheckExact(value) || PyLong_CheckExact(value)
+           || (lane_tensor_type != NULL && (PyObject *)Py_TYPE(value) == lane_tensor_type);
+}
+
+/* The (column, value) pairs of a step's n scalars (names[k] = values[k]) into *row: 1; 0 when one is not the common
+ * case's; -1 an error that goes on (set). Every name and kind is checked before any tensor is read. */
+static int scalar_row(PyObject *names, PyObject *const *values, Py_ssize_t n, PyObject *index, PyObject **row) {
+    *row = NULL;
     for (Py_ssize_t k = 0; k < n; k++) {
+        if (!scalar_kind(values[k])) return 0;
         PyObject *column = PyDict_GetItemWithError(index, PyTuple_GET_ITEM(names, k));  /* borrowed */
-        PyObject *number = column == NULL ? NULL : scalar_number(values[k]);
-        PyObject *pair = number == NULL ? NULL : PyTuple_Pack(2, column, number);
-        Py_XDECREF(number);
-        if (pair == NULL || PyList_Append(row, pair) < 0) {
-            PyErr_Clear();
-            Py_XDECREF(pair);
-            Py_DECREF(row);
-            return NULL;
-        }
-        Py_DECREF(pair);
+        if (column == NULL) return PyErr_Occurred() ? declined() : 0;
     }
-    return row;
+    if ((*row = PyList_New(0)) == NULL) return -1;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *column = PyDict_GetItemWithError(index, PyTuple_GET_ITEM(names, k)), *number, *pair;  /* borrowed */
+        int r = column == NULL ? (PyErr_Occurred() ? declined() : 0) : scalar_number(values[k], &number);
+        if (r == 1) {
+            pair = PyTuple_Pack(2, column, number);
+            Py_DECREF(number);
+            r = pair == NULL || PyList_Append(*row, pair) < 0 ? -1 : 1;
+            Py_XDECREF(pair);
+        }
+        if (r < 1) {
+            Py_CLEAR(*row);
+            return r;
+        }
+    }
+    return 1;
 }
 
 /* Whether this step's partials are arranged as the ring's rows, the same pairs in order: 1 the same objects (as
@@ -177,10 +280,9 @@ static int same_arrangement(PyObject *key, PyObject *partials) {
 
 static void drop_last(PyObject *list) { PyList_SetSlice(list, PyList_GET_SIZE(list) - 1, PyList_GET_SIZE(list), NULL); }
 
-/* The row of seal_row, its scalars' (column, value) pairs made: every check on the recording state, then the row.
- * Nothing here runs Python code before the row is made (the state read is the state changed); then Arena.unaim
- * may (once a ring is full). fresh: the recorder's next (empty) list of partials. */
-static int commit_row(PyObject *self, PyObject *step_number, PyObject *time, PyObject *values, PyObject *fresh) {
+/* Whether the recording state lets seal_row make the row (the checks of commit_row, which runs them again after
+ * the scalars are read): 1 the step's pairs are the ring's key, 2 equal to it, 0 not. */
+static int sealable(PyObject *self) {
     PyObject *ring = OBJ(self, RECORDER_RING), *stage = OBJ(self, RECORDER_STAGE), *arena = OBJ(self, RECORDER_ARENA),
              *partials = OBJ(self, RECORDER_PARTIALS);
     if (!is_true(OBJ(self, RECORDER_LANES_POSSIBLE)) || !is_false(OBJ(self, RECORDER_HIST_NOW))
@@ -190,26 +292,39 @@ static int commit_row(PyObject *self, PyObject *step_number, PyObject *time, PyO
             || stage == NULL || !PyObject_TypeCheck(stage, &StageCoreType)
             || arena == NULL || !PyObject_TypeCheck(arena, &ArenaCoreType))
         return 0;
-    int same;
-    const long long filled = INT(ring, RING_FILLED), capacity = INT(ring, RING_CAPACITY), width = INT(ring, RING_WIDTH),
-                    row = INT(stage, STAGE_ROWS);
+    const long long filled = INT(ring, RING_FILLED), row = INT(stage, STAGE_ROWS);
     PyObject *steps = OBJ(stage, STAGE_STEPS), *times = OBJ(stage, STAGE_TIMES), *host = OBJ(stage, STAGE_HOST_ROWS);
     /* the ring has room for the row and it follows the ring's rows; the arena holds one row of the ring's width, in
      * host memory, and nothing to zero or release; the step's partials are arranged as the ring's rows */
-    if (filled < 0 || filled >= capacity || (filled && INT(ring, RING_FIRST_ROW) + filled != row) || width <= 0
-            || row < 0 || row >= INT(stage, STAGE_CAPACITY) || INT(arena, ARENA_USED) != width
-            || INT(ring, RING_POINTER) == 0 || INT(arena, ARENA_POINTER) == 0
-            || !is_true(OBJ(ring, RING_ON_CPU)) || !is_true(OBJ(arena, ARENA_ON_CPU))
+    if (filled < 0 || filled >= INT(ring, RING_CAPACITY) || (filled && INT(ring, RING_FIRST_ROW) + filled != row)
+            || INT(ring, RING_WIDTH) <= 0 || row < 0 || row >= INT(stage, STAGE_CAPACITY)
+            || INT(arena, ARENA_USED) != INT(ring, RING_WIDTH) || INT(ring, RING_POINTER) == 0
+            || INT(arena, ARENA_POINTER) == 0 || !is_true(OBJ(ring, RING_ON_CPU)) || !is_true(OBJ(arena, ARENA_ON_CPU))
             || !is_false(OBJ(arena, ARENA_ZERO_ON_CLEAR)) || !empty_list(OBJ(arena, ARENA_RETIRED))
             || steps == NULL || !PyList_Check(steps) || times == NULL || !PyList_Check(times)
-            || host == NULL || !PyList_Check(host) || !(same = same_arrangement(OBJ(ring, RING_KEY), partials)))
+            || host == NULL || !PyList_Check(host))
         return 0;
-    int appended = 0;  /* no memory: the lists as they were */
+    return same_arrangement(OBJ(ring, RING_KEY), partials);
+}
+
+/* The row of seal_row, its scalars' (column, value) pairs made: the checks again (reading the scalars may have run
+ * Python code), then the row. Nothing here runs Python code before the row is made; then Arena.unaim may (once a
+ * ring is full). fresh: the recorder's next (empty) list of partials. */
+static int commit_row(PyObject *self, PyObject *step_number, PyObject *time, PyObject *values, PyObject *fresh) {
+    const int same = sealable(self);
+    if (!same) return 0;
+    /* strong references: an allocation below may collect garbage, whose finalizers may run Python code */
+    PyObject *ring = Py_NewRef(OBJ(self, RECORDER_RING)), *stage = Py_NewRef(OBJ(self, RECORDER_STAGE)),
+             *arena = Py_NewRef(OBJ(self, RECORDER_ARENA)), *partials = Py_NewRef(OBJ(self, RECORDER_PARTIALS));
+    PyObject *steps = OBJ(stage, STAGE_STEPS), *times = OBJ(stage, STAGE_TIMES), *host = OBJ(stage, STAGE_HOST_ROWS);
+    const long long filled = INT(ring, RING_FILLED), capacity = INT(ring, RING_CAPACITY), width = INT(ring, RING_WIDTH),
+                    row = INT(stage, STAGE_ROWS);
+    int r = -1, appended = 0;  /* no memory: the lists as they were */
     if (PyList_Append(steps, step_number) < 0 || (++appended, PyList_Append(times, time) < 0)
             || (++appended, PyList_Append(host, values) < 0)) {
         if (appended > 0) drop_last(steps);
         if (appended > 1) drop_last(times);
-        return -1;
+        goto done;
     }
     /* the row: its partials were written in place where the arena was aimed at the ring's next row, else copied */
     INT(stage, STAGE_ROWS) = row + 1;
@@ -219,15 +334,15 @@ static int commit_row(PyObject *self, PyObject *step_number, PyObject *time, PyO
         memmove((void *)address, (const void *)(uintptr_t)INT(arena, ARENA_POINTER), 8u * (size_t)width);
     INT(ring, RING_FILLED) = filled + 1;
     INT(arena, ARENA_USED) = 0;
-    if (same == 2) {  /* the key becomes this step's pairs, which the lanes write again: compared by identity next */
-        PyObject *key = PyList_AsTuple(partials);
-        if (key != NULL) Py_SETREF(OBJ(ring, RING_KEY), key);
-        else PyErr_Clear();
-    }
     Py_SETREF(OBJ(self, RECORDER_PARTIALS), Py_NewRef(fresh));
     INT(self, RECORDER_GENERATION) += 1;  /* the step's gradient hooks go quiet (there are none with lanes) */
     const int full = row + 1 >= INT(stage, STAGE_CAPACITY) || filled + 1 >= capacity
                      || INT(stage, STAGE_DEFERRED_BYTES) >= INT(self, RECORDER_FLUSH_BYTES);
+    if (same == 2) {  /* the key becomes this step's pairs, which the lanes write again: compared by identity next */
+        PyObject *key = PyList_AsTuple(partials);
+        if (key != NULL) Py_XSETREF(OBJ(ring, RING_KEY), key);
+        else PyErr_Clear();
+    }
     if (filled + 1 < capacity && INT(ring, RING_BUFFERS) > 1 && OBJ(ring, RING_ROWS) != NULL) {
         /* aimed at the ring's next row, as PartialRing.aim does */
         Py_XSETREF(OBJ(arena, ARENA_BASE), Py_NewRef(OBJ(ring, RING_ROWS)));
@@ -236,30 +351,32 @@ static int commit_row(PyObject *self, PyObject *step_number, PyObject *time, PyO
         INT(arena, ARENA_SIZE) = width;
         Py_XSETREF(OBJ(arena, ARENA_AIMED), Py_NewRef(Py_True));
     } else {
-        Py_INCREF(arena);
         PyObject *done = PyObject_CallMethodNoArgs(arena, s_unaim);
-        Py_DECREF(arena);
-        if (done == NULL) return -1;
+        if (done == NULL) goto done;
         Py_DECREF(done);
     }
-    return full ? 2 : 1;
+    r = full ? 2 : 1;
+done:
+    Py_DECREF(ring);
+    Py_DECREF(stage);
+    Py_DECREF(arena);
+    Py_DECREF(partials);
+    return r;
 }
 
 /* RecorderCore.seal (see Recorder): 0 declined, 1 sealed, 2 sealed and a flush is due; -1 an error (set), after
  * which the row may be half made (as after an error in the general path). The scalars: names (a tuple) and values.
- * The scalars are read first: reading a tensor may run Python code (a TorchFunctionMode's), which may change
- * anything; the state is read after it. */
+ * The state is checked first, then the scalars are read (a tensor's value: reading it may run Python code, a
+ * TorchFunctionMode's, which may change anything), then the state is checked again and the row made. */
 static int seal_row(PyObject *self, long long step, double elapsed, PyObject *names, PyObject *const *scalars,
                     Py_ssize_t n) {
-    PyObject *stage = OBJ(self, RECORDER_STAGE);
-    if (!is_true(OBJ(self, RECORDER_LANES_POSSIBLE)) || stage == NULL || !PyObject_TypeCheck(stage, &StageCoreType))
-        return 0;
-    PyObject *index = Py_XNewRef(OBJ(stage, STAGE_SCALAR_INDEX));
-    PyObject *values = index != NULL && PyDict_Check(index) ? scalar_row(names, scalars, n, index) : NULL;
+    if (!sealable(self)) return 0;
+    PyObject *index = Py_XNewRef(OBJ(OBJ(self, RECORDER_STAGE), STAGE_SCALAR_INDEX)), *values = NULL;
+    int r = index != NULL && PyDict_Check(index) ? scalar_row(names, scalars, n, index, &values) : 0;
     Py_XDECREF(index);
-    if (values == NULL) return 0;
+    if (r < 1) return r;
     PyObject *fresh = PyList_New(0), *step_number = PyLong_FromLongLong(step), *time = PyFloat_FromDouble(elapsed);
-    int r = fresh == NULL || step_number == NULL || time == NULL ? -1 : commit_row(self, step_number, time, values, fresh);
+    r = fresh == NULL || step_number == NULL || time == NULL ? -1 : commit_row(self, step_number, time, values, fresh);
     Py_XDECREF(fresh);
     Py_XDECREF(step_number);
     Py_XDECREF(time);
@@ -286,6 +403,7 @@ static PyObject *recorder_seal(PyObject *self, PyObject *const *args, Py_ssize_t
 }
 
 static PyMethodDef recorder_methods[] = {
+    CORE_COPY_METHODS,
     {"seal", (PyCFunction)(void (*)(void))recorder_seal, METH_FASTCALL,
      "seal(step, elapsed, scalars) -> 0 declined (nothing changed), 1 sealed, 2 sealed and a flush is due."},
     {NULL, NULL, 0, NULL},
@@ -295,11 +413,14 @@ static PyMethodDef recorder_methods[] = {
 /* Probe.step, in C for the common case (see Probe): a recorded step that seal ends (every step recorded, no
  * histograms), or an unrecorded step followed by another; then the call counts of the engine are cleared, the step
  * is counted, and Probe._finish_step(flush) runs only when the writer thread has failed or a flush is due. Every
- * other call, before anything changed, is Probe._step_general's, with the same arguments. */
-static PyObject *s_step_general, *s_finish_step, *s_fail, *s_error, *perf_counter;
+ * other call, before anything changed, is Probe._step_general's, with the same arguments (Probe._step_declined's
+ * when seal declined the step: the general path without trying seal again). */
+static PyObject *s_step_general, *s_step_declined, *s_finish_step, *s_fail, *s_error, *s_perf_counter, *time_module;
 
+/* time.perf_counter(), the clock of Probe._started, looked up at each call as the Python step looks it up (a test
+ * may stand in for it). */
 static int now(double *out) {
-    PyObject *t = PyObject_CallNoArgs(perf_counter);
+    PyObject *t = PyObject_CallMethodNoArgs(time_module, s_perf_counter);
     if (t == NULL) return -1;
     *out = PyFloat_AsDouble(t);
     Py_DECREF(t);
@@ -386,7 +507,7 @@ static void warm_step(PyObject *recorder, PyObject *calls) {
 }
 
 static PyObject *probe_step(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
-    PyObject *recorder = OBJ(self, PROBE_RECORDER), *calls = OBJ(self, PROBE_CALLS);
+    PyObject *recorder = OBJ(self, PROBE_RECORDER), *calls = OBJ(self, PROBE_CALLS), *general = s_step_general;
     const long long step = INT(self, PROBE_STEP), every = INT(self, PROBE_EVERY);
     if (nargs == 0 && every > 0 && step >= 0 && OBJ(self, PROBE_ERROR) == Py_None && is_false(OBJ(self, PROBE_CLOSED))
             && is_false(OBJ(self, PROBE_FORKED)) && recorder != NULL && PyObject_TypeCheck(recorder, &RecorderCoreType)
@@ -406,19 +527,21 @@ static PyObject *probe_step(PyObject *self, PyObject *const *args, Py_ssize_t na
                 INT(self, PROBE_STEP) += 1;
                 return finish(self, r == 2);
             }
+            general = s_step_declined;  /* the general path, without trying seal (and reading the scalars) again */
         } else if (step % every != 0 && (step + 1) % every != 0) {  /* nothing changes but the time */
-            INT(self, PROBE_STEP) = step + 1;
+            INT(self, PROBE_STEP) += 1;
             return finish(self, 0);
         }
     }
-    PyObject *general = PyObject_GetAttr(self, s_step_general);
-    if (general == NULL) return NULL;
-    PyObject *result = PyObject_Vectorcall(general, args, (size_t)nargs, kwnames);
-    Py_DECREF(general);
+    PyObject *method = PyObject_GetAttr(self, general);
+    if (method == NULL) return NULL;
+    PyObject *result = PyObject_Vectorcall(method, args, (size_t)nargs, kwnames);
+    Py_DECREF(method);
     return result;
 }
 
 static PyMethodDef probe_methods[] = {
+    CORE_COPY_METHODS,
     {"step", (PyCFunction)(void (*)(void))probe_step, METH_FASTCALL | METH_KEYWORDS,
      "step($self, /, **scalars)\n--\n\n"
      "End one training step; keyword values (numbers or 1-element tensors) are recorded too.\n\n"
@@ -426,10 +549,10 @@ static PyMethodDef probe_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-#define CORE_TYPE(NAME, DOC, MEMBERS, METHODS)                                                              \
+#define CORE_TYPE(NAME, TYPE_NAME, DOC, MEMBERS, METHODS)                                                              \
     PyTypeObject NAME = {                                                                                  \
         PyVarObject_HEAD_INIT(NULL, 0)                                                                     \
-        .tp_name = "actprobe.stats._cstats." #NAME,                                                        \
+        .tp_name = "actprobe.stats._cstats." TYPE_NAME,                                                        \
         .tp_doc = DOC,                                                                                     \
         .tp_basicsize = sizeof(Core),                                                                      \
         .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,                         \
@@ -441,27 +564,26 @@ static PyMethodDef probe_methods[] = {
         .tp_methods = METHODS,                                                                             \
     };
 
-CORE_TYPE(ArenaCoreType, "The fields of an Arena that the C hooks and seal use.", arena_members, NULL)
-CORE_TYPE(RingCoreType, "The fields of a PartialRing that seal uses.", ring_members, NULL)
-CORE_TYPE(StageCoreType, "The fields of a RowStage that seal uses.", stage_members, NULL)
-CORE_TYPE(RecorderCoreType, "The fields of a Recorder that the C hooks and seal use, and seal.", recorder_members,
+CORE_TYPE(ArenaCoreType, "ArenaCore", "The fields of an Arena that the C hooks and seal use.", arena_members, core_methods)
+CORE_TYPE(RingCoreType, "RingCore", "The fields of a PartialRing that seal uses.", ring_members, core_methods)
+CORE_TYPE(StageCoreType, "StageCore", "The fields of a RowStage that seal uses.", stage_members, core_methods)
+CORE_TYPE(RecorderCoreType, "RecorderCore", "The fields of a Recorder that the C hooks and seal use, and seal.", recorder_members,
           recorder_methods)
-CORE_TYPE(ProbeCoreType, "The fields of a Probe that its step uses, and step.", probe_members, probe_methods)
+CORE_TYPE(ProbeCoreType, "ProbeCore", "The fields of a Probe that its step uses, and step.", probe_members, probe_methods)
 
 int add_state_types(PyObject *m) {
     s_is_cpu_attr = PyUnicode_InternFromString("is_cpu");
     s_item = PyUnicode_InternFromString("item");
     s_unaim = PyUnicode_InternFromString("unaim");
     s_step_general = PyUnicode_InternFromString("_step_general");
+    s_step_declined = PyUnicode_InternFromString("_step_declined");
+    s_perf_counter = PyUnicode_InternFromString("perf_counter");
     s_finish_step = PyUnicode_InternFromString("_finish_step");
     s_fail = PyUnicode_InternFromString("_fail");
     s_error = PyUnicode_InternFromString("error");
-    if (!s_is_cpu_attr || !s_item || !s_unaim || !s_step_general || !s_finish_step || !s_fail || !s_error) return -1;
-    PyObject *time = PyImport_ImportModule("time");
-    if (time == NULL) return -1;
-    perf_counter = PyObject_GetAttrString(time, "perf_counter");  /* the clock of Probe._started */
-    Py_DECREF(time);
-    if (perf_counter == NULL) return -1;
+    if (!s_is_cpu_attr || !s_item || !s_unaim || !s_step_general || !s_step_declined || !s_perf_counter
+            || !s_finish_step || !s_fail || !s_error) return -1;
+    if ((time_module = PyImport_ImportModule("time")) == NULL) return -1;
     PyTypeObject *types[] = {&ArenaCoreType, &RingCoreType, &StageCoreType, &RecorderCoreType, &ProbeCoreType};
     const char *names[] = {"ArenaCore", "RingCore", "StageCore", "RecorderCore", "ProbeCore"};
     for (int k = 0; k < 5; k++)

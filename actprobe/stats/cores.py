@@ -38,7 +38,7 @@ except ImportError:  # built without a C compiler (or an older build)
     class ProbeCore:  # type: ignore[no-redef]
         """Without the C extension: no fields of its own, and every step in Python."""
 
-        def step(self, **scalars: float | int | torch.Tensor) -> None:
+        def step(self, /, **scalars: float | int | torch.Tensor) -> None:
             """End one training step; keyword values (numbers or 1-element tensors) are recorded too.
 
             Device tensors are copied on their device: recording them does not synchronise."""

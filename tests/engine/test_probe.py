@@ -332,6 +332,9 @@ def test_meta_and_attributes(tmp_path):
     ({"meta": {"format": "x"}}, "reserved"),
     ({"meta": {"obj": object()}}, "meta\\['obj'\\] has type object"),
     ({"select": [3]}, "select items must be"),
+    ({"every": 2 ** 63}, "every must be at most 2\\*\\*62"),  # the probe's fields are 64-bit
+    ({"hist_every": 2 ** 63}, "hist_every must be at most 2\\*\\*62"),
+    ({"flush_seconds": 10 ** 400}, "flush_seconds must be a number within float64's range"),
 ])
 def test_bad_options_raise_option_error_before_anything_is_written(tmp_path, kwargs, message):
     with pytest.raises(actprobe.OptionError, match=message):

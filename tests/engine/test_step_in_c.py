@@ -4,15 +4,19 @@ recording and never training; without the C extension the probe is the Python on
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
 
 import actprobe
 from actprobe.engine.probe import Probe
@@ -27,21 +31,24 @@ pytestmark = pytest.mark.skipif(cores.ProbeCore.__module__ == "actprobe.stats.co
 
 
 def _record(path: Path, steps: int, *, python: bool = False, **options) -> list[int]:
-    """``steps`` training steps of the paper's CNN; returns the steps that Probe._step_general ended (all of them
-    with ``python``: the Python step, with a Recorder.seal that declines, as without the C extension)."""
+    """``steps`` training steps of the paper's CNN; returns the steps that ended in Python, Probe._step_general or
+    Probe._step_declined (all of them with ``python``: the Python step, with a Recorder.seal that declines, as
+    without the C extension)."""
     torch.manual_seed(0)
     model = paper_cnn()
     general: list[int] = []
-    real = Probe._step_general
 
-    def counted(self, **scalars):
-        general.append(self._step)
-        real(self, **scalars)
+    def counted(method):
+        def step(self, /, **scalars):
+            general.append(self._step)
+            method(self, **scalars)
+        return step
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(Probe, "_step_general", counted)
+        patch.setattr(Probe, "_step_declined", counted(Probe._step_declined))
+        patch.setattr(Probe, "_step_general", counted(Probe._step_general))
         if python:
-            patch.setattr(Probe, "step", counted)
+            patch.setattr(Probe, "step", Probe._step_general)
             patch.setattr(Recorder, "seal", lambda self, *args: 0)
         with actprobe.Probe(model, path, **options) as probe:
             for step in range(steps):
@@ -153,3 +160,139 @@ def test_without_the_c_extension_the_probe_records_what_the_torch_kernel_records
     assert plain.keys() == here.keys() and plain["step"].tolist() == [0, 2, 4, 6, 8]
     for name in plain:
         np.testing.assert_array_equal(plain[name], here[name], err_msg=name)
+
+
+class _ItemMode(TorchFunctionMode):
+    """Counts Tensor.item calls; raises ``error`` at the first one when given."""
+
+    def __init__(self, error: type[BaseException] | None = None) -> None:
+        super().__init__()
+        self.items, self.error = 0, error
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.item:
+            self.items += 1
+            if self.error is not None:
+                error, self.error = self.error, None
+                raise error("from the mode")
+        return func(*args, **(kwargs or {}))
+
+
+def _steps_with(probe: actprobe.Probe, model: nn.Module, steps: range, mode: _ItemMode | None = None) -> None:
+    for step in steps:
+        train_steps(model, 1, probe=None, seed=step, batch=8)
+        if mode is None:
+            probe.step(loss=torch.tensor(float(step)))
+        else:
+            with mode:
+                probe.step(loss=torch.tensor(float(step)))
+
+
+def test_a_keyboard_interrupt_while_a_scalar_is_read_goes_through(tmp_path):
+    """Reading a tensor scalar may run Python code (a TorchFunctionMode): a KeyboardInterrupt raised there reaches
+    the training loop; the step is not counted, and the next one records as usual."""
+    torch.manual_seed(0)
+    model = paper_cnn()
+    with actprobe.Probe(model, tmp_path / "i.h5") as probe:
+        _steps_with(probe, model, range(3))
+        with pytest.raises(KeyboardInterrupt):
+            _steps_with(probe, model, range(3, 4), _ItemMode(KeyboardInterrupt))
+        assert probe.step_index == 3 and probe.error is None
+        _steps_with(probe, model, range(3, 6))
+    run = actprobe.read(tmp_path / "i.h5")
+    assert run.step.tolist() == list(range(6)) and np.asarray(run.scalars["loss"]).tolist() == [0, 1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("options, extra, reads", [
+    ({}, lambda step: {}, [1] * 6),  # in C from step 1 on
+    ({"params": True}, lambda step: {}, [1] * 6),  # parameter partials: seal declines before reading any scalar
+    ({}, lambda step: {"flag": True}, [1] * 6),  # a bool is the general path's: declined before any tensor is read
+    # a tensor of two values under a name with a column: C reads the loss, then fails to read it (item() raises)
+    # and hands the step on to the general path, which reads the loss once more (and leaves the pair out, with a
+    # warning)
+    ({}, lambda step: {"pair": torch.zeros(1 if step == 0 else 2)}, [2] + [3] * 5),
+])
+def test_a_tensor_scalar_is_read_once_a_step_unless_the_step_in_c_fails_to_read_one(tmp_path, options, extra, reads):
+    torch.manual_seed(0)
+    model = paper_cnn()
+    if options.get("params"):
+        options = {**options, "optimizer": torch.optim.SGD(model.parameters(), lr=0.01)}
+    counts = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with actprobe.Probe(model, tmp_path / "r.h5", **options) as probe:
+            for step in range(6):
+                train_steps(model, 1, probe=None, seed=step, batch=8)
+                with _ItemMode() as mode:
+                    probe.step(loss=torch.tensor(float(step)), **extra(step))
+                counts.append(mode.items)
+    assert counts == reads
+    assert np.asarray(actprobe.read(tmp_path / "r.h5").scalars["loss"]).tolist() == [0, 1, 2, 3, 4, 5]
+
+
+def test_the_step_in_c_reads_the_clock_python_reads(tmp_path, monkeypatch):
+    """A stand-in for time.perf_counter (a test's, freezegun's) is the clock of every row's time."""
+    real = time.perf_counter
+    monkeypatch.setattr(time, "perf_counter", lambda: real() + 1000.0)
+    torch.manual_seed(0)
+    model = paper_cnn()
+    with actprobe.Probe(model, tmp_path / "t.h5") as probe:
+        _steps_with(probe, model, range(6))
+    times = np.asarray(actprobe.read(tmp_path / "t.h5").time)
+    assert (times >= 0).all() and (times < 100).all() and (np.diff(times) > 0).all(), times
+
+
+def test_warnings_name_the_line_that_called_step(tmp_path, monkeypatch):
+    """The warning that recording stopped (raised in the C step) and the one for a step after close (the Python
+    step) both point at the caller's line."""
+    torch.manual_seed(0)
+    model = paper_cnn()
+    monkeypatch.setattr(Arena, "unaim", lambda self: (_ for _ in ()).throw(OSError("no room")))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with actprobe.Probe(model, tmp_path / "w.h5", flush_every=2) as probe:
+            for step in range(4):
+                train_steps(model, 1, probe=None, seed=step, batch=8)
+                line = sys._getframe().f_lineno + 1
+                probe.step()
+            assert isinstance(probe.error, OSError)
+        after = sys._getframe().f_lineno + 1
+        probe.step()
+    places = [(Path(w.filename).name, w.lineno, str(w.message)[:30]) for w in caught
+              if issubclass(w.category, ActprobeWarning)]
+    assert places == [(Path(__file__).name, line, "actprobe stopped recording to "),
+                      (Path(__file__).name, after, "Probe.step() called after the ")], places
+
+
+def test_a_scalar_may_be_named_self_and_probes_copy(tmp_path):
+    torch.manual_seed(0)
+    model = paper_cnn()
+    with actprobe.Probe(model, tmp_path / "s.h5", every=2) as probe:
+        for step in range(4):
+            train_steps(model, 1, probe=None, seed=step, batch=8)
+            probe.step(**{"self": float(step)})
+        twin = copy.copy(probe)
+        assert twin._recorder is probe._recorder and twin.step_index == 4 and twin.file == probe.file
+    assert np.asarray(actprobe.read(tmp_path / "s.h5").scalars["self"]).tolist() == [0.0, 2.0]
+    arena = copy.deepcopy(probe._recorder._arena)
+    assert (arena.used, arena.size, arena.on_cpu) == (probe._recorder._arena.used, probe._recorder._arena.size, True)
+    assert arena._own is not probe._recorder._arena._own
+
+
+def test_close_closes_the_file_after_a_failed_flush(tmp_path, monkeypatch):
+    """A flush that fails at close stops recording with a warning, and the writer still closes the file: the same
+    path can be written again in this process."""
+    torch.manual_seed(0)
+    model = paper_cnn()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        probe = actprobe.Probe(model, tmp_path / "c.h5", flush_every=2)
+        _steps_with(probe, model, range(5))
+        monkeypatch.setattr(Probe, "_flush", lambda self: (_ for _ in ()).throw(OSError("disk gone")))
+        probe.close()
+    assert isinstance(probe.error, OSError) and not probe._sink.writer._thread.is_alive()
+    monkeypatch.undo()
+    assert actprobe.read(tmp_path / "c.h5").step.tolist() == [0, 1, 2, 3]
+    with actprobe.Probe(model, tmp_path / "c.h5", overwrite=True) as again:
+        _steps_with(again, model, range(2))
+    assert actprobe.read(tmp_path / "c.h5").step.tolist() == [0, 1]
