@@ -187,8 +187,8 @@ class RowStage(StageCore):
 
     def add_row(self, step: int, elapsed: float, scalars: dict[str, float | torch.Tensor]) -> int:
         """Start a row; its statistics follow through ``set_stats``. Returns the row's index."""
-        row = self.rows
-        host = []
+        # the values first, the row after: reading a tensor may run Python code (a TorchFunctionMode's), a flush too
+        host, on_device = [], []
         for name, value in scalars.items():
             column = self.scalar_index[name]
             if isinstance(value, torch.Tensor) and value.is_cpu:
@@ -196,11 +196,14 @@ class RowStage(StageCore):
                 # device path's indexing and copies cost ~50 µs in a step that left the caches cold
                 host.append((column, value.item()))  # item() records nothing for autograd
             elif isinstance(value, torch.Tensor):
-                self._device_scalars[row, column].copy_(value.detach().reshape(()).to(self.device, non_blocking=True))
-                self._from_device[row, column] = True
-                self.device_scalars = True
+                on_device.append((column, value.detach().reshape(()).to(self.device, non_blocking=True)))
             else:
                 host.append((column, float(value)))
+        row = self.rows
+        for column, value in on_device:
+            self._device_scalars[row, column].copy_(value)
+            self._from_device[row, column] = True
+            self.device_scalars = True
         self._steps.append(step)
         self._times.append(elapsed)
         self._host_rows.append(host)

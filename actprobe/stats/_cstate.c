@@ -442,8 +442,9 @@ static PyObject *fail(PyObject *self) {
     return done;
 }
 
-/* After the step is counted: Probe._finish_step(flush) when the writer failed or a flush is due, else nothing. */
-static PyObject *finish(PyObject *self, int flush) {
+/* After the step is counted: Probe._finish_step(flush) when the writer failed or a flush is due (flush, or
+ * flush_seconds since the last flush at t, the step's time), else nothing. */
+static PyObject *finish(PyObject *self, int flush, double t) {
     PyObject *writer = Py_XNewRef(OBJ(self, PROBE_WRITER)), *recorder;
     int call = flush;
     if (!call && writer != NULL && writer != Py_None) {
@@ -455,11 +456,8 @@ static PyObject *finish(PyObject *self, int flush) {
     Py_XDECREF(writer);
     recorder = OBJ(self, PROBE_RECORDER);
     if (!call && recorder != NULL && PyObject_TypeCheck(recorder, &RecorderCoreType)
-            && OBJ(recorder, RECORDER_STAGE) != NULL && OBJ(recorder, RECORDER_STAGE) != Py_None) {
-        double t;
-        if (now(&t) < 0) return fail(self);
+            && OBJ(recorder, RECORDER_STAGE) != NULL && OBJ(recorder, RECORDER_STAGE) != Py_None)
         call = t - ((Core *)self)->d[PROBE_LAST_FLUSH] >= ((Core *)self)->d[PROBE_FLUSH_SECONDS];
-    }
     if (!call) Py_RETURN_NONE;
     return PyObject_CallMethodOneArg(self, s_finish_step, flush ? Py_True : Py_False);
 }
@@ -483,7 +481,8 @@ static void warm_list(PyObject *o) {
     }
 }
 
-static void warm_step(PyObject *recorder, PyObject *calls) {
+static void warm_step(PyObject *recorder, PyObject *calls, PyObject *writer) {
+    if (writer != NULL) WARM(writer);
     PyObject *ring = OBJ(recorder, RECORDER_RING), *stage = OBJ(recorder, RECORDER_STAGE),
              *partials = OBJ(recorder, RECORDER_PARTIALS);
     warm_core(ring, &RingCoreType);
@@ -513,7 +512,7 @@ static PyObject *probe_step(PyObject *self, PyObject *const *args, Py_ssize_t na
             && is_false(OBJ(self, PROBE_FORKED)) && recorder != NULL && PyObject_TypeCheck(recorder, &RecorderCoreType)
             && calls != NULL && PyDict_CheckExact(calls)) {
         if (step % every == 0 && every == 1 && INT(self, PROBE_HIST_EVERY) == 0) {
-            warm_step(recorder, calls);
+            warm_step(recorder, calls, OBJ(self, PROBE_WRITER));
             double t;
             if (now(&t) < 0) return fail(self);
             Py_ssize_t n = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
@@ -525,12 +524,14 @@ static PyObject *probe_step(PyObject *self, PyObject *const *args, Py_ssize_t na
                 calls = OBJ(self, PROBE_CALLS);
                 if (calls != NULL && PyDict_Check(calls)) PyDict_Clear(calls);  /* the engine's new_step */
                 INT(self, PROBE_STEP) += 1;
-                return finish(self, r == 2);
+                return finish(self, r == 2, t);
             }
             general = s_step_declined;  /* the general path, without trying seal (and reading the scalars) again */
         } else if (step % every != 0 && (step + 1) % every != 0) {  /* nothing changes but the time */
+            double t;
+            if (now(&t) < 0) return fail(self);
             INT(self, PROBE_STEP) += 1;
-            return finish(self, 0);
+            return finish(self, 0, t);
         }
     }
     PyObject *method = PyObject_GetAttr(self, general);

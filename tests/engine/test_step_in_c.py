@@ -296,3 +296,38 @@ def test_close_closes_the_file_after_a_failed_flush(tmp_path, monkeypatch):
     with actprobe.Probe(model, tmp_path / "c.h5", overwrite=True) as again:
         _steps_with(again, model, range(2))
     assert actprobe.read(tmp_path / "c.h5").step.tolist() == [0, 1]
+
+
+class _FlushingMode(TorchFunctionMode):
+    """Flushes the probe whenever a tensor's value is read (Python code running inside the read)."""
+
+    def __init__(self, probe: actprobe.Probe) -> None:
+        super().__init__()
+        self.probe = probe
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.item:
+            self.probe.flush()
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("python", [False, True])
+def test_a_flush_while_a_scalar_is_read_keeps_every_row_in_place(tmp_path, monkeypatch, python):
+    """In C, and in the Python step (the general path), the values are read before the row is taken: a flush that
+    runs inside the read (from step 3 on) moves nothing."""
+    if python:
+        monkeypatch.setattr(Probe, "step", Probe._step_general)
+        monkeypatch.setattr(Recorder, "seal", lambda self, *args: 0)
+    torch.manual_seed(0)
+    model = paper_cnn()
+    with actprobe.Probe(model, tmp_path / "f.h5") as probe:
+        for step in range(8):
+            train_steps(model, 1, probe=None, seed=step, batch=8)
+            if step < 3:
+                probe.step(loss=torch.tensor(float(step)))
+                continue
+            with _FlushingMode(probe):
+                probe.step(loss=torch.tensor(float(step)))
+    run = actprobe.read(tmp_path / "f.h5")
+    assert run.step.tolist() == list(range(8)) and np.asarray(run.scalars["loss"]).tolist() == list(range(8))
+    assert np.isfinite(np.asarray(run.stats["mean"])).all()
