@@ -190,7 +190,7 @@ class Probe(ProbeCore):
         return tuple(sorted(self._recorder.kernel.backends_used))
 
     # step(**scalars): ProbeCore's, written in C for the common case (stats/_cstate.c), which hands every other call
-    # to _step_general; without the C extension, ProbeCore.step is _step_general itself (stats/cores.py)
+    # to _step_general; without the C extension, ProbeCore.step calls _step_general (stats/cores.py)
 
     def _step_general(self, /, **scalars: float | int | torch.Tensor) -> None:
         """``step`` in every case: the end of a recorded step in the common case (``Recorder.seal``), else the
