@@ -209,8 +209,7 @@ class Probe(ProbeCore):
             self._warn_once("closed", "Probe.step() called after the probe was closed; ignored")
             return
         try:
-            every = self._every
-            recorded = self._step % every == 0 and self.error is None
+            recorded = self.recording
             flush = False
             if recorded:
                 sealed = try_seal and self._recorder.seal(self._step, time.perf_counter() - self._started, scalars)
@@ -223,7 +222,7 @@ class Probe(ProbeCore):
             self._step += 1
             # between two unrecorded steps nothing changes but the time (after a failure: once more, for the hooks),
             # nor between two recorded ones without histograms
-            if ((every > 1 and recorded != self.recording) or (recorded and self._hist_every)
+            if (recorded != self.recording or (recorded and self._hist_every)
                     or (self.error is not None and self._engine.attached)):
                 self._prepare_next_step()
         except Exception as exc:  # the profiler never crashes training

@@ -182,7 +182,7 @@ static int is_false(PyObject *o) {
 
 static int empty_list(PyObject *o) { return o != NULL && PyList_Check(o) && PyList_GET_SIZE(o) == 0; }
 
-static PyObject *s_is_cpu_attr, *s_item, *s_unaim;
+static PyObject *s_item, *s_unaim;
 
 /* An error while reading a scalar: an Exception declines (0: the general path reads the value again, and reports
  * what it cannot record), any other (KeyboardInterrupt) goes on (-1). */
@@ -207,7 +207,7 @@ static int scalar_number(PyObject *value, PyObject **out) {
         return (*out = PyFloat_FromDouble(d)) == NULL ? -1 : 1;
     }
     if (lane_tensor_type == NULL || (PyObject *)Py_TYPE(value) != lane_tensor_type) return 0;
-    PyObject *cpu = PyObject_GetAttr(value, s_is_cpu_attr);
+    PyObject *cpu = PyObject_GetAttr(value, s_is_cpu);
     if (cpu != Py_True) {
         Py_XDECREF(cpu);
         return cpu == NULL ? declined() : 0;
@@ -573,7 +573,6 @@ CORE_TYPE(RecorderCoreType, "RecorderCore", "The fields of a Recorder that the C
 CORE_TYPE(ProbeCoreType, "ProbeCore", "The fields of a Probe that its step uses, and step.", probe_members, probe_methods)
 
 int add_state_types(PyObject *m) {
-    s_is_cpu_attr = PyUnicode_InternFromString("is_cpu");
     s_item = PyUnicode_InternFromString("item");
     s_unaim = PyUnicode_InternFromString("unaim");
     s_step_general = PyUnicode_InternFromString("_step_general");
@@ -582,7 +581,7 @@ int add_state_types(PyObject *m) {
     s_finish_step = PyUnicode_InternFromString("_finish_step");
     s_fail = PyUnicode_InternFromString("_fail");
     s_error = PyUnicode_InternFromString("error");
-    if (!s_is_cpu_attr || !s_item || !s_unaim || !s_step_general || !s_step_declined || !s_perf_counter
+    if (!s_item || !s_unaim || !s_step_general || !s_step_declined || !s_perf_counter
             || !s_finish_step || !s_fail || !s_error) return -1;
     if ((time_module = PyImport_ImportModule("time")) == NULL) return -1;
     PyTypeObject *types[] = {&ArenaCoreType, &RingCoreType, &StageCoreType, &RecorderCoreType, &ProbeCoreType};

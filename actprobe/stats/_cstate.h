@@ -38,8 +38,8 @@ enum { PROBE_RECORDER, PROBE_ERROR, PROBE_CLOSED, PROBE_FORKED, PROBE_CALLS, PRO
 
 extern PyTypeObject ArenaCoreType, RingCoreType, StageCoreType, RecorderCoreType, ProbeCoreType;
 
-/* torch.Tensor, set by set_lane_types (_cstats.c) */
-extern PyObject *lane_tensor_type;
+/* torch.Tensor, set by set_lane_types, and the interned "is_cpu" (_cstats.c) */
+extern PyObject *lane_tensor_type, *s_is_cpu;
 
 /* Makes the five types ready and adds them to module m: 0, or -1 with an error set. */
 int add_state_types(PyObject *m);

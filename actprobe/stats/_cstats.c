@@ -419,7 +419,8 @@ static PyObject *py_masked(PyObject *self, PyObject *args) {
  * general path. */
 PyObject *lane_tensor_type = NULL;
 static PyObject *lane_partial_type = NULL;
-static PyObject *s_is_cpu, *s_dtype, *s_shape, *s_stride, *s_data_ptr;
+PyObject *s_is_cpu;
+static PyObject *s_dtype, *s_shape, *s_stride, *s_data_ptr;
 
 static PyObject *py_set_lane_types(PyObject *self, PyObject *args) {
     PyObject *tensor_type, *partial_type;
