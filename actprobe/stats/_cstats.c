@@ -432,8 +432,6 @@ static PyObject *py_masked(PyObject *self, PyObject *args) {
  * that writes at the same offset. Otherwise it changes nothing and returns False: the caller takes its
  * general path. */
 PyObject *lane_tensor_type = NULL;
-/* The most of a lane's output asked of the memory ahead of the kernel (run_lane). */
-#define PREFETCH_BYTES 8192
 static PyObject *lane_partial_type = NULL;
 PyObject *s_is_cpu;
 static PyObject *s_dtype, *s_shape, *s_stride, *s_data_ptr;
@@ -475,6 +473,11 @@ static int run_lane(PyObject *lane, PyObject *x, PyObject *arena, PyObject *part
     }
     if ((PyObject *)Py_TYPE(x) != lane_tensor_type) return 0;
     int r;
+    if ((r = same(x, s_is_cpu, 0, Py_True, 1)) <= 0
+            || (r = same(x, s_dtype, 0, PyTuple_GET_ITEM(lane, 3), 1)) <= 0
+            || (r = same(x, s_shape, 0, PyTuple_GET_ITEM(lane, 1), 0)) <= 0
+            || (r = same(x, s_stride, 1, PyTuple_GET_ITEM(lane, 2), 0)) <= 0)
+        return r;
     call_args c;
     long long used, size, pointer, units, numel;
     c.is_double = PyObject_IsTrue(PyTuple_GET_ITEM(lane, 4));
@@ -489,21 +492,6 @@ static int run_lane(PyObject *lane, PyObject *x, PyObject *arena, PyObject *part
         PyErr_SetString(PyExc_ValueError, "a lane of an empty or inconsistent shape");
         return -1;
     }
-    /* where the output will go, asked of the memory now (a row of the ring that a training step has left out of
-     * the caches): its lines arrive while the tensor is checked */
-    {
-        const long long *at = ((Core *)arena)->i;
-        if (at[ARENA_POINTER] != 0 && at[ARENA_USED] >= 0) {
-            const char *start = (const char *)(uintptr_t)at[ARENA_POINTER] + 8 * at[ARENA_USED];
-            for (long long offset = 0; offset < 8 * (4 * c.E + 4) && offset < PREFETCH_BYTES; offset += 64)
-                __builtin_prefetch(start + offset, 1, 3);
-        }
-    }
-    if ((r = same(x, s_is_cpu, 0, Py_True, 1)) <= 0
-            || (r = same(x, s_dtype, 0, PyTuple_GET_ITEM(lane, 3), 1)) <= 0
-            || (r = same(x, s_shape, 0, PyTuple_GET_ITEM(lane, 1), 0)) <= 0
-            || (r = same(x, s_stride, 1, PyTuple_GET_ITEM(lane, 2), 0)) <= 0)
-        return r;
     PyObject *data = PyObject_CallMethodNoArgs(x, s_data_ptr);
     if (data == NULL) return -1;
     c.data = PyLong_AsUnsignedLongLong(data);
@@ -641,20 +629,6 @@ static int hook_open(Hook *h) {
 
 /* 1: recorded here; 0: the Python hook's call; -1: an error (set). */
 static int hook_fast(Hook *h, PyObject *output) {
-    /* the parts of the site's lane, asked of the memory first: a training step leaves them out of the caches, and
-     * they arrive while the engine's state is read */
-    if (PyObject_TypeCheck(h->owner, &RecorderCoreType)) {
-        PyObject *early = ((Core *)h->owner)->o[RECORDER_LANES];
-        early = early != NULL && PyDict_CheckExact(early) ? PyDict_GetItemWithError(early, h->name) : NULL;
-        if (early == NULL) PyErr_Clear();  /* the lookup below meets it again */
-        else if (PyTuple_CheckExact(early) && PyTuple_GET_SIZE(early) == 12) {
-            for (Py_ssize_t i = 1; i < 12; i++) __builtin_prefetch(PyTuple_GET_ITEM(early, i), 0, 3);
-            PyObject *cache = PyTuple_GET_ITEM(early, 11);
-            if (PyList_CheckExact(cache) && PyList_GET_SIZE(cache) == 1) {
-                __builtin_prefetch(((PyListObject *)cache)->ob_item, 0, 3);
-            }
-        }
-    }
     int r = hook_open(h);
     if (r <= 0) return r;
     PyObject *calls = PyObject_GetAttr(h->engine, s_calls), *lanes = NULL, *lane = NULL, *arena = NULL, *partials = NULL;
