@@ -21,9 +21,16 @@ actprobe's default.
 imported under another name, recording every step and every 10th step on its own copies of the
 model: the code before and after a change, timed side by side in the same rounds.
 
+``--only every-step`` or ``--only every-10th`` times the baselines and that one way of recording (with
+``--before``, the other checkout's too) and nothing else: a probe recording every step flushes its rows on its
+writer thread while the next modes run, and on a machine of few cores that work lands in their rounds. On a
+CPU it then also times each step by its position in the round and prints, for each mode, the sum of the
+positions' medians against the baseline's: recording every 10th step costs one step in ten (the recorded one,
+first in each round) and a little of the next, which the per-round ratio's spread on a shared machine can hide.
+
     python bench/overhead.py [--model paper-cnn|resnet50|transformer|wide-100|wide-1000|all] [--device cpu|cuda]
                              [--select leaves|params] [--rounds 60] [--steps 10] [--torch-kernel]
-                             [--extras] [--before DIR]
+                             [--extras] [--before DIR] [--only all|every-step|every-10th]
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import actprobe  # noqa: E402
-from common import interleaved, median_ms, paired_overhead  # noqa: E402
+from common import interleaved, median_ms, paired_overhead, position_overhead  # noqa: E402
 from workloads import WORKLOADS, has_parameters_leaf, hooked_bytes, make  # noqa: E402
 
 SELECTIONS = {
@@ -111,12 +118,16 @@ def build_modes(name: str, device: torch.device, args, tmp: Path) -> tuple[dict,
         probes.append(probe)
         modes[label] = lambda: probe.step(loss=workload.step())
 
-    probed("actprobe every step")
-    if args.before is not None:
-        probed("actprobe before, every step", package=load_before(args.before))
-    probed("actprobe every 10th step", every=10)
-    if args.before is not None:
-        probed("actprobe before, every 10th", package=load_before(args.before), every=10)
+    if args.only in ("all", "every-step"):
+        probed("actprobe every step")
+        if args.before is not None:
+            probed("actprobe before, every step", package=load_before(args.before))
+    if args.only in ("all", "every-10th"):
+        probed("actprobe every 10th step", every=10)
+        if args.before is not None:
+            probed("actprobe before, every 10th", package=load_before(args.before), every=10)
+    if args.only != "all":  # no other mode's work (a writer thread's flush, say) lands in these modes' rounds
+        return modes, probes
     if args.torch_kernel:
         probed("actprobe, torch kernel", kernel="torch")
     if args.extras:
@@ -136,7 +147,10 @@ def bench(name: str, device: torch.device, args) -> None:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     tmp = Path(tempfile.mkdtemp(prefix="actprobe-bench-"))
     modes, probes = build_modes(name, device, args, tmp)
-    samples = interleaved(modes, rounds=args.rounds, steps=args.steps, warmup=args.warmup, sync=sync)
+    # with one way of recording only (--only), on a CPU: each step timed by its position in the round as well
+    positions: dict[str, list[list[float]]] | None = {} if args.only != "all" and device.type == "cpu" else None
+    samples = interleaved(modes, rounds=args.rounds, steps=args.steps, warmup=args.warmup, sync=sync,
+                          positions=positions)
     kernel = kernel_name(probes[0])  # before close(), which drops the kernel's plans
     for probe in probes:
         probe.close()
@@ -158,6 +172,10 @@ def bench(name: str, device: torch.device, args) -> None:
             median, q1, q3 = paired_overhead(samples[now], samples[before])
             print(f"{'this actprobe vs before':28s} {'':9s} {100 * median:+8.1f}%  ({100 * q1:+5.1f}% .. "
                   f"{100 * q3:+5.1f}%)  (paired per round: {what}, this code / the code of --before)")
+    if positions:
+        print("by position in the round (the sum of each position's median step, against the baseline's):")
+        for mode, times in positions.items():
+            print(f"{mode:28s} {'':9s} {100 * position_overhead(times, positions['baseline']):+8.2f}%")
     print(f"actprobe wrote {run.rows} rows x {len(run.sites)} sites with the {kernel} kernel")
 
 
@@ -196,6 +214,9 @@ def main() -> None:
                         help="also time gradient statistics (grads=True) and parameter statistics (params=True)")
     parser.add_argument("--before", type=Path, default=None,
                         help="a checkout whose actprobe is timed beside this one (before/after a change)")
+    parser.add_argument("--only", default="all", choices=["all", "every-step", "every-10th"],
+                        help="time only the baselines and actprobe recording every step (and --before's), or every "
+                             "10th step: no other copy's work runs between their rounds")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny inputs: checks that the benchmark runs (on a CPU in seconds); times mean nothing")
     args = parser.parse_args()

@@ -100,7 +100,7 @@ static int sums_finite(const double *sums, int64_t n) {
     return hits == 0;
 }
 
-#define MOMENTS_FAST(NAME, T, ABS, MIN, MAX)                                                                         \
+#define MOMENTS_FAST(NAME, T, ABS, MIN, MAX)                                                          \
 VECTOR_CLONES                                                                                         \
 static void NAME(const T *restrict x, const T *first, int64_t A, int64_t E, int64_t B, double bound,      \
                  double *restrict out, void *scratch_memory) {                                        \

@@ -15,6 +15,8 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
 RUNS = {
     "overhead": (["overhead.py", "--smoke", "--model", "wide-100", "--rounds", "2", "--warmup", "1"],
                  "actprobe every step"),
+    "overhead-only": (["overhead.py", "--smoke", "--model", "wide-100", "--rounds", "2", "--warmup", "1",
+                       "--only", "every-10th"], "by position in the round"),
     "breakdown": (["breakdown.py", "--model", "wide-100", "--steps", "5", "--warmup", "5"], "hooks"),
     "breakdown-every": (["breakdown.py", "--model", "wide-100", "--every", "3", "--steps", "9", "--warmup", "2"],
                         "cost of recording one step in 3"),
