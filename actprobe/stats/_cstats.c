@@ -173,18 +173,25 @@ static void NAME(const T *restrict x, const T *first, int64_t A, int64_t E, int6
  * cancel badly. Such an entry (shift more than RESHIFT_SIGMAS standard deviations from its mean) is
  * summed again in float64 around its mean: a second pass over that entry only, rare in practice. */
 #define RESHIFT_SIGMAS 8.0
+/* Within these bounds (2^400 and 2^-400) the first look's products and the exact test's quotients stay normal
+ * float64 numbers, for any count (below 2^63). */
+#define RESHIFT_LARGE 0x1p400
+#define RESHIFT_SMALL 0x1p-400
 #define RESHIFT(NAME, T)                                                                              \
 static void NAME(const T *restrict x, int64_t A, int64_t E, int64_t B, double *restrict out) {       \
     double *count = out, *shift = out + E, *s1 = out + 2 * E, *s2 = out + 3 * E;                      \
     /* First a look at every entry at once (no division, no branch: vector instructions) with a test looser   \
      * by half than the one below (m^2 > K^2 var, times count^2): an entry the exact test takes, it takes.  \
-     * Most calls end here. */                                                                        \
-    int maybe = 0;                                                                                    \
+     * Sums of magnitudes where the two tests could round apart (products beyond float64, or values that the \
+     * exact test's quotients make subnormal) go to the exact test too. Most calls end here. */       \
+    double far = 0, large = 0, small = RESHIFT_LARGE;  /* maxima and a minimum: vector reductions */     \
     for (int64_t e = 0; e < E; e++) {                                                                 \
-        const double u = s1[e], spread = s2[e] * count[e] - u * u;                                    \
-        maybe |= 2 * u * u > RESHIFT_SIGMAS * RESHIFT_SIGMAS * (spread > 0 ? spread : 0);             \
+        const double u = s1[e], q = s2[e], a = fabs(u), spread = q * count[e] - u * u;                \
+        far = fmax(far, 2 * u * u - RESHIFT_SIGMAS * RESHIFT_SIGMAS * (spread > 0 ? spread : 0));     \
+        large = fmax(large, fmax(a, q));                                                              \
+        small = fmin(small, fmin(a > 0 ? a : RESHIFT_LARGE, q > 0 ? q : RESHIFT_LARGE));              \
     }                                                                                                 \
-    if (!maybe) return;                                                                               \
+    if (!(far > 0) && large < RESHIFT_LARGE && small >= RESHIFT_SMALL) return;                        \
     for (int64_t e = 0; e < E; e++) {                                                                 \
         if (count[e] <= 0) continue;                                                                  \
         double m = s1[e] / count[e], var = s2[e] / count[e] - m * m;                                  \

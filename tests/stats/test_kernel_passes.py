@@ -77,3 +77,20 @@ def test_what_the_output_held_before_never_shows(a, e, b, dtype):
         assert np.array_equal(_moments(x, a, e, b, fill=fill).view(np.uint64), clean.view(np.uint64)), fill
     got = tensor_statistics(x, unit_dim=1, implementation="c")
     assert_statistics_close(got, reference_statistics(x, 1))
+
+
+# float64 entries whose first value (0) the exact test takes as far from the mean, where a first look computed at
+# count^2 scale would not: quotients that round to subnormal numbers, and a sum of squares times the count beyond
+# float64 (found by an adversarial sweep against the kernel before the first look)
+EXTREMES = {
+    "subnormal quotients": [0.0, 3.1434555694052576e-162],
+    "a product beyond float64": [0.0] + [2.0504481980271076e152] * 65,
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXTREMES))
+def test_extreme_magnitudes_go_to_the_exact_test(name):
+    x = torch.tensor(EXTREMES[name], dtype=torch.float64)
+    out = _moments(x, 1, 1, x.numel())
+    assert out[1] != 0.0, "the entry was not summed again around its mean"
+    assert out[1] == pytest.approx(x.mean().item(), rel=1e-3)
