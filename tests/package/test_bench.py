@@ -4,6 +4,7 @@ the figures belong to bench runs on a quiet machine, never to tests)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ RUNS = {
     "breakdown-every": (["breakdown.py", "--model", "wide-100", "--every", "3", "--steps", "9", "--warmup", "2"],
                         "cost of recording one step in 3"),
     "kernel": (["kernel.py", "--rounds", "2"], "(256, 64)"),
-    "writer": (["writer.py", "--sites", "20", "--steps", "60", "--rate", "400"], "rows committed 60, dropped 0"),
+    "writer": (["writer.py", "--sites", "20", "--steps", "60", "--rate", "400"], "rows committed "),
     "reader": (["reader.py", "--rows", "300", "--sites", "20"], "actprobe show"),
 }
 
@@ -36,3 +37,6 @@ def test_a_benchmark_runs(name, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert expected in done.stdout, done.stdout[-2000:]
     assert "stopped recording" not in done.stdout + done.stderr
+    if name == "writer":  # a busy machine may drop rows (a figure, never judged here); none may go missing
+        committed, dropped = map(int, re.search(r"rows committed (\d+), dropped (\d+)", done.stdout).groups())
+        assert committed + dropped == 60 and committed > 0, done.stdout
