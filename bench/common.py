@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -53,6 +54,27 @@ def paired_overhead(samples: list[float], baseline: list[float]) -> tuple[float,
     ratios = sorted(s / b - 1 for s, b in zip(samples, baseline))
     q1, median, q3 = statistics.quantiles(ratios, n=4)
     return median, q1, q3
+
+
+def median_interval(samples: list[float], baseline: list[float]) -> tuple[float, float]:
+    """A 95% confidence interval of the median per-round ratio (minus one), from order statistics (no assumption on
+    the ratios' distribution): how far the median of this many rounds can stray on this machine. It is the k-th
+    smallest and k-th largest ratio, for the largest k that the binomial distribution lets cover the median with
+    a probability of at least 95% (the smallest and the largest below 6 rounds, where none does)."""
+    ratios = sorted(s / b - 1 for s, b in zip(samples, baseline))
+    return ratios[order_statistic(len(ratios))], ratios[len(ratios) - 1 - order_statistic(len(ratios))]
+
+
+def order_statistic(n: int, coverage: float = 0.95) -> int:
+    """The largest k (0-based) such that the k-th smallest and k-th largest of n samples enclose their distribution's
+    median with probability ≥ ``coverage``: P(fewer than k + 1 samples lie below the median) ≤ (1 − coverage) / 2."""
+    k, below = 0, 0  # below: the number of ways that at most k samples lie below the median
+    while k < n // 2:
+        below += math.comb(n, k)
+        if 2 * below / 2 ** n > 1 - coverage:  # exact integers, one rounding
+            break
+        k += 1
+    return max(k - 1, 0)
 
 
 def median_ms(values: list[float]) -> float:

@@ -13,7 +13,8 @@ near-zero count, no sync); one plain ``sum()`` per hooked activation (a measured
 memory floor — one read of every hooked activation at the device's copy bandwidth — is computed.
 
 The overhead of a mode is the median over rounds of its step time divided by the baseline's in
-the same round, minus one, with quartiles. ``--select params`` hooks every leaf module that owns
+the same round, minus one, with quartiles and a 95% interval of that median (order statistics: with 40 rounds
+whose quartiles span ±4%, the median alone can stray by about ±1%). ``--select params`` hooks every leaf module that owns
 parameters (the reference harness of the GPU targets); ``leaves`` (default) every leaf module,
 actprobe's default.
 
@@ -25,8 +26,9 @@ model: the code before and after a change, timed side by side in the same rounds
 ``--before``, the other checkout's too) and nothing else: a probe recording every step flushes its rows on its
 writer thread while the next modes run, and on a machine of few cores that work lands in their rounds. On a
 CPU it then also times each step by its position in the round and prints, for each mode, the sum of the
-positions' medians against the baseline's: recording every 10th step costs one step in ten (the recorded one,
-first in each round) and a little of the next, which the per-round ratio's spread on a shared machine can hide.
+positions' medians against the baseline's, and each position's share: recording every 10th step costs one step in
+ten (the recorded one, first in each round) and a little of the next, which the per-round ratio's spread on a
+shared machine can hide.
 
     python bench/overhead.py [--model paper-cnn|resnet50|transformer|wide-100|wide-1000|all] [--device cpu|cuda]
                              [--select leaves|params] [--rounds 60] [--steps 10] [--torch-kernel]
@@ -39,6 +41,7 @@ import argparse
 import importlib.util
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -48,7 +51,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import actprobe  # noqa: E402
-from common import interleaved, median_ms, paired_overhead, position_overhead  # noqa: E402
+from common import interleaved, median_interval, median_ms, paired_overhead, position_overhead  # noqa: E402
 from workloads import WORKLOADS, has_parameters_leaf, hooked_bytes, make  # noqa: E402
 
 SELECTIONS = {
@@ -160,10 +163,12 @@ def bench(name: str, device: torch.device, args) -> None:
     run = actprobe.read(probes[0].path)
     print(f"\n{name}{' (SMOKE: tiny inputs, times mean nothing)' if args.smoke else ''}, {machine(device)}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"select={args.select} ({len(run.sites)} sites), {args.rounds} rounds x {args.steps} steps per mode")
-    print(f"{'mode':28s} {'ms/step':>9s} {'overhead':>9s} {'(quartiles)':>16s}")
+    print(f"{'mode':28s} {'ms/step':>9s} {'overhead':>9s} {'(quartiles)':>16s}   (95% interval of the median)")
     for mode, values in samples.items():
         median, q1, q3 = paired_overhead(values, samples["baseline"])
-        print(f"{mode:28s} {median_ms(values):9.2f} {100 * median:+8.1f}%  ({100 * q1:+5.1f}% .. {100 * q3:+5.1f}%)")
+        low, high = median_interval(values, samples["baseline"])
+        print(f"{mode:28s} {median_ms(values):9.2f} {100 * median:+8.1f}%  ({100 * q1:+5.1f}% .. {100 * q3:+5.1f}%)"
+              f"   ({100 * low:+5.1f}% .. {100 * high:+5.1f}%)")
     print(f"{'memory floor (computed)':28s} {floor_ms:9.2f} {100 * floor_ms / base_ms:+8.1f}%  "
           f"({floor_bytes / 2**20:.1f} MiB of hooked activations per step at the copy bandwidth)")
     for now, before, what in (("actprobe every step", "actprobe before, every step", "every step"),
@@ -176,6 +181,11 @@ def bench(name: str, device: torch.device, args) -> None:
         print("by position in the round (the sum of each position's median step, against the baseline's):")
         for mode, times in positions.items():
             print(f"{mode:28s} {'':9s} {100 * position_overhead(times, positions['baseline']):+8.2f}%")
+        base = [statistics.median(t) for t in positions["baseline"]]
+        print("each position's median against the baseline's, in % of the baseline's round:")
+        for mode, times in positions.items():
+            shares = (100 * (statistics.median(t) - b) / sum(base) for t, b in zip(times, base))
+            print(f"{mode:28s} " + " ".join(f"{share:+5.2f}" for share in shares))
     print(f"actprobe wrote {run.rows} rows x {len(run.sites)} sites with the {kernel} kernel")
 
 

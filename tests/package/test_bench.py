@@ -3,10 +3,12 @@ the figures belong to bench runs on a quiet machine, never to tests)."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -40,3 +42,25 @@ def test_a_benchmark_runs(name, tmp_path):
     if name == "writer":  # a busy machine may drop rows (a figure, never judged here); none may go missing
         committed, dropped = map(int, re.search(r"rows committed (\d+), dropped (\d+)", done.stdout).groups())
         assert committed + dropped == 60 and committed > 0, done.stdout
+
+
+def _coverage(n: int, k: int) -> Fraction:
+    """The probability that the k-th smallest and k-th largest of n samples (0-based) enclose the median."""
+    return Fraction(sum(math.comb(n, below) for below in range(k + 1, n - k)), 2 ** n)
+
+
+@pytest.mark.parametrize("n", [*range(1, 60), 100, 150, 300, 1000, 3000])
+def test_the_interval_of_the_median_is_the_tightest_that_covers_it_95_percent(n):
+    sys.path.insert(0, str(BENCH))
+    try:
+        from common import median_interval, order_statistic
+    finally:
+        sys.path.remove(str(BENCH))
+    k = order_statistic(n)
+    assert 0 <= k < max(n // 2, 1)
+    if _coverage(n, 0) >= Fraction(95, 100):  # from 6 samples on
+        assert _coverage(n, k) >= Fraction(95, 100) > _coverage(n, k + 1)
+    else:
+        assert k == 0
+    rounds = [1 + r / 100 for r in range(n)][::-1]  # ratios 0, 0.01, … against a baseline of 1, out of order
+    assert median_interval(rounds, [1.0] * n) == (rounds[n - 1 - k] - 1, rounds[k] - 1)
