@@ -35,6 +35,51 @@ def dynamo_compiled() -> bool:
         return True  # another torch: assume it has, and keep the hooks (correct, a little slower)
 
 
+class InertHook:
+    """What a probe's hook becomes in a model pickled while the probe records (``torch.save(model)``, ``pickle``):
+    a hook that does nothing. The saved model loads and runs as it would without the probe, and records nothing
+    (it keeps the entry in its hook dictionary, so its modules take PyTorch's hook path: save ``state_dict()``, or
+    close the probe first, for a model without it)."""
+
+    __slots__ = ()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def __repr__(self) -> str:
+        return "InertHook()"
+
+
+class ProbeHook:
+    """A probe's hook as PyTorch's hook dictionaries hold it: it calls ``fn`` (which guards itself against
+    ``torch.compile``, as ``eager_only`` and ``eager_hook`` make it). A pickled model keeps an ``InertHook`` in its
+    place (a function made inside the probe cannot be pickled: ``torch.save(model)`` failed with it); a copy of the
+    model (``copy.deepcopy``) keeps the same hook, as PyTorch's copies keep any function hook."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.fn(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        return InertHook, ()
+
+    def __copy__(self) -> ProbeHook:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> ProbeHook:
+        return self
+
+
+ProbeHook._torchdynamo_disable = True  # type: ignore[attr-defined]  # tracing breaks the graph at the hook …
+ProbeHook.__call__._torchdynamo_disable = True  # type: ignore[attr-defined]
+if skip_code is not None:
+    skip_code(ProbeHook.__call__.__code__)  # … and Dynamo's callback leaves its frame alone
+
+
 def eager_hook(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``eager_only`` for a function that guards itself, saving the wrapper's frame: one whose first statement
     is ``if not inside and frame_callback is not None and frame_callback() is not None: return guarded(...)``,

@@ -17,7 +17,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ..stats import c_backend
 from . import eager
-from .eager import eager_hook, eager_only
+from .eager import ProbeHook, eager_hook, eager_only
 
 c_backend.set_frame_callback(eager.frame_callback)  # the hooks in C leave calls under torch.compile to the Python hook
 
@@ -51,7 +51,7 @@ class HookEngine:
         self.skipped = 0  # calls left out by train_only (eval mode, or gradients disabled)
         self._model = weakref.ref(model)
         self._modules = [(name, weakref.ref(module)) for name, module in modules]
-        self._pre_hook = eager_only(self._new_forward)
+        self._pre_hook = ProbeHook(eager_only(self._new_forward))
         self._lane_owner = lane_owner
         self._hooks = {name: self._hook_for(name) for name, _ in modules}
         self._root_handle: RemovableHandle | None = None
@@ -95,7 +95,7 @@ class HookEngine:
                 self._on_error(exc)
         guarded = torch.compiler.disable(lambda module, args, kwargs, output: hook(module, args, kwargs, output, True))
         if self._lane_owner is None or c_backend.lane_hook is None:
-            return eager_hook(hook)
+            return ProbeHook(eager_hook(hook))
         # the common case of a recorded step in C: the checks above, the call count and the site's lane, one
         # call with no Python frame (every other call goes to this hook)
         return c_backend.lane_hook(name, eager_hook(hook), self, self._lane_owner)

@@ -726,12 +726,25 @@ static void hook_dealloc(Hook *h) {
 /* copy.copy and copy.deepcopy of a module keep its hooks as they keep a function: the same object. */
 static PyObject *hook_same(PyObject *self, PyObject *unused) { return Py_NewRef(self); }
 
+/* A pickled module (torch.save(model)) keeps a hook that does nothing in its place: engine.eager.InertHook, looked
+ * up when a hook is pickled (rarely). */
+static PyObject *hook_reduce(PyObject *self, PyObject *unused) {
+    PyObject *eager = PyImport_ImportModule("actprobe.engine.eager");
+    if (eager == NULL) return NULL;
+    PyObject *inert = PyObject_GetAttrString(eager, "InertHook");
+    Py_DECREF(eager);
+    if (inert == NULL) return NULL;
+    PyObject *reduced = Py_BuildValue("(N())", inert);
+    return reduced;
+}
+
 static PyObject *hook_get_slow(Hook *h, void *unused) { return Py_NewRef(h->slow); }
 static PyObject *hook_get_name(Hook *h, void *unused) { return Py_NewRef(h->name); }
 
 static PyMethodDef hook_methods[] = {
     {"__copy__", hook_same, METH_NOARGS, NULL},
     {"__deepcopy__", hook_same, METH_O, NULL},
+    {"__reduce__", hook_reduce, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
 

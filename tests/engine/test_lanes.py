@@ -138,7 +138,7 @@ def test_hooks_in_c_record_what_the_python_hooks_record(tmp_path, monkeypatch):
                 counts.append(0)
         calls[kind], stats[kind] = (hook_types, counts[:5]), actprobe.read(tmp_path / f"{kind}.h5").stats
     assert calls["c"] == ({"Hook"}, [11, 11, 0, 0, 0])  # step 0 found the sites, step 1 made the lanes
-    assert calls["python"] == ({"function"}, [11] * 5)
+    assert calls["python"] == ({"ProbeHook"}, [11] * 5)  # a Python function in a picklable holder
     for name in STATS:
         np.testing.assert_array_equal(np.asarray(stats["c"][name]), np.asarray(stats["python"][name]), err_msg=name)
 
