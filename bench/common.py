@@ -49,10 +49,14 @@ def position_overhead(times: list[list[float]], baseline: list[list[float]]) -> 
     return sum(statistics.median(t) for t in times) / sum(statistics.median(t) for t in baseline) - 1
 
 
+def _ratios(samples: list[float], baseline: list[float]) -> list[float]:
+    """The per-round ratios to the baseline, minus one, sorted."""
+    return sorted(s / b - 1 for s, b in zip(samples, baseline))
+
+
 def paired_overhead(samples: list[float], baseline: list[float]) -> tuple[float, float, float]:
     """Median, first and third quartile of the per-round ratio to the baseline, minus one."""
-    ratios = sorted(s / b - 1 for s, b in zip(samples, baseline))
-    q1, median, q3 = statistics.quantiles(ratios, n=4)
+    q1, median, q3 = statistics.quantiles(_ratios(samples, baseline), n=4)
     return median, q1, q3
 
 
@@ -61,8 +65,9 @@ def median_interval(samples: list[float], baseline: list[float]) -> tuple[float,
     the ratios' distribution): how far the median of this many rounds can stray on this machine. It is the k-th
     smallest and k-th largest ratio, for the largest k that the binomial distribution lets cover the median with
     a probability of at least 95% (the smallest and the largest below 6 rounds, where none does)."""
-    ratios = sorted(s / b - 1 for s, b in zip(samples, baseline))
-    return ratios[order_statistic(len(ratios))], ratios[len(ratios) - 1 - order_statistic(len(ratios))]
+    ratios = _ratios(samples, baseline)
+    k = order_statistic(len(ratios))
+    return ratios[k], ratios[len(ratios) - 1 - k]
 
 
 def order_statistic(n: int, coverage: float = 0.95) -> int:

@@ -182,9 +182,10 @@ def bench(name: str, device: torch.device, args) -> None:
         for mode, times in positions.items():
             print(f"{mode:28s} {'':9s} {100 * position_overhead(times, positions['baseline']):+8.2f}%")
         base = [statistics.median(t) for t in positions["baseline"]]
+        round_time = sum(base)
         print("each position's median against the baseline's, in % of the baseline's round:")
         for mode, times in positions.items():
-            shares = (100 * (statistics.median(t) - b) / sum(base) for t, b in zip(times, base))
+            shares = (100 * (statistics.median(t) - b) / round_time for t, b in zip(times, base))
             print(f"{mode:28s} " + " ".join(f"{share:+5.2f}" for share in shares))
     print(f"actprobe wrote {run.rows} rows x {len(run.sites)} sites with the {kernel} kernel")
 

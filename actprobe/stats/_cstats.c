@@ -734,8 +734,7 @@ static PyObject *hook_reduce(PyObject *self, PyObject *unused) {
     PyObject *inert = PyObject_GetAttrString(eager, "InertHook");
     Py_DECREF(eager);
     if (inert == NULL) return NULL;
-    PyObject *reduced = Py_BuildValue("(N())", inert);
-    return reduced;
+    return Py_BuildValue("(N())", inert);
 }
 
 static PyObject *hook_get_slow(Hook *h, void *unused) { return Py_NewRef(h->slow); }

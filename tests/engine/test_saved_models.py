@@ -64,8 +64,9 @@ def test_a_model_saved_whole_while_recording_loads_computes_the_same_and_records
     copies: list[nn.Module] = []
     model = _record(tmp_path / "saved.h5", save=True, copies=copies)
     _record(tmp_path / "reference.h5", save=False)
+    assert copies
     loaded = copies[-1]
-    assert copies and all(isinstance(hook, InertHook) for copy in copies for hook in _hooks(copy))
+    assert all(isinstance(hook, InertHook) for copy in copies for hook in _hooks(copy))
     assert len(_hooks(loaded)) == 1 + sum(1 for name, m in model.named_modules()
                                           if name and next(m.children(), None) is None)
     with h5py.File(tmp_path / "saved.h5", "r") as saved, h5py.File(tmp_path / "reference.h5", "r") as reference:
