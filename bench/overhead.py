@@ -28,7 +28,10 @@ writer thread while the next modes run, and on a machine of few cores that work 
 CPU it then also times each step by its position in the round and prints, for each mode, the sum of the
 positions' medians against the baseline's, and each position's share: recording every 10th step costs one step in
 ten (the recorded one, first in each round) and a little of the next, which the per-round ratio's spread on a
-shared machine can hide.
+shared machine can hide. With ``--only`` the rounds are also a crossover: two copies of the same model can differ
+in speed by a percent or more (where their tensors landed in memory), as much as the overhead measured, so every
+copy takes every mode's place for an equal share of the rounds (phase k: mode j on copy (j + k) mod modes; a
+probe is attached to its copy for its phase and closed after it), and each phase's median is printed too.
 
     python bench/overhead.py [--model paper-cnn|resnet50|transformer|wide-100|wide-1000|all] [--device cpu|cuda]
                              [--select leaves|params] [--rounds 60] [--steps 10] [--torch-kernel]
@@ -45,7 +48,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -105,21 +110,23 @@ def with_hook(workload, select, hook) -> None:
     return store
 
 
-def build_modes(name: str, device: torch.device, args, tmp: Path) -> tuple[dict, list]:
+# A mode's role: given a copy of the model (a workload), what one step of that mode runs; a probe it attaches
+# goes into the list of probes, to be closed when the copy moves on to another mode (``bench``)
+Role = Callable[[Any], Callable[[], None]]
+
+
+def build_roles(device: torch.device, args, tmp: Path, probes: list) -> dict[str, Role]:
     select = SELECTIONS[args.select]
-    modes, probes = {}, []
-    base = make(name, device, args.batch, smoke=args.smoke)
-    modes["baseline"] = base.step
-    control = make(name, device, args.batch, smoke=args.smoke)
-    modes["baseline, second copy"] = control.step  # the noise floor of the method
+    roles: dict[str, Role] = {"baseline": lambda workload: workload.step,
+                              "baseline, second copy": lambda workload: workload.step}  # the method's noise
 
     def probed(label: str, package=actprobe, params: bool = False, **options) -> None:
-        workload = make(name, device, args.batch, smoke=args.smoke)
-        if params:  # the optimizer's step hooks need the optimizer itself
-            options.update(params=True, optimizer=workload.train_step.optimizer)
-        probe = package.Probe(workload.model, tmp / f"{name}-{len(probes)}.h5", select=select, **options)
-        probes.append(probe)
-        modes[label] = lambda: probe.step(loss=workload.step())
+        def attach(workload):
+            extra = {"params": True, "optimizer": workload.train_step.optimizer} if params else {}
+            probe = package.Probe(workload.model, tmp / f"probe-{len(probes)}.h5", select=select, **options, **extra)
+            probes.append(probe)
+            return lambda: probe.step(loss=workload.step())
+        roles[label] = attach
 
     if args.only in ("all", "every-step"):
         probed("actprobe every step")
@@ -130,7 +137,7 @@ def build_modes(name: str, device: torch.device, args, tmp: Path) -> tuple[dict,
         if args.before is not None:
             probed("actprobe before, every 10th", package=load_before(args.before), every=10)
     if args.only != "all":  # no other mode's work (a writer thread's flush, say) lands in these modes' rounds
-        return modes, probes
+        return roles
     if args.torch_kernel:
         probed("actprobe, torch kernel", kernel="torch")
     if args.extras:
@@ -140,29 +147,51 @@ def build_modes(name: str, device: torch.device, args, tmp: Path) -> tuple[dict,
         probed("… + histograms every 10th", grads=True, params=True, hist_every=10)
     for label, hook in (("fastai-style .item()", fastai_style), ("naive on-device", naive_on_device),
                         ("one sum per activation", lambda out, store: store.append(out.detach().sum()))):
-        workload = make(name, device, args.batch, smoke=args.smoke)
-        store = with_hook(workload, select, hook)
-        modes[label] = lambda w=workload, s=store: (w.step(), s.clear())
-    return modes, probes
+        def watched(workload, hook=hook):
+            store = with_hook(workload, select, hook)
+            return lambda: (workload.step(), store.clear())
+        roles[label] = watched
+    return roles
 
 
 def bench(name: str, device: torch.device, args) -> None:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     tmp = Path(tempfile.mkdtemp(prefix="actprobe-bench-"))
-    modes, probes = build_modes(name, device, args, tmp)
+    probes: list = []
+    roles = build_roles(device, args, tmp, probes)
+    labels = list(roles)
+    copies = [make(name, device, args.batch, smoke=args.smoke) for _ in labels]
+    # --only: a crossover. Two copies of the same model can differ in speed by a percent or more (where their
+    # tensors landed in memory), as much as the overhead measured: so every copy takes every mode's place once,
+    # for an equal share of the rounds (phase k: mode j on copy (j + k) mod modes), and the copies' differences
+    # cancel out of the pooled rounds. Without --only the copies keep their modes (hooks of other tools stay).
+    phases = len(labels) if args.only != "all" else 1
+    per_phase = -(-args.rounds // phases)
+    samples: dict[str, list[float]] = {label: [] for label in labels}
+    by_phase: dict[str, list[float]] = {label: [] for label in labels}
     # with one way of recording only (--only), on a CPU: each step timed by its position in the round as well
     positions: dict[str, list[list[float]]] | None = {} if args.only != "all" and device.type == "cpu" else None
-    samples = interleaved(modes, rounds=args.rounds, steps=args.steps, warmup=args.warmup, sync=sync,
+    kernel = run_file = None
+    for phase in range(phases):
+        first = len(probes)
+        modes = {label: roles[label](copies[(j + phase) % len(copies)]) for j, label in enumerate(labels)}
+        got = interleaved(modes, rounds=per_phase, steps=args.steps, warmup=args.warmup, sync=sync,
                           positions=positions)
-    kernel = kernel_name(probes[0])  # before close(), which drops the kernel's plans
-    for probe in probes:
-        probe.close()
+        for label in labels:
+            samples[label] += got[label]
+            by_phase[label].append(statistics.median(v / b - 1 for v, b in zip(got[label], got["baseline"])))
+        if kernel is None and len(probes) > first:
+            kernel, run_file = kernel_name(probes[first]), probes[first].path  # before close(), which drops plans
+        for probe in probes[first:]:
+            probe.close()  # its hooks go: the copy is a plain model again for the next phase
     base_ms = median_ms(samples["baseline"])
     floor_bytes = hooked_bytes(make(name, device, args.batch, smoke=args.smoke), SELECTIONS[args.select])
     floor_ms = 1e3 * floor_bytes / copy_bandwidth(device, sync)
-    run = actprobe.read(probes[0].path)
+    run = actprobe.read(run_file)
+    rounds = phases * per_phase
+    crossover = f", in {phases} phases: each copy of the model in each mode's place once" if phases > 1 else ""
     print(f"\n{name}{' (SMOKE: tiny inputs, times mean nothing)' if args.smoke else ''}, {machine(device)}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"select={args.select} ({len(run.sites)} sites), {args.rounds} rounds x {args.steps} steps per mode")
+          f"select={args.select} ({len(run.sites)} sites), {rounds} rounds x {args.steps} steps per mode{crossover}")
     print(f"{'mode':28s} {'ms/step':>9s} {'overhead':>9s} {'(quartiles)':>16s}   (95% interval of the median)")
     for mode, values in samples.items():
         median, q1, q3 = paired_overhead(values, samples["baseline"])
@@ -177,6 +206,10 @@ def bench(name: str, device: torch.device, args) -> None:
             median, q1, q3 = paired_overhead(samples[now], samples[before])
             print(f"{'this actprobe vs before':28s} {'':9s} {100 * median:+8.1f}%  ({100 * q1:+5.1f}% .. "
                   f"{100 * q3:+5.1f}%)  (paired per round: {what}, this code / the code of --before)")
+    if phases > 1:
+        print("each phase's median against the baseline's (the copies' differences, which the pooled rounds cancel):")
+        for mode, medians in by_phase.items():
+            print(f"{mode:28s} " + " ".join(f"{100 * m:+5.1f}%" for m in medians))
     if positions:
         print("by position in the round (the sum of each position's median step, against the baseline's):")
         for mode, times in positions.items():
@@ -187,7 +220,8 @@ def bench(name: str, device: torch.device, args) -> None:
         for mode, times in positions.items():
             shares = (100 * (statistics.median(t) - b) / round_time for t, b in zip(times, base))
             print(f"{mode:28s} " + " ".join(f"{share:+5.2f}" for share in shares))
-    print(f"actprobe wrote {run.rows} rows x {len(run.sites)} sites with the {kernel} kernel")
+    print(f"actprobe wrote {run.rows} rows x {len(run.sites)} sites with the {kernel} kernel"
+          f"{' (its first copy)' if phases > 1 else ''}")
 
 
 def kernel_name(probe: actprobe.Probe) -> str:
