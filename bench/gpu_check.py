@@ -7,7 +7,9 @@
    30 of ResNet-50 and of the transformer) under torch.cuda.set_sync_debug_mode("error"); and 50 of
    the paper's CNN with gradient and parameter statistics and histograms (grads=True, params=True,
    hist_every=5: tensor hooks in the autograd engine's device thread, the optimizer's step hooks,
-   bucketize/index_add_ on the device), every value finite, every finite value in a histogram bin.
+   bucketize/index_add_ on the device), every value finite, every finite value in a histogram bin; and the
+   paper's CNN recorded through the swapped ``nn.Module._call_impl`` (engine/dispatch.py) and through hooks, the
+   same file bit for bit.
 3. Distributed runs: two ranks of the paper's CNN recorded on the device in one process (torchrun's
    RANK/WORLD_SIZE, no process group: the partials are merged on the device and staged with the rows)
    under set_sync_debug_mode("error"), merged when read, against the float64 reference of both ranks'
@@ -97,6 +99,41 @@ def check_no_sync(device: torch.device) -> None:
         print(f"PASS {name}: {steps} probed steps, {len(run.sites)} sites, {where}")
 
 
+def check_direct_calls(device: torch.device) -> None:
+    """The modules' calls recorded through the swapped ``nn.Module._call_impl`` (engine/dispatch.py) write the same
+    file, bit for bit, as through PyTorch's hooks, on this device, under set_sync_debug_mode("error")."""
+    from actprobe.engine import dispatch, hooks
+
+    if dispatch.DISPATCH is None:
+        print("NOTE direct calls: this build has none (no C extension): the hooks' path alone was checked")
+        return
+    files = {}
+    for path in ("direct", "hooks"):
+        saved = hooks.DISPATCH
+        hooks.DISPATCH = dispatch.DISPATCH if path == "direct" else None
+        try:
+            torch.manual_seed(0)
+            workload = make("paper-cnn", device, None if device.type == "cuda" else 32)
+            files[path] = Path(tempfile.mkdtemp()) / f"{path}.h5"
+            with actprobe.Probe(workload.model, files[path], flush_every=25, every=2) as probe:
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                    torch.cuda.set_sync_debug_mode("error")
+                try:
+                    workload.run(20, probe)
+                finally:
+                    if device.type == "cuda":
+                        torch.cuda.set_sync_debug_mode("default")
+            assert probe.error is None, probe.error
+        finally:
+            hooks.DISPATCH = saved
+    a, b = actprobe.read(files["direct"]), actprobe.read(files["hooks"])
+    assert a.rows == b.rows == 10 and a.sites == b.sites
+    for name in a.stats:
+        assert np.array_equal(np.asarray(a.stats[name]), np.asarray(b.stats[name]), equal_nan=True), name
+    print(f"PASS direct calls: {a.rows} rows x {len(a.sites)} sites, the same bit for bit as through hooks")
+
+
 def check_grads_and_params(device: torch.device) -> None:
     workload = make("paper-cnn", device, None if device.type == "cuda" else 32)
     path = Path(tempfile.mkdtemp()) / "grads.h5"
@@ -183,6 +220,7 @@ def main() -> None:
     if "--cpu" in sys.argv[1:]:
         check_statistics(torch.device("cpu"))
         check_no_sync(torch.device("cpu"))
+        check_direct_calls(torch.device("cpu"))
         check_grads_and_params(torch.device("cpu"))
         check_distributed(torch.device("cpu"))
         return
@@ -192,6 +230,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(device)}")
     check_statistics(device)
     check_no_sync(device)
+    check_direct_calls(device)
     check_grads_and_params(device)
     check_distributed(device)
     rounds = "8" if "--quick" in sys.argv[1:] else "20"

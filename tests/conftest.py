@@ -104,3 +104,17 @@ def format_doc_table(heading: str) -> list[list[str]]:
     section = text.split(f"## {heading}", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in section.splitlines() if line.startswith("| `")]
     return [[cell.strip().strip("`") for cell in row.strip("|").split("|")] for row in rows]
+
+
+def record_path(monkeypatch, path: str) -> bool:
+    """Choose how the modules' calls reach a probe made after this: ``"direct"`` (engine/dispatch.py, the swapped
+    ``Module._call_impl``, as in a process where torch.compile has compiled nothing yet, whatever other tests
+    compiled) or ``"hooks"`` (PyTorch's hook path). True when ``"direct"`` is in effect (this build has it)."""
+    from actprobe.engine import dispatch
+
+    monkeypatch.setattr("actprobe.engine.hooks.dynamo_compiled", lambda: False)
+    if path == "hooks" or dispatch.DISPATCH is None:
+        monkeypatch.setattr("actprobe.engine.hooks.DISPATCH", None)
+        return False
+    monkeypatch.setattr(dispatch.DISPATCH, "compiling", False)
+    return True

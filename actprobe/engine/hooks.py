@@ -9,7 +9,9 @@ removing the handles leaves nothing behind.
 from __future__ import annotations
 
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 from torch import nn
@@ -17,7 +19,8 @@ from torch.utils.hooks import RemovableHandle
 
 from ..stats import c_backend
 from . import eager
-from .eager import ProbeHook, eager_hook, eager_only
+from .dispatch import DISPATCH
+from .eager import ProbeHook, dynamo_compiled, eager_hook, eager_only
 
 c_backend.set_frame_callback(eager.frame_callback)  # the hooks in C leave calls under torch.compile to the Python hook
 
@@ -62,6 +65,16 @@ class HookEngine:
         self._slots: dict[str, Slot] = {}
         self._out: list[Slot] = []
         self._attached = False
+        # modules whose calls are recorded through the swapped Module._call_impl while attached (engine/dispatch.py):
+        # they never hold the probe's hook, unless torch.compile moves them to hooks for good (``_to_hooks``)
+        self._direct: dict[str, weakref.ref] = {}
+        self._holding = False  # whether this engine holds the swapped _call_impl in place now
+        if DISPATCH is not None and lane_owner is not None and c_backend.lane_hook is not None and not dynamo_compiled():
+            for name, module in modules:
+                if module is not model and DISPATCH.register(module, self._hooks[name], partial(self._demote, name)):
+                    self._direct[name] = weakref.ref(module)
+            if self._direct:
+                DISPATCH.users.add(self)
         self.attach()
 
     def _new_forward(self, module: nn.Module, args: object) -> None:
@@ -120,9 +133,20 @@ class HookEngine:
         if model is None or self._attached:  # attached already (called every recorded step)
             return
         self._attached = True
+        if self._direct:
+            if dynamo_compiled() or not DISPATCH.hold():
+                self._to_hooks()  # (registered below)
+            else:
+                self._holding = True
         for hooks, hook_id, hook in self._out:
             hooks[hook_id] = hook
+            if len(hooks) > 1 and isinstance(hooks, OrderedDict):  # a hook the user added while it was out:
+                hooks.move_to_end(hook_id, last=False)  # the probe's runs first, as it did (it was the only one)
         self._out.clear()
+        self._register_missing(model)
+
+    def _register_missing(self, model: nn.Module) -> None:
+        """Register the hooks that are not in their module's dictionary (the modules recorded directly aside)."""
         # register the hooks that are not in their module's dictionary: the first time, and after the user
         # cleared or replaced a dictionary (``module._forward_hooks.clear()``); PyTorch keeps no other record
         if not _holds(model._forward_pre_hooks, self._root_slot):
@@ -130,8 +154,10 @@ class HookEngine:
                 self._root_handle.remove()
             self._root_handle = model.register_forward_pre_hook(self._pre_hook)
             self._root_slot = (model._forward_pre_hooks, self._root_handle.id, self._pre_hook)
-        slots = self._slots
+        slots, direct = self._slots, self._direct
         for name, ref in self._modules:
+            if name in direct:
+                continue
             module = ref()
             if module is None or _holds(module._forward_hooks, slots.get(name)):
                 continue
@@ -148,6 +174,12 @@ class HookEngine:
         A hook is taken out of its module's hook dictionary and put back under the id PyTorch gave it
         (``RemovableHandle.id``): ~0.1 µs a module, against ~5 µs to remove and register it again."""
         if all_hooks:
+            self._release()
+            for name, ref in self._direct.items():
+                module = ref()
+                if module is not None:
+                    DISPATCH.unregister(module, self._hooks[name])
+            self._direct.clear()
             for handle in (self._root_handle, *self._handles.values()):
                 if handle is not None:
                     handle.remove()
@@ -159,7 +191,15 @@ class HookEngine:
             return
         if not self._attached:  # detached already (called every idle step)
             return
+        if dynamo_compiled():
+            # once torch.compile has compiled anything, the hooks stay, inactive: a function that calls the model
+            # is compiled without guards on its modules' hooks, and a graph made on a step without them would
+            # run without them on the recorded steps too; the modules recorded directly move to hooks
+            if self._direct:
+                self._to_hooks()
+            return
         self._attached = False
+        self._release()
         out = self._out
         root = self._root_slot
         if root is not None and root[1] in root[0]:  # the root's pre-hook goes in any case
@@ -171,9 +211,45 @@ class HookEngine:
                 del hooks[hook_id]
                 out.append(slot)
 
+    def _release(self) -> None:
+        if self._holding:
+            DISPATCH.release()
+            self._holding = False
+
+    def use_hooks(self) -> None:
+        """Record the modules recorded directly with their hooks from now on (registered now when attached):
+        once torch.compile compiles (``dispatch.DISPATCH.compile_starts``)."""
+        self._to_hooks()
+
+    def _to_hooks(self) -> None:
+        """Record the modules recorded directly with their hooks from now on (registered now when attached)."""
+        self._release()
+        for name, ref in self._direct.items():
+            module = ref()
+            if module is not None:
+                DISPATCH.unregister(module, self._hooks[name])
+        self._direct.clear()
+        model = self._model()
+        if self._attached and model is not None:
+            self._register_missing(model)
+
+    def _demote(self, name: str, module: nn.Module) -> None:
+        """A module recorded directly has hooks of its own now (the user's, registered while the probe records):
+        it gets the probe's hook back, first, so that the probe sees what its hook always sees, the output before
+        the user's hooks change it (the swapped ``_call_impl`` calls this in the middle of the module's call)."""
+        DISPATCH.unregister(module, self._hooks[name])
+        if self._direct.pop(name, None) is None:
+            return
+        handle = self._handles[name] = module.register_forward_hook(self._hooks[name], with_kwargs=True, prepend=True)
+        self._slots[name] = (module._forward_hooks, handle.id, self._hooks[name])
+
     def unhook(self, names: Sequence[str]) -> None:
         """Stop hooking these modules (containers whose outputs their children produce)."""
         dropped = set(names)
+        for name in dropped & set(self._direct):
+            module = self._direct.pop(name)()
+            if module is not None:
+                DISPATCH.unregister(module, self._hooks[name])
         self._modules = [(name, ref) for name, ref in self._modules if name not in dropped]
         for name in dropped & set(self._handles):
             slot = self._slots.pop(name)

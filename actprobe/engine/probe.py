@@ -18,7 +18,6 @@ from ..errors import ActprobeWarning, OptionError, user_stacklevel
 from ..runfile.format import SiteGraph
 from ..stats.cores import ProbeCore
 from ..stats.dispatch import MomentKernel
-from .eager import dynamo_compiled
 from .hooks import HookEngine
 from .params import ParamWatch, parameter_names
 from .ranks import RankPlace, place
@@ -248,11 +247,8 @@ class Probe(ProbeCore):
         self._recorder.hist_now = recording and hist_every > 0 and (self._step // every) % hist_every == 0
         if recording:
             self._engine.attach()
-        elif not dynamo_compiled():  # an unrecorded step runs without hooks: PyTorch's fast path
+        else:  # an unrecorded step runs without hooks: PyTorch's fast path (but see HookEngine.detach)
             self._engine.detach()
-        # (once torch.compile has compiled anything, the hooks stay, inactive: a function that calls the
-        # model is compiled without guards on its modules' hooks, and a graph made on a step without
-        # them would run without them on the recorded steps too)
 
     def begin_forward(self) -> None:
         """Say that a new forward pass begins: module calls are numbered from 0 again (``name``, then

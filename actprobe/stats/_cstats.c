@@ -769,6 +769,171 @@ static PyTypeObject HookType = {
     .tp_getset = hook_getset,
 };
 
+/* Module._call_impl while a probe records a step (engine/dispatch.py): a module's call made through
+ * Module._wrapped_call_impl (module(x)) reaches call_impl(module, *args, **kwargs), a method of nn.Module made here
+ * (make_call_impl: a method descriptor, which binds to a module as PyTorch's function does, and which Dynamo takes
+ * for a C function that dispatch.py gives a traceable stand-in). make_call_impl(module_type, original, registry,
+ * global_hooks, tracing_state): original is PyTorch's function; registry maps id(module) to (weakref(module), hook,
+ * demote) for the modules recorded this way, which hold no hook of the probe (hook: a Hook, above); global_hooks is
+ * a tuple of torch.nn.modules.module's dictionaries of global hooks; tracing_state is torch._C._get_tracing_state;
+ * on_compile() is called when a module of compiled_type (torch.compile's OptimizedModule) is called, before Dynamo
+ * can trace it.
+ *
+ * A registered module's call, when nothing else wants PyTorch's hook path (its own hook dictionaries and the
+ * global ones empty, no torch.jit trace, no Dynamo frame callback), runs module.forward(*args, **kwargs) and then
+ * the hook on its output, here: what PyTorch's _call_impl does with the hook as the module's only one, without
+ * its Python frames. A registered module that has hooks of its own now is handed to demote(module) first, which
+ * gives it the probe's hook back, first in its dictionary (and takes it out of the registry), and the original
+ * runs them all. Any other registered call runs the original, then the hook (the global hooks run first, as
+ * PyTorch runs them before a module's own); every unregistered call, the original alone. An error of forward, or
+ * of the hook's Python side, propagates as it would from PyTorch's hook path. */
+static PyObject *s_forward, *s_module_hooks[4];
+static PyObject *ci_original = NULL, *ci_registry = NULL, *ci_global_hooks = NULL, *ci_tracing_state = NULL;
+static PyObject *ci_compiled_type = NULL, *ci_on_compile = NULL;
+
+/* The registry's entry of a module (a new reference), NULL without an error when it has none. */
+static PyObject *registered(PyObject *module) {
+    PyObject *key = PyLong_FromVoidPtr(module);
+    if (key == NULL) return NULL;
+    PyObject *entry = PyDict_GetItemWithError(ci_registry, key);  /* borrowed */
+    Py_DECREF(key);
+    if (entry == NULL || !PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != 3
+            || !PyWeakref_Check(PyTuple_GET_ITEM(entry, 0))
+            || PyWeakref_GetObject(PyTuple_GET_ITEM(entry, 0)) != module
+            || Py_TYPE(PyTuple_GET_ITEM(entry, 1)) != &HookType)
+        return NULL;  /* (a stale entry: another object had this address) */
+    return Py_NewRef(entry);
+}
+
+/* 1: the call may skip PyTorch's hook path; 2: the module has hooks of its own; 0: the hook path for another
+ * reason; -1: an error (set). */
+static int plain_call(PyObject *module) {
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(ci_global_hooks); i++) {
+        PyObject *hooks = PyTuple_GET_ITEM(ci_global_hooks, i);
+        if (!PyDict_Check(hooks) || PyDict_GET_SIZE(hooks) != 0) return 0;
+    }
+    for (int i = 0; i < 4; i++) {
+        PyObject *hooks = PyObject_GetAttr(module, s_module_hooks[i]);
+        if (hooks == NULL) return -1;
+        int empty = PyDict_Check(hooks) && PyDict_GET_SIZE(hooks) == 0;
+        Py_DECREF(hooks);
+        if (!empty) return 2;
+    }
+    if (hook_frame_callback != NULL) {
+        PyObject *callback = PyObject_CallNoArgs(hook_frame_callback);
+        if (callback == NULL) return -1;
+        int none = callback == Py_None;
+        Py_DECREF(callback);
+        if (!none) return 0;
+    }
+    PyObject *tracing = PyObject_CallNoArgs(ci_tracing_state);
+    if (tracing == NULL) return -1;
+    int none = tracing == Py_None;
+    Py_DECREF(tracing);
+    return none;
+}
+
+/* The hook on a call's output: in C when it takes it, else its Python side with (module, args, kwargs, output).
+ * args: nargs values, the last len(kwnames) of them keyword arguments. 0, or -1 with the Python side's error set. */
+static int run_hook(PyObject *hook, PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                    PyObject *output) {
+    Hook *h = (Hook *)hook;
+    int r = hook_fast(h, output);
+    if (r > 0) return 0;
+    if (r < 0) PyErr_Clear();  /* the Python side meets the same error and reports it */
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    PyObject *positional = PyTuple_New(nargs - nkw), *keywords = PyDict_New(), *result = NULL;
+    if (positional == NULL || keywords == NULL) goto done;
+    for (Py_ssize_t i = 0; i < nargs - nkw; i++) PyTuple_SET_ITEM(positional, i, Py_NewRef(args[i]));
+    for (Py_ssize_t i = 0; i < nkw; i++)
+        if (PyDict_SetItem(keywords, PyTuple_GET_ITEM(kwnames, i), args[nargs - nkw + i]) < 0) goto done;
+    PyObject *call[4] = {module, positional, keywords, output};
+    result = PyObject_Vectorcall(h->slow, call, 4, NULL);
+done:
+    Py_XDECREF(positional);
+    Py_XDECREF(keywords);
+    if (result == NULL) return -1;
+    Py_DECREF(result);
+    return 0;
+}
+
+/* original(module, *args, **kwargs) */
+static PyObject *call_original(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    Py_ssize_t total = nargs + (kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames));
+    PyObject *small[8], **all = total < 8 ? small : PyMem_Malloc((total + 1) * sizeof(PyObject *));
+    if (all == NULL) return PyErr_NoMemory();
+    all[0] = module;
+    for (Py_ssize_t i = 0; i < total; i++) all[i + 1] = args[i];
+    PyObject *out = PyObject_Vectorcall(ci_original, all, nargs + 1, kwnames);
+    if (all != small) PyMem_Free(all);
+    return out;
+}
+
+static PyObject *call_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    if (ci_original == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "make_call_impl() comes before its method is called");
+        return NULL;
+    }
+    PyObject *entry = registered(module);
+    if (entry == NULL) {
+        if (PyErr_Occurred()) return NULL;
+        if (ci_compiled_type != NULL && PyObject_TypeCheck(module, (PyTypeObject *)ci_compiled_type)) {
+            /* a torch.compile'd module is called: Dynamo may trace now, and must find the hooks in place */
+            PyObject *done = PyObject_CallNoArgs(ci_on_compile);
+            if (done == NULL) return NULL;
+            Py_DECREF(done);
+        }
+        return call_original(module, args, nargs, kwnames);
+    }
+    PyObject *output = NULL, *hook = PyTuple_GET_ITEM(entry, 1);
+    int plain = plain_call(module);
+    if (plain < 0) goto done;
+    if (plain == 2) {  /* the probe's hook back in the module, before its others: the original runs them all */
+        PyObject *demoted = PyObject_CallOneArg(PyTuple_GET_ITEM(entry, 2), module);
+        if (demoted == NULL) goto done;
+        Py_DECREF(demoted);
+        output = call_original(module, args, nargs, kwnames);
+        goto done;
+    }
+    if (plain == 1) {
+        PyObject *forward = PyObject_GetAttr(module, s_forward);
+        if (forward == NULL) goto done;
+        output = PyObject_Vectorcall(forward, args, nargs, kwnames);
+        Py_DECREF(forward);
+    } else {
+        output = call_original(module, args, nargs, kwnames);
+    }
+    if (output == NULL) goto done;
+    Py_ssize_t total = nargs + (kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames));
+    if (run_hook(hook, module, args, total, kwnames, output) < 0) Py_CLEAR(output);
+done:
+    Py_DECREF(entry);
+    return output;
+}
+
+static PyMethodDef call_impl_def = {
+    "_call_impl", (PyCFunction)(void (*)(void))call_impl, METH_FASTCALL | METH_KEYWORDS,
+    "nn.Module._call_impl while an actprobe probe records: see actprobe/engine/dispatch.py."};
+
+static PyObject *py_make_call_impl(PyObject *self, PyObject *args) {
+    PyObject *module_type, *original, *registry, *global_hooks, *tracing_state, *compiled_type, *on_compile;
+    if (!PyArg_ParseTuple(args, "O!OO!O!OO!O", &PyType_Type, &module_type, &original, &PyDict_Type, &registry,
+                          &PyTuple_Type, &global_hooks, &tracing_state, &PyType_Type, &compiled_type, &on_compile))
+        return NULL;
+    if (!PyCallable_Check(original) || !PyCallable_Check(tracing_state) || !PyCallable_Check(on_compile)) {
+        PyErr_SetString(PyExc_TypeError, "make_call_impl(module_type, original, registry, global_hooks, tracing_state, "
+                                         "compiled_type, on_compile)");
+        return NULL;
+    }
+    Py_XSETREF(ci_compiled_type, Py_NewRef(compiled_type));
+    Py_XSETREF(ci_on_compile, Py_NewRef(on_compile));
+    Py_XSETREF(ci_original, Py_NewRef(original));
+    Py_XSETREF(ci_registry, Py_NewRef(registry));
+    Py_XSETREF(ci_global_hooks, Py_NewRef(global_hooks));
+    Py_XSETREF(ci_tracing_state, Py_NewRef(tracing_state));
+    return PyDescr_NewMethod((PyTypeObject *)module_type, &call_impl_def);
+}
+
 static PyMethodDef methods[] = {
     {"moments", py_moments, METH_VARARGS, "Fast single-pass moments of finite values; False if any is not finite."},
     {"set_team", py_set_team, METH_VARARGS, "The OpenMP runtime large tensors are read by (0, 0, 0: none)."},
@@ -777,6 +942,7 @@ static PyMethodDef methods[] = {
     {"lane", (PyCFunction)(void (*)(void))py_lane, METH_FASTCALL, "A site's lane: moments of an output like its last one."},
     {"set_grad_enabled_function", py_set_grad_enabled_function, METH_O, "torch.is_grad_enabled, for the hooks."},
     {"set_frame_callback", py_set_frame_callback, METH_O, "Dynamo's get_eval_frame_callback (or None), for the hooks."},
+    {"make_call_impl", py_make_call_impl, METH_VARARGS, "nn.Module._call_impl in C, for a probe's recorded steps."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -804,6 +970,12 @@ PyMODINIT_FUNC PyInit__cstats(void) {
     s_calls = PyUnicode_InternFromString("_calls");
     one = PyLong_FromLong(1);
     if (!s_active || !s_capturing || !s_train_only || !s_root || !s_training || !s_calls || !one) return NULL;
+    s_forward = PyUnicode_InternFromString("forward");
+    s_module_hooks[0] = PyUnicode_InternFromString("_forward_hooks");
+    s_module_hooks[1] = PyUnicode_InternFromString("_forward_pre_hooks");
+    s_module_hooks[2] = PyUnicode_InternFromString("_backward_hooks");
+    s_module_hooks[3] = PyUnicode_InternFromString("_backward_pre_hooks");
+    if (!s_forward || !s_module_hooks[0] || !s_module_hooks[1] || !s_module_hooks[2] || !s_module_hooks[3]) return NULL;
     if (PyType_Ready(&HookType) < 0) return NULL;
     /* torch.compile treats the hooks as its disabled functions: a graph break, never traced */
     if (PyDict_SetItemString(HookType.tp_dict, "_torchdynamo_disable", Py_True) < 0) return NULL;

@@ -11,8 +11,9 @@ import torch
 from torch import nn
 
 import actprobe
+from actprobe.engine import dispatch
 from actprobe.stats import c_backend
-from conftest import one_recorded_step, reference_statistics
+from conftest import one_recorded_step, record_path, reference_statistics
 
 
 def hooked(model: nn.Module) -> int:
@@ -20,20 +21,27 @@ def hooked(model: nn.Module) -> int:
 
 
 @pytest.mark.parametrize("compiled_before", [False, True])
-def test_unrecorded_steps_have_no_hooks_and_recorded_ones_do(tmp_path, monkeypatch, compiled_before):
-    """Idle steps run without hooks, unless torch.compile has compiled something in this process (then
-    they keep them, inactive: see test_compile.py)."""
-    monkeypatch.setattr("actprobe.engine.probe.dynamo_compiled", lambda: compiled_before)
+@pytest.mark.parametrize("path", ["direct", "hooks"])
+def test_unrecorded_steps_have_no_hooks_and_recorded_ones_do(tmp_path, monkeypatch, compiled_before, path):
+    """Idle steps run without hooks and with PyTorch's Module._call_impl, unless torch.compile has compiled
+    something in this process (then they keep the hooks, inactive: see test_compile.py)."""
+    direct = record_path(monkeypatch, path) and not compiled_before
+    monkeypatch.setattr("actprobe.engine.hooks.dynamo_compiled", lambda: compiled_before)
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
-    counts = []
+    counts, swapped = [], []
     with actprobe.Probe(model, tmp_path / "r.h5", every=3) as probe:
         for _ in range(7):
             counts.append(hooked(model))
+            swapped.append(nn.Module.__dict__["_call_impl"] is not dispatch.ORIGINAL_CALL_IMPL)
             model(torch.randn(5, 4)).sum().backward()
             probe.step()
-    # 3 forward hooks and the root's pre-hook on steps 0, 3, 6 (and in between after a compile)
-    assert counts == ([4] * 7 if compiled_before else [4, 0, 0, 4, 0, 0, 4])
+    # 3 forward hooks and the root's pre-hook on steps 0, 3, 6 (and in between after a compile); recorded directly,
+    # the root's pre-hook and the swapped _call_impl
+    recorded = [4, 0, 0, 4, 0, 0, 4] if not direct else [1, 0, 0, 1, 0, 0, 1]
+    assert counts == ([4] * 7 if compiled_before else recorded)
+    assert swapped == ([True, False, False] * 2 + [True] if direct else [False] * 7)
     assert hooked(model) == 0 and actprobe.read(tmp_path / "r.h5").step.tolist() == [0, 3, 6]
+    assert nn.Module.__dict__["_call_impl"] is dispatch.ORIGINAL_CALL_IMPL
 
 
 @pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=pytest.mark.slow)])
@@ -99,7 +107,7 @@ def test_hooks_taken_out_and_put_back_leave_nothing_behind(tmp_path, monkeypatch
     """Idle steps take the probe's hooks out of the modules' dictionaries and recorded steps put them back
     under the same ids; closing the probe (on an idle step or a recorded one) leaves no entry anywhere,
     and a hook the user adds while the probe's is out keeps working and stays after close."""
-    monkeypatch.setattr("actprobe.engine.probe.dynamo_compiled", lambda: False)  # (another test may have compiled)
+    record_path(monkeypatch, "hooks")  # (test_dispatch.py: the other path)
     for closing_step in (4, 6):
         model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
         seen = []
@@ -123,7 +131,7 @@ def test_hooks_come_back_after_the_user_cleared_or_replaced_the_dictionaries(tmp
     """Hooks put back under their ids go into the dictionary they were registered in: one the user cleared
     (``module._forward_hooks.clear()``) or replaced no longer holds them. Recorded steps register them
     again from the next recorded step on (a step whose forward ran after the user had removed them is lost)."""
-    monkeypatch.setattr("actprobe.engine.probe.dynamo_compiled", lambda: False)
+    record_path(monkeypatch, "hooks")
     from collections import OrderedDict
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU())
     with actprobe.Probe(model, tmp_path / "r.h5", every=2) as probe:
@@ -143,10 +151,12 @@ def test_hooks_come_back_after_the_user_cleared_or_replaced_the_dictionaries(tmp
     assert hooked(model) == 0
 
 
-def test_after_a_failure_the_hooks_leave_the_model(tmp_path, monkeypatch):
+@pytest.mark.parametrize("path", ["direct", "hooks"])
+def test_after_a_failure_the_hooks_leave_the_model(tmp_path, monkeypatch, path):
     """A probe that stopped recording (here: its kernel failed) takes its hooks out at the next step, as on any
     unrecorded step: the rest of the training runs on PyTorch's fast call path."""
-    monkeypatch.setattr("actprobe.engine.probe.dynamo_compiled", lambda: False)
+    direct = record_path(monkeypatch, path)
+    swapped = []
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     counts = []
     with warnings.catch_warnings():
@@ -159,8 +169,11 @@ def test_after_a_failure_the_hooks_leave_the_model(tmp_path, monkeypatch):
                 model(torch.randn(3, 4)).sum().backward()
                 probe.step()
                 counts.append(hooked(model))
+                swapped.append(nn.Module.__dict__["_call_impl"] is not dispatch.ORIGINAL_CALL_IMPL)
     assert probe.error is not None and "kernel failed" in str(probe.error)
-    assert counts == [0, 4, 0, 0, 0, 0]  # (after step(): the hooks the next step runs with; step 2 failed)
+    # (after step(): the hooks the next step runs with; step 2 failed)
+    assert counts == [0, 1 if direct else 4, 0, 0, 0, 0]
+    assert swapped == [False, direct, False, False, False, False]
 
 
 def _broken(*args, **kwargs):

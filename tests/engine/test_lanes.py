@@ -14,7 +14,7 @@ from torch import nn
 import actprobe
 from actprobe.engine import eager
 from actprobe.stats import c_backend
-from conftest import STATS, assert_statistics_close, paper_cnn, reference_statistics, train_steps
+from conftest import STATS, assert_statistics_close, paper_cnn, record_path, reference_statistics, train_steps
 
 
 class Shifting(nn.Module):
@@ -122,10 +122,12 @@ def _counting_calls(probe) -> list[int]:
 
 
 def test_hooks_in_c_record_what_the_python_hooks_record(tmp_path, monkeypatch):
-    """From the third step on, every site of the paper CNN is recorded by its hook in C, with no Python call;
-    the file is the same, bit for bit, as the one made by the Python hooks alone."""
+    """From the third step on, every site of the paper CNN is recorded by its hook in C, with no Python call,
+    called by the swapped Module._call_impl (engine/dispatch.py) or by PyTorch's hook path; the file is the same,
+    bit for bit, as the one made by the Python hooks alone."""
     stats, calls = {}, {}
-    for kind in ("c", "python"):
+    for kind in ("c direct", "c", "python"):
+        direct = record_path(monkeypatch, "direct" if kind == "c direct" else "hooks")
         if kind == "python":
             monkeypatch.setattr(c_backend, "lane_hook", None)
         torch.manual_seed(0)
@@ -137,10 +139,14 @@ def test_hooks_in_c_record_what_the_python_hooks_record(tmp_path, monkeypatch):
                 train_steps(model, 1, probe=probe, seed=step)
                 counts.append(0)
         calls[kind], stats[kind] = (hook_types, counts[:5]), actprobe.read(tmp_path / f"{kind}.h5").stats
+    if direct:
+        assert calls["c direct"] == (set(), [11, 11, 0, 0, 0])  # no module holds a forward hook
     assert calls["c"] == ({"Hook"}, [11, 11, 0, 0, 0])  # step 0 found the sites, step 1 made the lanes
     assert calls["python"] == ({"ProbeHook"}, [11] * 5)  # a Python function in a picklable holder
     for name in STATS:
-        np.testing.assert_array_equal(np.asarray(stats["c"][name]), np.asarray(stats["python"][name]), err_msg=name)
+        for kind in ("c direct", "c"):
+            np.testing.assert_array_equal(np.asarray(stats[kind][name]), np.asarray(stats["python"][name]),
+                                          err_msg=f"{kind}: {name}")
 
 
 def test_hooks_in_c_leave_out_what_train_only_and_idle_steps_leave_out(tmp_path):

@@ -1,5 +1,6 @@
 """A model saved whole (``torch.save(model)``, pickle) while a probe records: the save works, the loaded model
-computes what the original computes, and it records nothing (its hooks are ``InertHook``s)."""
+computes what the original computes, and it records nothing (its hooks are ``InertHook``s; modules recorded
+directly, engine/dispatch.py, hold none)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from torch import nn
 import actprobe
 from actprobe.engine.eager import InertHook
 from actprobe.stats import c_backend
-from conftest import paper_cnn
+from conftest import paper_cnn, record_path
 
 
 def _hooks(model: nn.Module) -> list[object]:
@@ -54,28 +55,35 @@ def _record(path, *, save: bool, copies: list[nn.Module] | None = None) -> nn.Mo
     return model
 
 
-@pytest.mark.parametrize("hooks_in_c", [True, False], ids=["C hooks", "Python hooks"])
+@pytest.mark.parametrize("path", ["C direct", "C hooks", "Python hooks"])
 def test_a_model_saved_whole_while_recording_loads_computes_the_same_and_records_nothing(tmp_path, monkeypatch,
-                                                                                        hooks_in_c):
-    if not hooks_in_c:
+                                                                                        path):
+    if path == "Python hooks":
         monkeypatch.setattr(c_backend, "lane_hook", None)  # every module's hook a Python function
     elif c_backend.lane_hook is None:
         pytest.skip("built without the C extension")
+    if not record_path(monkeypatch, "direct" if path == "C direct" else "hooks") and path == "C direct":
+        pytest.skip("built without the C extension's direct calls")
     copies: list[nn.Module] = []
     model = _record(tmp_path / "saved.h5", save=True, copies=copies)
     _record(tmp_path / "reference.h5", save=False)
     assert copies
     loaded = copies[-1]
     assert all(isinstance(hook, InertHook) for copy in copies for hook in _hooks(copy))
-    assert len(_hooks(loaded)) == 1 + sum(1 for name, m in model.named_modules()
-                                          if name and next(m.children(), None) is None)
+    # the root's pre-hook, and the forward hooks of the sites' modules unless they are recorded directly (then the
+    # modules hold nothing of the probe)
+    leaves = sum(1 for name, m in model.named_modules() if name and next(m.children(), None) is None)
+    assert len(_hooks(loaded)) == 1 + (0 if path == "C direct" else leaves)
+    assert all("_call_impl" not in vars(m) and "forward" not in vars(m) for copy in copies for m in copy.modules())
     with h5py.File(tmp_path / "saved.h5", "r") as saved, h5py.File(tmp_path / "reference.h5", "r") as reference:
         assert list(saved["sites"].asstr()[()]) == list(reference["sites"].asstr()[()])
         for name in reference["stats"]:
             np.testing.assert_array_equal(saved["stats"][name][()], reference["stats"][name][()])
 
 
-def test_pickle_of_a_recording_model_gives_inert_hooks_and_the_probe_goes_on(tmp_path):
+@pytest.mark.parametrize("path", ["direct", "hooks"])
+def test_pickle_of_a_recording_model_gives_inert_hooks_and_the_probe_goes_on(tmp_path, monkeypatch, path):
+    direct = record_path(monkeypatch, path)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     with actprobe.Probe(model, tmp_path / "run.h5") as probe:
         for _ in range(2):
@@ -84,5 +92,5 @@ def test_pickle_of_a_recording_model_gives_inert_hooks_and_the_probe_goes_on(tmp
             probe.step()
     assert actprobe.read(tmp_path / "run.h5").rows == 2 and probe.error is None
     hooks = _hooks(copy)
-    assert len(hooks) == 4 and all(type(hook) is InertHook for hook in hooks)
+    assert len(hooks) == (1 if direct else 4) and all(type(hook) is InertHook for hook in hooks)
     assert all(hook(copy, (torch.ones(1),), {}, torch.ones(1)) is None for hook in hooks)

@@ -1,0 +1,328 @@
+"""Modules recorded directly (engine/dispatch.py): while a probe records, ``nn.Module._call_impl`` is a C function
+that calls a registered module's forward and then the probe's hook, without PyTorch's hook path. Every run here
+is compared, bit for bit, with the same run recorded through PyTorch's hooks, and the model is checked to hold
+nothing of the probe."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import threading
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import actprobe
+from actprobe.engine import dispatch
+from conftest import paper_cnn, record_path, reference_statistics
+
+pytestmark = pytest.mark.skipif(dispatch.DISPATCH is None, reason="built without the C extension's direct calls")
+
+
+def swapped() -> bool:
+    return nn.Module.__dict__["_call_impl"] is not dispatch.ORIGINAL_CALL_IMPL
+
+
+def assert_same_files(a, b) -> None:
+    with h5py.File(a, "r") as x, h5py.File(b, "r") as y:
+        assert list(x["sites"].asstr()[()]) == list(y["sites"].asstr()[()])
+        np.testing.assert_array_equal(x["step"][()], y["step"][()])
+        for name in y["stats"]:
+            np.testing.assert_array_equal(x["stats"][name][()], y["stats"][name][()], err_msg=name)
+        for name in y["scalars"]:
+            np.testing.assert_array_equal(x["scalars"][name][()], y["scalars"][name][()], err_msg=name)
+
+
+class Twice(nn.Module):
+    """One module called twice per forward, one called with a keyword, one in eval mode and one under no_grad in
+    the middle of the training forward (train_only leaves both out), a tuple output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.act = nn.ReLU()
+        self.head = nn.Linear(6, 3)
+        self.side = nn.Linear(6, 6)
+        self.split = Split()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.fc(x))
+        h = self.act(self.fc(input=h))
+        with torch.no_grad():
+            self.side(h)
+        a, b = self.split(h)
+        return self.head(a + b)
+
+
+class Split(nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x * 2, x - 1
+
+
+def _train(model: nn.Module, path, *, steps: int = 7, every: int = 1, during=None, shape=(12, 6)) -> None:
+    gen = torch.Generator().manual_seed(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with actprobe.Probe(model, path, every=every) as probe:
+        for step in range(steps):
+            x = torch.randn(*shape, generator=gen)
+            if during is not None:
+                during(model, step, probe)
+            model(x).float().pow(2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+            probe.step(loss=float(step))
+
+
+@pytest.mark.parametrize("every", [1, 3])
+@pytest.mark.parametrize("make", [paper_cnn, Twice], ids=["paper CNN", "calls twice, kwargs, no_grad, tuple"])
+def test_direct_calls_record_what_the_hooks_record(tmp_path, monkeypatch, make, every):
+    files = {}
+    for path in ("direct", "hooks"):
+        assert record_path(monkeypatch, path) == (path == "direct")
+        torch.manual_seed(0)
+        model = make()
+        files[path] = tmp_path / f"{path}.h5"
+        _train(model, files[path], every=every, shape=(12, 1, 28, 28) if make is paper_cnn else (12, 6))
+        if path == "direct":
+            assert not any(m._forward_hooks for m in model.modules())  # nothing was ever registered on them
+    assert_same_files(files["direct"], files["hooks"])
+    assert not swapped() and not dispatch.DISPATCH.registry
+
+
+def test_direct_calls_record_the_float64_reference(tmp_path, monkeypatch):
+    record_path(monkeypatch, "direct")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    x = torch.randn(32, 8, generator=torch.Generator().manual_seed(5))
+    with actprobe.Probe(model, tmp_path / "r.h5") as probe:
+        assert swapped()
+        with torch.no_grad():
+            want = [reference_statistics(model[0](x), -1), reference_statistics(model[1](model[0](x)), -1)]
+        model(x).sum().backward()
+        probe.step()
+    run = actprobe.read(tmp_path / "r.h5")
+    for column, reference in enumerate(want):
+        for name in ("mean", "std", "min", "max", "near_zero", "dead"):
+            np.testing.assert_allclose(float(run.stats[name][0, column]), reference[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("when", [0, 1])  # on a recorded step (direct call in progress) or an idle one
+def test_a_users_hook_added_while_recording_runs_after_the_probes(tmp_path, monkeypatch, when):
+    """The user's hook changes the output (to zeros); the probe records what it records through its hooks: the
+    output before the user's hook (its hook goes back into the module, first)."""
+    files, order = {}, {}
+    for path in ("direct", "hooks"):
+        record_path(monkeypatch, path)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6))
+
+        def during(model, step, probe):
+            if step == when:
+                model[1].register_forward_hook(lambda module, args, output: output * 0)
+
+        files[path] = tmp_path / f"{path}.h5"
+        _train(model, files[path], every=2, during=during)
+        order[path] = len(model[1]._forward_hooks)
+    assert_same_files(files["direct"], files["hooks"])
+    assert order == {"direct": 1, "hooks": 1}  # (closed: the probe's hook is gone, the user's stays)
+    run = actprobe.read(files["direct"])
+    assert (np.asarray(run.stats["max"][:, 1]) > 0).all()  # the ReLU's own outputs, never the user's zeros
+
+
+def test_global_hooks_run_first_as_pytorch_runs_them(tmp_path, monkeypatch):
+    files = {}
+    for path in ("direct", "hooks"):
+        record_path(monkeypatch, path)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 6))
+        handle = torch.nn.modules.module.register_module_forward_hook(lambda module, args, output: output + 1)
+        try:
+            files[path] = tmp_path / f"{path}.h5"
+            _train(model, files[path], every=1)
+        finally:
+            handle.remove()
+    assert_same_files(files["direct"], files["hooks"])
+
+
+def test_the_swap_is_in_place_exactly_while_some_probe_records(tmp_path, monkeypatch):
+    record_path(monkeypatch, "direct")
+    a, b = nn.Sequential(nn.Linear(4, 4), nn.ReLU()), nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    seen = []
+    with actprobe.Probe(a, tmp_path / "a.h5", every=2) as pa, actprobe.Probe(b, tmp_path / "b.h5", every=3) as pb:
+        for step in range(7):
+            seen.append((swapped(), pa.recording, pb.recording))
+            for model, probe in ((a, pa), (b, pb)):
+                model(torch.randn(2, 4)).sum().backward()
+                probe.step()
+    assert [s for s, _, _ in seen] == [ra or rb for _, ra, rb in seen]
+    assert [s for s, _, _ in seen] == [True, False, True, True, True, False, True]
+    assert not swapped() and not dispatch.DISPATCH.registry and dispatch.DISPATCH.holders == 0
+    assert actprobe.read(tmp_path / "a.h5").step.tolist() == [0, 2, 4, 6]
+    assert actprobe.read(tmp_path / "b.h5").step.tolist() == [0, 3, 6]
+
+
+def test_copies_made_while_recording_hold_nothing_compute_the_same_and_are_not_recorded(tmp_path, monkeypatch):
+    """deepcopy, copy.copy, pickle and DataParallel's replicas of a module, made in a recorded step: their calls
+    compute what the module computes (a shallow copy shares its parameters) and are not recorded (not registered)."""
+    files = {}
+    for with_copies in (True, False):
+        record_path(monkeypatch, "direct")
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 3))
+
+        def during(model, step, probe):
+            if not with_copies or step % 2:
+                return
+            x = torch.randn(5, 6)
+            leaf = model[0]  # (a shallow copy of the Sequential would share its children: the same modules)
+            replica = leaf._replicate_for_data_parallel()  # as nn.DataParallel makes one: then its parameters
+            for name, parameter in leaf.named_parameters():
+                setattr(replica, name, parameter)
+            for original, twin in ((model, copy.deepcopy(model)), (model, pickle.loads(pickle.dumps(model))),
+                                   (leaf, copy.copy(leaf)), (leaf, replica)):
+                assert all("forward" not in vars(m) and "_call_impl" not in vars(m) for m in twin.modules())
+                with torch.no_grad():
+                    assert torch.equal(twin(x), original(x))
+                twin(x)  # a training call of the copy (gradients on): not recorded
+
+        files[with_copies] = tmp_path / f"{with_copies}.h5"
+        _train(model, files[with_copies], during=during)
+    assert_same_files(files[True], files[False])
+
+
+def test_an_error_in_forward_reaches_the_caller_unchanged_and_recording_goes_on(tmp_path, monkeypatch):
+    record_path(monkeypatch, "direct")
+
+    class Fails(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.shape[0] == 3:
+                raise ValueError("three rows are not allowed")
+            return x + 1
+
+    model = nn.Sequential(nn.Linear(4, 4), Fails())
+    with actprobe.Probe(model, tmp_path / "e.h5") as probe:
+        for step in range(3):
+            assert swapped()
+            with pytest.raises(ValueError, match="three rows are not allowed"):
+                model(torch.randn(3, 4))
+            model(torch.randn(2, 4)).sum().backward()
+            probe.step()
+    assert probe.error is None and actprobe.read(tmp_path / "e.h5").step.tolist() == [0, 1, 2]
+
+
+def test_a_class_with_its_own_call_path_keeps_the_hook(tmp_path, monkeypatch):
+    record_path(monkeypatch, "direct")
+
+    class OwnCall(nn.Linear):
+        def __call__(self, *args, **kwargs):
+            return super().__call__(*args, **kwargs) * 2
+
+    model = nn.Sequential(OwnCall(4, 4), nn.ReLU())
+    x = torch.randn(5, 4)
+    with actprobe.Probe(model, tmp_path / "o.h5") as probe:
+        assert len(model[0]._forward_hooks) == 1 and len(model[1]._forward_hooks) == 0
+        with torch.no_grad():
+            want = reference_statistics(nn.functional.linear(x, model[0].weight, model[0].bias), -1)
+        model(x).sum().backward()
+        probe.step()
+    run = actprobe.read(tmp_path / "o.h5")
+    np.testing.assert_allclose(float(run.stats["mean"][0, 0]), want["mean"], rtol=1e-5, atol=1e-6)
+
+
+def test_another_librarys_call_impl_is_left_alone_and_the_hooks_record(tmp_path, monkeypatch):
+    """A library that replaced ``nn.Module._call_impl`` itself: the probe does not swap it, records through
+    its hooks, and leaves the library's function in place."""
+    files = {}
+    calls = []
+
+    def theirs(self, *args, **kwargs):
+        calls.append(type(self).__name__)
+        return dispatch.ORIGINAL_CALL_IMPL(self, *args, **kwargs)
+
+    for path in ("direct", "hooks"):
+        record_path(monkeypatch, path)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6))
+        files[path] = tmp_path / f"{path}.h5"
+        if path == "direct":
+            monkeypatch.setattr(nn.Module, "_call_impl", theirs)
+            _train(model, files[path], every=2)
+            assert nn.Module.__dict__["_call_impl"] is theirs and calls
+            monkeypatch.undo()
+            record_path(monkeypatch, "hooks")
+        else:
+            _train(model, files[path], every=2)
+    assert_same_files(files["direct"], files["hooks"])
+
+
+def test_other_threads_models_run_unrecorded_while_the_swap_is_in_place(tmp_path, monkeypatch):
+    record_path(monkeypatch, "direct")
+    other = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        want = other(x)
+    results = []
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    with actprobe.Probe(model, tmp_path / "t.h5") as probe:
+        assert swapped()
+        worker = threading.Thread(target=lambda: results.extend(other(x) for _ in range(50)))
+        worker.start()
+        for _ in range(3):
+            model(torch.randn(2, 4)).sum().backward()
+            probe.step()
+        worker.join()
+    assert len(results) == 50 and all(torch.equal(r, want) for r in results)
+    assert actprobe.read(tmp_path / "t.h5").sites == ["0", "1"]
+
+
+def test_a_module_freed_while_registered_leaves_no_entry(tmp_path, monkeypatch):
+    record_path(monkeypatch, "direct")
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    probe = actprobe.Probe(model, tmp_path / "f.h5")
+    keys = set(dispatch.DISPATCH.registry)
+    assert {id(m) for m in model} <= keys
+    probe.close()
+    assert not dispatch.DISPATCH.registry and not swapped()
+    probe = actprobe.Probe(model, tmp_path / "g.h5")
+    del model  # (the probe holds the model weakly)
+    import gc
+    gc.collect()
+    assert not dispatch.DISPATCH.registry
+    probe.close()
+    assert not swapped()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("reset_after_probe", [False, True])
+def test_a_model_compiled_first_in_a_recorded_step_is_compiled_whole_and_recorded(tmp_path, monkeypatch,
+                                                                                   reset_after_probe):
+    """torch.compile begins while the swap is in place (the probe's first step): the modules move to hooks before
+    Dynamo traces (its compile-start callback, or the call of the compiled module when ``torch._dynamo.reset()``
+    cleared the callbacks), so the graphs and the rows are those of the hooks' path."""
+    from torch._dynamo.utils import counters
+
+    rows, frames = {}, {}
+    for path in ("direct", "hooks"):
+        torch._dynamo.reset()
+        record_path(monkeypatch, path)
+        torch.manual_seed(0)
+        model = nn.Sequential(*[m for _ in range(3) for m in (nn.Linear(16, 16), nn.ReLU())])
+        x = torch.randn(8, 16, generator=torch.Generator().manual_seed(1))
+        before = dict(counters["frames"])
+        with actprobe.Probe(model, tmp_path / f"{path}.h5", every=2) as probe:
+            if reset_after_probe:
+                torch._dynamo.reset()
+            compiled = torch.compile(model)
+            for _ in range(6):
+                compiled(x).sum().backward()
+                probe.step()
+            frames[path] = {key: counters["frames"][key] - before.get(key, 0) for key in counters["frames"]}
+        assert not swapped()
+        run = actprobe.read(tmp_path / f"{path}.h5")
+        rows[path] = (run.step.tolist(), np.asarray(run.stats["mean"]))
+    assert rows["direct"][0] == rows["hooks"][0] == [0, 2, 4]
+    np.testing.assert_allclose(rows["direct"][1], rows["hooks"][1], rtol=1e-5, atol=1e-6)
+    assert frames["direct"] == frames["hooks"]  # the same frames compiled: no graph broken by the swap
