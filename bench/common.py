@@ -6,20 +6,25 @@ import math
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 
 def interleaved(modes: dict[str, Callable[[], None]], *, rounds: int, steps: int,
                 warmup: int, sync: Callable[[], None] = lambda: None,
-                positions: dict[str, list[list[float]]] | None = None) -> dict[str, list[float]]:
+                positions: dict[str, list[list[float]]] | None = None,
+                around: Callable[[str], AbstractContextManager] = lambda name: nullcontext()) -> dict[str, list[float]]:
     """Seconds per step of each mode in each round. Every round runs every mode for ``steps``
     steps, in an order that rotates from round to round, so that drifts of the machine's speed
     fall on all modes alike. ``sync`` (a device synchronisation) runs before the clock starts and
     after the ``steps`` steps, not between them: queued device work is timed, not serialised.
     ``positions`` (CPU only: no synchronisation between steps) receives, for each mode, the seconds of
-    each step by its position in the round: ``positions[mode][i]`` lists the i-th steps of every round."""
-    for run in modes.values():
-        for _ in range(warmup):
-            run()
+    each step by its position in the round: ``positions[mode][i]`` lists the i-th steps of every round.
+    ``around(mode)`` is entered before each of the mode's blocks of ``steps`` steps and left after it, outside
+    the timed span (and around its warmup)."""
+    for name, run in modes.items():
+        with around(name):
+            for _ in range(warmup):
+                run()
     sync()
     names = list(modes)
     samples: dict[str, list[float]] = {name: [] for name in names}
@@ -27,19 +32,20 @@ def interleaved(modes: dict[str, Callable[[], None]], *, rounds: int, steps: int
         order = names[r % len(names):] + names[:r % len(names)]
         for name in order:
             run = modes[name]
-            sync()
-            start = time.perf_counter()
-            if positions is None:
-                for _ in range(steps):
-                    run()
-            else:
-                at = positions.setdefault(name, [[] for _ in range(steps)])
-                for i in range(steps):
-                    begun = time.perf_counter()
-                    run()
-                    at[i].append(time.perf_counter() - begun)
-            sync()
-            samples[name].append((time.perf_counter() - start) / steps)
+            with around(name):
+                sync()
+                start = time.perf_counter()
+                if positions is None:
+                    for _ in range(steps):
+                        run()
+                else:
+                    at = positions.setdefault(name, [[] for _ in range(steps)])
+                    for i in range(steps):
+                        begun = time.perf_counter()
+                        run()
+                        at[i].append(time.perf_counter() - begun)
+                sync()
+                samples[name].append((time.perf_counter() - start) / steps)
     return samples
 
 

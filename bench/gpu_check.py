@@ -84,19 +84,24 @@ def check_no_sync(device: torch.device) -> None:
         path = Path(tempfile.mkdtemp()) / f"{name}.h5"
         with actprobe.Probe(workload.model, path, select=select, flush_every=25) as probe:
             workload.run(3, probe)  # warm up: Triton compiles, cuDNN picks algorithms
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-                torch.cuda.set_sync_debug_mode("error")
-            try:
-                workload.run(steps, probe)
-            finally:
-                if device.type == "cuda":
-                    torch.cuda.set_sync_debug_mode("default")
+            run_without_sync(device, workload, steps, probe)
         run = actprobe.read(path)
         assert run.rows == steps + 3 and probe.error is None, probe.error
         where = "under set_sync_debug_mode('error'): no host-device synchronisation" if device.type == "cuda" \
             else "on the CPU (the synchronisation check needs CUDA)"
         print(f"PASS {name}: {steps} probed steps, {len(run.sites)} sites, {where}")
+
+
+def run_without_sync(device: torch.device, workload, steps: int, probe) -> None:
+    """``steps`` probed training steps, under set_sync_debug_mode("error") on a CUDA device."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        workload.run(steps, probe)
+    finally:
+        if device.type == "cuda":
+            torch.cuda.set_sync_debug_mode("default")
 
 
 def check_direct_calls(device: torch.device) -> None:
@@ -116,14 +121,7 @@ def check_direct_calls(device: torch.device) -> None:
             workload = make("paper-cnn", device, None if device.type == "cuda" else 32)
             files[path] = Path(tempfile.mkdtemp()) / f"{path}.h5"
             with actprobe.Probe(workload.model, files[path], flush_every=25, every=2) as probe:
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                    torch.cuda.set_sync_debug_mode("error")
-                try:
-                    workload.run(20, probe)
-                finally:
-                    if device.type == "cuda":
-                        torch.cuda.set_sync_debug_mode("default")
+                run_without_sync(device, workload, 20, probe)
             assert probe.error is None, probe.error
         finally:
             hooks.DISPATCH = saved
@@ -140,14 +138,7 @@ def check_grads_and_params(device: torch.device) -> None:
     with actprobe.Probe(workload.model, path, flush_every=25, grads=True, params=True, hist_every=5,
                         optimizer=workload.train_step.optimizer) as probe:
         workload.run(3, probe)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.set_sync_debug_mode("error")
-        try:
-            workload.run(50, probe)
-        finally:
-            if device.type == "cuda":
-                torch.cuda.set_sync_debug_mode("default")
+        run_without_sync(device, workload, 50, probe)
     run = actprobe.read(path)
     assert run.rows == 53 and probe.error is None, probe.error
     grad_std = torch.tensor(run.grad_stats["std"][-1])

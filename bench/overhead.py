@@ -48,14 +48,17 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import actprobe  # noqa: E402
+from actprobe.engine import dispatch  # noqa: E402
 from common import interleaved, median_interval, median_ms, paired_overhead, position_overhead  # noqa: E402
 from workloads import WORKLOADS, has_parameters_leaf, hooked_bytes, make  # noqa: E402
 
@@ -115,8 +118,10 @@ def with_hook(workload, select, hook) -> None:
 Role = Callable[[Any], Callable[[], None]]
 
 
-def build_roles(device: torch.device, args, tmp: Path, probes: list) -> dict[str, Role]:
+def build_roles(device: torch.device, args, tmp: Path, probes: list) -> tuple[dict[str, Role], set[str]]:
+    """Each mode's role, and the modes that record with this checkout's probe."""
     select = SELECTIONS[args.select]
+    ours: set[str] = set()
     roles: dict[str, Role] = {"baseline": lambda workload: workload.step,
                               "baseline, second copy": lambda workload: workload.step}  # the method's noise
 
@@ -127,6 +132,8 @@ def build_roles(device: torch.device, args, tmp: Path, probes: list) -> dict[str
             probes.append(probe)
             return lambda: probe.step(loss=workload.step())
         roles[label] = attach
+        if package is actprobe:
+            ours.add(label)
 
     if args.only in ("all", "every-step"):
         probed("actprobe every step")
@@ -137,7 +144,7 @@ def build_roles(device: torch.device, args, tmp: Path, probes: list) -> dict[str
         if args.before is not None:
             probed("actprobe before, every 10th", package=load_before(args.before), every=10)
     if args.only != "all":  # no other mode's work (a writer thread's flush, say) lands in these modes' rounds
-        return roles
+        return roles, ours
     if args.torch_kernel:
         probed("actprobe, torch kernel", kernel="torch")
     if args.extras:
@@ -151,14 +158,14 @@ def build_roles(device: torch.device, args, tmp: Path, probes: list) -> dict[str
             store = with_hook(workload, select, hook)
             return lambda: (workload.step(), store.clear())
         roles[label] = watched
-    return roles
+    return roles, ours
 
 
 def bench(name: str, device: torch.device, args) -> None:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     tmp = Path(tempfile.mkdtemp(prefix="actprobe-bench-"))
     probes: list = []
-    roles = build_roles(device, args, tmp, probes)
+    roles, probed_here = build_roles(device, args, tmp, probes)
     labels = list(roles)
     copies = [make(name, device, args.batch, smoke=args.smoke) for _ in labels]
     # --only: a crossover. Two copies of the same model can differ in speed by a percent or more (where their
@@ -176,7 +183,7 @@ def bench(name: str, device: torch.device, args) -> None:
         first = len(probes)
         modes = {label: roles[label](copies[(j + phase) % len(copies)]) for j, label in enumerate(labels)}
         got = interleaved(modes, rounds=per_phase, steps=args.steps, warmup=args.warmup, sync=sync,
-                          positions=positions)
+                          positions=positions, around=lambda label: call_impl_for(label in probed_here))
         for label in labels:
             samples[label] += got[label]
             by_phase[label].append(statistics.median(v / b - 1 for v, b in zip(got[label], got["baseline"])))
@@ -222,6 +229,20 @@ def bench(name: str, device: torch.device, args) -> None:
             print(f"{mode:28s} " + " ".join(f"{share:+5.2f}" for share in shares))
     print(f"actprobe wrote {run.rows} rows x {len(run.sites)} sites with the {kernel} kernel"
           f"{' (its first copy)' if phases > 1 else ''}")
+
+
+@contextmanager
+def call_impl_for(ours: bool) -> Iterator[None]:
+    """The ``nn.Module._call_impl`` a mode's block runs with while this checkout's probe holds its swapped one
+    (engine/dispatch.py: a probe recording every step holds it from its first step to its last): the swapped one
+    for that probe's blocks, PyTorch's for every other mode's, which in a training process would be other
+    processes (else their every module call pays ~0.15 µs). Set before every block, outside the timed span: each
+    block then begins with the same one change of the class attribute, whose cost (Python re-specialises the code
+    that touches modules) falls on every mode alike."""
+    swap = dispatch.DISPATCH
+    if swap is not None and swap.holders:
+        nn.Module._call_impl = swap.call_impl if ours else dispatch.ORIGINAL_CALL_IMPL
+    yield
 
 
 def kernel_name(probe: actprobe.Probe) -> str:

@@ -43,7 +43,9 @@ class HookEngine:
     def __init__(self, model: nn.Module, modules: Sequence[tuple[str, nn.Module]], on_call: OnCall,
                  on_error: OnError, *, train_only: bool, lane_owner: object = None) -> None:
         """``lane_owner``: whose sites' lanes the hooks run themselves, in C (``c_backend.lane_hook``), for
-        calls that ``on_call`` would hand to the same lane (the recorder); None: every call goes to ``on_call``."""
+        calls that ``on_call`` would hand to the same lane (the recorder); None: every call goes to ``on_call``.
+        With a lane owner and the C extension, the modules' calls are recorded through the swapped
+        ``nn.Module._call_impl`` where they can be (engine/dispatch.py), in place only while attached."""
         self._root = weakref.ref(model)
         self._on_call = on_call
         self._on_error = on_error
@@ -174,12 +176,7 @@ class HookEngine:
         A hook is taken out of its module's hook dictionary and put back under the id PyTorch gave it
         (``RemovableHandle.id``): ~0.1 µs a module, against ~5 µs to remove and register it again."""
         if all_hooks:
-            self._release()
-            for name, ref in self._direct.items():
-                module = ref()
-                if module is not None:
-                    DISPATCH.unregister(module, self._hooks[name])
-            self._direct.clear()
+            self._leave_dispatch()
             for handle in (self._root_handle, *self._handles.values()):
                 if handle is not None:
                     handle.remove()
@@ -221,14 +218,18 @@ class HookEngine:
         once torch.compile compiles (``dispatch.DISPATCH.compile_starts``)."""
         self._to_hooks()
 
-    def _to_hooks(self) -> None:
-        """Record the modules recorded directly with their hooks from now on (registered now when attached)."""
+    def _leave_dispatch(self) -> None:
+        """Release the swap, and unregister the modules recorded directly (they hold no hook yet)."""
         self._release()
         for name, ref in self._direct.items():
             module = ref()
             if module is not None:
                 DISPATCH.unregister(module, self._hooks[name])
         self._direct.clear()
+
+    def _to_hooks(self) -> None:
+        """Record the modules recorded directly with their hooks from now on (registered now when attached)."""
+        self._leave_dispatch()
         model = self._model()
         if self._attached and model is not None:
             self._register_missing(model)

@@ -605,17 +605,22 @@ static int attribute_true(PyObject *o, PyObject *name) {
     return r;
 }
 
+/* Whether Dynamo's frame-evaluation callback is set now (a call at a graph break of compiled code): 1, 0, or -1 on
+ * an error. */
+static int frame_evaluating(void) {
+    if (hook_frame_callback == NULL) return 0;
+    PyObject *callback = PyObject_CallNoArgs(hook_frame_callback);
+    if (callback == NULL) return -1;
+    int set = callback != Py_None;
+    Py_DECREF(callback);
+    return set;
+}
+
 /* Whether a call made now may be recorded, as far as the engine's state says: 1, 0, or -1 on an error. */
 static int hook_open(Hook *h) {
     if (hook_grad_enabled == NULL) return 0;
-    if (hook_frame_callback != NULL) {
-        PyObject *callback = PyObject_CallNoArgs(hook_frame_callback);
-        if (callback == NULL) return -1;
-        int none = callback == Py_None;
-        Py_DECREF(callback);
-        if (!none) return 0;
-    }
-    int r;
+    int r = frame_evaluating();
+    if (r != 0) return r < 0 ? -1 : 0;
     if ((r = attribute_true(h->engine, s_active)) <= 0) return r;
     if ((r = attribute_true(h->engine, s_capturing)) != 0) return r < 0 ? -1 : 0;
     if ((r = attribute_true(h->engine, s_train_only)) <= 0) return r < 0 ? -1 : 1;
@@ -819,13 +824,8 @@ static int plain_call(PyObject *module) {
         Py_DECREF(hooks);
         if (!empty) return 2;
     }
-    if (hook_frame_callback != NULL) {
-        PyObject *callback = PyObject_CallNoArgs(hook_frame_callback);
-        if (callback == NULL) return -1;
-        int none = callback == Py_None;
-        Py_DECREF(callback);
-        if (!none) return 0;
-    }
+    int evaluating = frame_evaluating();
+    if (evaluating != 0) return evaluating < 0 ? -1 : 0;
     PyObject *tracing = PyObject_CallNoArgs(ci_tracing_state);
     if (tracing == NULL) return -1;
     int none = tracing == Py_None;

@@ -37,7 +37,7 @@ def test_unrecorded_steps_have_no_hooks_and_recorded_ones_do(tmp_path, monkeypat
             probe.step()
     # 3 forward hooks and the root's pre-hook on steps 0, 3, 6 (and in between after a compile); recorded directly,
     # the root's pre-hook and the swapped _call_impl
-    recorded = [4, 0, 0, 4, 0, 0, 4] if not direct else [1, 0, 0, 1, 0, 0, 1]
+    recorded = [1, 0, 0, 1, 0, 0, 1] if direct else [4, 0, 0, 4, 0, 0, 4]
     assert counts == ([4] * 7 if compiled_before else recorded)
     assert swapped == ([True, False, False] * 2 + [True] if direct else [False] * 7)
     assert hooked(model) == 0 and actprobe.read(tmp_path / "r.h5").step.tolist() == [0, 3, 6]
@@ -154,7 +154,8 @@ def test_hooks_come_back_after_the_user_cleared_or_replaced_the_dictionaries(tmp
 @pytest.mark.parametrize("path", ["direct", "hooks"])
 def test_after_a_failure_the_hooks_leave_the_model(tmp_path, monkeypatch, path):
     """A probe that stopped recording (here: its kernel failed) takes its hooks out at the next step, as on any
-    unrecorded step: the rest of the training runs on PyTorch's fast call path."""
+    unrecorded step, and puts PyTorch's Module._call_impl back: the rest of the training runs on PyTorch's fast
+    call path."""
     direct = record_path(monkeypatch, path)
     swapped = []
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
