@@ -137,9 +137,23 @@ def _told_to_dynamo(dispatch: _Dispatch) -> bool:
     try:
         substitute_in_graph(dispatch.call_impl, skip_signature_check=True)(_call_impl)
         on_compile_start(dispatch.compile_starts)
+        _keep_through_reset(callback_handler, dispatch.compile_starts)
     except (TypeError, ValueError, AttributeError, ImportError):
         return False
     return True
+
+
+def _keep_through_reset(handler: object, callback: Callable[..., None]) -> None:
+    """``torch._dynamo.reset()`` clears the compile-start callbacks (``handler.clear()``): a probe that holds the swap
+    from its first step to its last (recording every step) would then meet a compile unwarned, and the modules it
+    records directly would be compiled without its hooks. The handler's ``clear`` gets ours back after clearing."""
+    clear = handler.clear
+
+    def clear_keeping_ours() -> None:
+        clear()
+        handler.register_start_callback(callback)
+
+    handler.clear = clear_keeping_ours
 
 
 def _dispatch() -> _Dispatch | None:

@@ -70,7 +70,11 @@ class HookEngine:
         # modules whose calls are recorded through the swapped Module._call_impl while attached (engine/dispatch.py):
         # they never hold the probe's hook, unless torch.compile moves them to hooks for good (``_to_hooks``)
         self._direct: dict[str, weakref.ref] = {}
-        self._holding = False  # whether this engine holds the swapped _call_impl in place now
+        # whether this engine holds the swapped _call_impl in place now (a list: an engine collected without being
+        # removed, its model gone, gives its hold back through the finalizer, which must not hold the engine)
+        self._holding = [False]
+        if DISPATCH is not None:
+            weakref.finalize(self, _give_back, self._holding)
         if DISPATCH is not None and lane_owner is not None and c_backend.lane_hook is not None and not dynamo_compiled():
             for name, module in modules:
                 if module is not model and DISPATCH.register(module, self._hooks[name], partial(self._demote, name)):
@@ -139,7 +143,7 @@ class HookEngine:
             if dynamo_compiled() or not DISPATCH.hold():
                 self._to_hooks()  # (registered below)
             else:
-                self._holding = True
+                self._holding[0] = True
         for hooks, hook_id, hook in self._out:
             hooks[hook_id] = hook
             if len(hooks) > 1 and isinstance(hooks, OrderedDict):  # a hook the user added while it was out:
@@ -209,9 +213,7 @@ class HookEngine:
                 out.append(slot)
 
     def _release(self) -> None:
-        if self._holding:
-            DISPATCH.release()
-            self._holding = False
+        _give_back(self._holding)
 
     def use_hooks(self) -> None:
         """Record the modules recorded directly with their hooks from now on (registered now when attached):
@@ -228,10 +230,16 @@ class HookEngine:
         self._direct.clear()
 
     def _to_hooks(self) -> None:
-        """Record the modules recorded directly with their hooks from now on (registered now when attached)."""
+        """Record the modules recorded directly with their hooks from now on: registered now, and every hook put back,
+        attached or not (on an idle step, inactive): torch.compile, which calls this as it begins, must make its code
+        with the hooks it will always have (a function compiled without them is not guarded on them)."""
         self._leave_dispatch()
         model = self._model()
-        if self._attached and model is not None:
+        if model is not None:
+            for hooks, hook_id, hook in self._out:
+                hooks[hook_id] = hook
+            self._out.clear()
+            self._attached = True
             self._register_missing(model)
 
     def _demote(self, name: str, module: nn.Module) -> None:
@@ -261,6 +269,13 @@ class HookEngine:
         self.detach(all_hooks=True)
         self._modules.clear()
         self.active = False
+
+
+def _give_back(holding: list[bool]) -> None:
+    """Release an engine's hold on the swapped ``_call_impl``, if it has one."""
+    if holding[0]:
+        holding[0] = False
+        DISPATCH.release()
 
 
 def _holds(hooks: dict, slot: Slot | None) -> bool:

@@ -142,6 +142,8 @@ class Probe(ProbeCore):
             self._params = (ParamWatch(optimizer, self._recorder.observe_param, lambda: self.recording,
                                        self._on_call_error) if params else None)
         except BaseException:
+            if getattr(self, "_engine", None) is not None:
+                self._engine.remove()  # its hooks, and its hold on the swapped Module._call_impl
             self._sink.release()
             raise
         self._calls = self._engine.call_counts  # cleared by step() as HookEngine.new_step clears it

@@ -813,16 +813,17 @@ static PyObject *registered(PyObject *module) {
 /* 1: the call may skip PyTorch's hook path; 2: the module has hooks of its own; 0: the hook path for another
  * reason; -1: an error (set). */
 static int plain_call(PyObject *module) {
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(ci_global_hooks); i++) {
-        PyObject *hooks = PyTuple_GET_ITEM(ci_global_hooks, i);
-        if (!PyDict_Check(hooks) || PyDict_GET_SIZE(hooks) != 0) return 0;
-    }
+    /* the module's own first: with a hook of the user's, the probe's must go before it, global hooks or not */
     for (int i = 0; i < 4; i++) {
         PyObject *hooks = PyObject_GetAttr(module, s_module_hooks[i]);
         if (hooks == NULL) return -1;
         int empty = PyDict_Check(hooks) && PyDict_GET_SIZE(hooks) == 0;
         Py_DECREF(hooks);
         if (!empty) return 2;
+    }
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(ci_global_hooks); i++) {
+        PyObject *hooks = PyTuple_GET_ITEM(ci_global_hooks, i);
+        if (!PyDict_Check(hooks) || PyDict_GET_SIZE(hooks) != 0) return 0;
     }
     int evaluating = frame_evaluating();
     if (evaluating != 0) return evaluating < 0 ? -1 : 0;
@@ -902,6 +903,15 @@ static PyObject *call_impl(PyObject *module, PyObject *const *args, Py_ssize_t n
         Py_DECREF(forward);
     } else {
         output = call_original(module, args, nargs, kwnames);
+        if (output != NULL) {
+            /* the module may have left the registry during the call (torch.compile began: its hook is in its
+             * dictionary now, and ran there) */
+            PyObject *still = registered(module);
+            if (still == NULL && PyErr_Occurred()) Py_CLEAR(output);
+            int same = still == entry;
+            Py_XDECREF(still);
+            if (!same) goto done;
+        }
     }
     if (output == NULL) goto done;
     Py_ssize_t total = nargs + (kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames));

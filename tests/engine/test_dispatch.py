@@ -138,9 +138,11 @@ def test_global_hooks_run_first_as_pytorch_runs_them(tmp_path, monkeypatch):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(6, 6), nn.Tanh(), nn.Linear(6, 6))
         handle = torch.nn.modules.module.register_module_forward_hook(lambda module, args, output: output + 1)
+        # a hook of the user's on one layer too, added while the probe records: the probe's goes before it
+        mine = lambda model, step, probe: step == 1 and model[1].register_forward_hook(lambda m, a, o: o * 0 + 100)
         try:
             files[path] = tmp_path / f"{path}.h5"
-            _train(model, files[path], every=1)
+            _train(model, files[path], every=1, during=mine)
         finally:
             handle.remove()
     assert_same_files(files["direct"], files["hooks"])
@@ -360,3 +362,60 @@ def test_a_model_compiled_first_in_a_recorded_step_is_compiled_whole_and_recorde
     assert rows["direct"][0] == rows["hooks"][0] == [0, 1, 2, 3, 4, 5]
     np.testing.assert_allclose(rows["direct"][1], rows["hooks"][1], rtol=1e-5, atol=1e-6)
     assert frames["direct"] == frames["hooks"]  # the same frames compiled: no graph broken by the swap
+
+
+def test_a_probe_never_closed_gives_the_swap_back_when_its_model_is_gone(tmp_path, monkeypatch):
+    import gc
+
+    record_path(monkeypatch, "direct")
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    probe = actprobe.Probe(model, tmp_path / "n.h5")
+    model(torch.randn(2, 4)).sum().backward()
+    probe.step()
+    assert swapped()
+    del model, probe
+    gc.collect()
+    assert not swapped() and dispatch.DISPATCH.holders == 0 and not dispatch.DISPATCH.registry
+
+
+def test_a_probe_that_fails_to_start_leaves_nothing_swapped(tmp_path, monkeypatch):
+    record_path(monkeypatch, "direct")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("ParamWatch failed (injected)")
+
+    monkeypatch.setattr("actprobe.engine.probe.ParamWatch", broken)
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    with pytest.raises(RuntimeError, match="injected"):
+        actprobe.Probe(model, tmp_path / "f.h5", params=True, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    assert not swapped() and dispatch.DISPATCH.holders == 0 and not dispatch.DISPATCH.registry
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["first compiled on an idle step", "dynamo reset while recording"])
+def test_a_function_compiled_later_records_every_recorded_step(tmp_path, monkeypatch, case):
+    """A compiled function that calls the model, first run on an idle step (its graph must be made with the hooks
+    it will have on recorded steps), or after ``torch._dynamo.reset()`` while a probe records every step (the
+    reset clears Dynamo's callbacks; the probe's stays)."""
+    torch._dynamo.reset()
+    record_path(monkeypatch, "direct")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    every = 2 if case == "first compiled on an idle step" else 1
+
+    def loss_of(x):
+        return model(x).pow(2).mean()
+
+    compiled = torch.compile(loss_of)
+    with actprobe.Probe(model, tmp_path / "c.h5", every=every) as probe:
+        for step in range(6):
+            if step == 1 and every == 1:
+                torch._dynamo.reset()
+            x = torch.randn(3, 4, generator=torch.Generator().manual_seed(step))
+            (compiled(x) if step >= 1 else loss_of(x)).backward()
+            probe.step()
+    assert not swapped()
+    run = actprobe.read(tmp_path / "c.h5")
+    assert run.step.tolist() == list(range(0, 6, every))
+    assert np.isfinite(np.asarray(run.stats["std"])).all(), "every recorded step has every site"
