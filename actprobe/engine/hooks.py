@@ -68,19 +68,18 @@ class HookEngine:
         self._out: list[Slot] = []
         self._attached = False
         # modules whose calls are recorded through the swapped Module._call_impl while attached (engine/dispatch.py):
-        # they never hold the probe's hook, unless torch.compile moves them to hooks for good (``_to_hooks``)
+        # they never hold the probe's hook, unless torch.compile moves them to hooks for good (``use_hooks``)
         self._direct: dict[str, weakref.ref] = {}
         # whether this engine holds the swapped _call_impl in place now (a list: an engine collected without being
         # removed, its model gone, gives its hold back through the finalizer, which must not hold the engine)
         self._holding = [False]
-        if DISPATCH is not None:
-            weakref.finalize(self, _give_back, self._holding)
         if DISPATCH is not None and lane_owner is not None and c_backend.lane_hook is not None and not dynamo_compiled():
             for name, module in modules:
                 if module is not model and DISPATCH.register(module, self._hooks[name], partial(self._demote, name)):
                     self._direct[name] = weakref.ref(module)
             if self._direct:
                 DISPATCH.users.add(self)
+                weakref.finalize(self, _give_back, self._holding)
         self.attach()
 
     def _new_forward(self, module: nn.Module, args: object) -> None:
@@ -141,18 +140,23 @@ class HookEngine:
         self._attached = True
         if self._direct:
             if dynamo_compiled() or not DISPATCH.hold():
-                self._to_hooks()  # (registered below)
+                self.use_hooks()  # (which puts back and registers the hooks, as below)
             else:
                 self._holding[0] = True
+        self._put_back()
+        self._register_missing(model)
+
+    def _put_back(self) -> None:
+        """Put the hooks taken out back into their dictionaries, under their ids."""
         for hooks, hook_id, hook in self._out:
             hooks[hook_id] = hook
             if len(hooks) > 1 and isinstance(hooks, OrderedDict):  # a hook the user added while it was out:
                 hooks.move_to_end(hook_id, last=False)  # the probe's runs first, as it did (it was the only one)
         self._out.clear()
-        self._register_missing(model)
 
-    def _register_missing(self, model: nn.Module) -> None:
-        """Register the hooks that are not in their module's dictionary (the modules recorded directly aside)."""
+    def _register_missing(self, model: nn.Module, first: frozenset[str] = frozenset()) -> None:
+        """Register the hooks that are not in their module's dictionary (the modules recorded directly aside);
+        those of the modules named in ``first`` before the module's other hooks."""
         # register the hooks that are not in their module's dictionary: the first time, and after the user
         # cleared or replaced a dictionary (``module._forward_hooks.clear()``); PyTorch keeps no other record
         if not _holds(model._forward_pre_hooks, self._root_slot):
@@ -167,10 +171,14 @@ class HookEngine:
             module = ref()
             if module is None or _holds(module._forward_hooks, slots.get(name)):
                 continue
-            if name in self._handles:
-                self._handles.pop(name).remove()  # from a dictionary the module no longer uses, if it is there
-            handle = self._handles[name] = module.register_forward_hook(self._hooks[name], with_kwargs=True)
-            slots[name] = (module._forward_hooks, handle.id, self._hooks[name])
+            self._register(name, module, first=name in first)
+
+    def _register(self, name: str, module: nn.Module, *, first: bool) -> None:
+        """Register module ``name``'s hook (``first``: before the module's other hooks)."""
+        if name in self._handles:
+            self._handles.pop(name).remove()  # from a dictionary the module no longer uses, if it is there
+        handle = self._handles[name] = module.register_forward_hook(self._hooks[name], with_kwargs=True, prepend=first)
+        self._slots[name] = (module._forward_hooks, handle.id, self._hooks[name])
 
     def detach(self, *, all_hooks: bool = False) -> None:
         """Take the hooks out until the next ``attach``: those of the modules that have no other forward
@@ -197,7 +205,7 @@ class HookEngine:
             # is compiled without guards on its modules' hooks, and a graph made on a step without them would
             # run without them on the recorded steps too; the modules recorded directly move to hooks
             if self._direct:
-                self._to_hooks()
+                self.use_hooks()
             return
         self._attached = False
         self._release()
@@ -215,50 +223,46 @@ class HookEngine:
     def _release(self) -> None:
         _give_back(self._holding)
 
-    def use_hooks(self) -> None:
-        """Record the modules recorded directly with their hooks from now on (registered now when attached):
-        once torch.compile compiles (``dispatch.DISPATCH.compile_starts``)."""
-        self._to_hooks()
+    def _undirect(self, name: str) -> bool:
+        """Stop recording module ``name`` directly (unregister it); False if it was not."""
+        ref = self._direct.pop(name, None)
+        module = None if ref is None else ref()
+        if module is not None:
+            DISPATCH.unregister(module, self._hooks[name])
+        return ref is not None
 
     def _leave_dispatch(self) -> None:
         """Release the swap, and unregister the modules recorded directly (they hold no hook yet)."""
         self._release()
-        for name, ref in self._direct.items():
-            module = ref()
-            if module is not None:
-                DISPATCH.unregister(module, self._hooks[name])
-        self._direct.clear()
+        for name in list(self._direct):
+            self._undirect(name)
 
-    def _to_hooks(self) -> None:
+    def use_hooks(self) -> None:
         """Record the modules recorded directly with their hooks from now on: registered now, and every hook put back,
-        attached or not (on an idle step, inactive): torch.compile, which calls this as it begins, must make its code
-        with the hooks it will always have (a function compiled without them is not guarded on them)."""
+        attached or not (on an idle step, inactive). torch.compile calls this as it begins
+        (``dispatch.DISPATCH.compile_starts``): it must make its code with the hooks it will always have (a function
+        compiled without them is not guarded on them). A module recorded directly gets the probe's hook before any of
+        the user's, as it would from a recorded call (``_demote``)."""
+        direct = frozenset(self._direct)
         self._leave_dispatch()
         model = self._model()
         if model is not None:
-            for hooks, hook_id, hook in self._out:
-                hooks[hook_id] = hook
-            self._out.clear()
+            self._put_back()
             self._attached = True
-            self._register_missing(model)
+            self._register_missing(model, first=direct)
 
     def _demote(self, name: str, module: nn.Module) -> None:
         """A module recorded directly has hooks of its own now (the user's, registered while the probe records):
         it gets the probe's hook back, first, so that the probe sees what its hook always sees, the output before
         the user's hooks change it (the swapped ``_call_impl`` calls this in the middle of the module's call)."""
-        DISPATCH.unregister(module, self._hooks[name])
-        if self._direct.pop(name, None) is None:
-            return
-        handle = self._handles[name] = module.register_forward_hook(self._hooks[name], with_kwargs=True, prepend=True)
-        self._slots[name] = (module._forward_hooks, handle.id, self._hooks[name])
+        if self._undirect(name):
+            self._register(name, module, first=True)
 
     def unhook(self, names: Sequence[str]) -> None:
         """Stop hooking these modules (containers whose outputs their children produce)."""
         dropped = set(names)
         for name in dropped & set(self._direct):
-            module = self._direct.pop(name)()
-            if module is not None:
-                DISPATCH.unregister(module, self._hooks[name])
+            self._undirect(name)
         self._modules = [(name, ref) for name, ref in self._modules if name not in dropped]
         for name in dropped & set(self._handles):
             slot = self._slots.pop(name)

@@ -419,3 +419,18 @@ def test_a_function_compiled_later_records_every_recorded_step(tmp_path, monkeyp
     run = actprobe.read(tmp_path / "c.h5")
     assert run.step.tolist() == list(range(0, 6, every))
     assert np.isfinite(np.asarray(run.stats["std"])).all(), "every recorded step has every site"
+
+
+@pytest.mark.parametrize("path", ["direct", "hooks"])
+def test_hooks_put_back_as_compile_begins_go_before_a_users_hook(tmp_path, monkeypatch, path):
+    """torch.compile begins on an idle step (``use_hooks``, Dynamo's start callback), after the user added a hook
+    while the probe's was out: the probe's goes back first, as on a recorded step."""
+    record_path(monkeypatch, path)
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    with actprobe.Probe(model, tmp_path / "u.h5", every=2) as probe:
+        model(torch.randn(2, 4)).sum().backward()
+        probe.step()  # an idle step next: the probe's hooks are out
+        model[1].register_forward_hook(lambda module, args, output: None)
+        probe._engine.use_hooks()
+        first = next(iter(model[1]._forward_hooks.values()))
+        assert first is probe._engine._hooks["1"] and len(model[1]._forward_hooks) == 2
