@@ -118,10 +118,11 @@ def with_hook(workload, select, hook) -> None:
 Role = Callable[[Any], Callable[[], None]]
 
 
-def build_roles(device: torch.device, args, tmp: Path, probes: list) -> tuple[dict[str, Role], set[str]]:
-    """Each mode's role, and the modes that record with this checkout's probe."""
+def build_roles(device: torch.device, args, tmp: Path, probes: list) -> tuple[dict[str, Role], dict[str, Any]]:
+    """Each mode's role, and the swapped ``_call_impl`` (engine/dispatch.py's ``DISPATCH``, None without one) of the
+    package each probed mode records with."""
     select = SELECTIONS[args.select]
-    ours: set[str] = set()
+    swaps: dict[str, Any] = {}
     roles: dict[str, Role] = {"baseline": lambda workload: workload.step,
                               "baseline, second copy": lambda workload: workload.step}  # the method's noise
 
@@ -132,8 +133,7 @@ def build_roles(device: torch.device, args, tmp: Path, probes: list) -> tuple[di
             probes.append(probe)
             return lambda: probe.step(loss=workload.step())
         roles[label] = attach
-        if package is actprobe:
-            ours.add(label)
+        swaps[label] = swap_of(package)
 
     if args.only in ("all", "every-step"):
         probed("actprobe every step")
@@ -144,7 +144,7 @@ def build_roles(device: torch.device, args, tmp: Path, probes: list) -> tuple[di
         if args.before is not None:
             probed("actprobe before, every 10th", package=load_before(args.before), every=10)
     if args.only != "all":  # no other mode's work (a writer thread's flush, say) lands in these modes' rounds
-        return roles, ours
+        return roles, swaps
     if args.torch_kernel:
         probed("actprobe, torch kernel", kernel="torch")
     if args.extras:
@@ -158,14 +158,14 @@ def build_roles(device: torch.device, args, tmp: Path, probes: list) -> tuple[di
             store = with_hook(workload, select, hook)
             return lambda: (workload.step(), store.clear())
         roles[label] = watched
-    return roles, ours
+    return roles, swaps
 
 
 def bench(name: str, device: torch.device, args) -> None:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     tmp = Path(tempfile.mkdtemp(prefix="actprobe-bench-"))
     probes: list = []
-    roles, probed_here = build_roles(device, args, tmp, probes)
+    roles, swaps = build_roles(device, args, tmp, probes)
     labels = list(roles)
     copies = [make(name, device, args.batch, smoke=args.smoke) for _ in labels]
     # --only: a crossover. Two copies of the same model can differ in speed by a percent or more (where their
@@ -181,9 +181,12 @@ def bench(name: str, device: torch.device, args) -> None:
     kernel = run_file = None
     for phase in range(phases):
         first = len(probes)
-        modes = {label: roles[label](copies[(j + phase) % len(copies)]) for j, label in enumerate(labels)}
+        modes = {}
+        for j, label in enumerate(labels):
+            with call_impl_for(None):  # each probe begins as in a process of its own: with PyTorch's _call_impl
+                modes[label] = roles[label](copies[(j + phase) % len(copies)])
         got = interleaved(modes, rounds=per_phase, steps=args.steps, warmup=args.warmup, sync=sync,
-                          positions=positions, around=lambda label: call_impl_for(label in probed_here))
+                          positions=positions, around=lambda label: call_impl_for(swaps.get(label)))
         for label in labels:
             samples[label] += got[label]
             by_phase[label].append(statistics.median(v / b - 1 for v, b in zip(got[label], got["baseline"])))
@@ -191,6 +194,8 @@ def bench(name: str, device: torch.device, args) -> None:
             kernel, run_file = kernel_name(probes[first]), probes[first].path  # before close(), which drops plans
         for probe in probes[first:]:
             probe.close()  # its hooks go: the copy is a plain model again for the next phase
+            if getattr(probe, "rows_written", 1) == 0:  # (the timing of a probe that recorded nothing means nothing)
+                sys.exit(f"error: the probe of phase {phase + 1} wrote no row to {probe.path}")
     base_ms = median_ms(samples["baseline"])
     floor_bytes = hooked_bytes(make(name, device, args.batch, smoke=args.smoke), SELECTIONS[args.select])
     floor_ms = 1e3 * floor_bytes / copy_bandwidth(device, sync)
@@ -232,17 +237,23 @@ def bench(name: str, device: torch.device, args) -> None:
 
 
 @contextmanager
-def call_impl_for(ours: bool) -> Iterator[None]:
-    """The ``nn.Module._call_impl`` a mode's block runs with while this checkout's probe holds its swapped one
-    (engine/dispatch.py: a probe recording every step holds it from its first step to its last): the swapped one
-    for that probe's blocks, PyTorch's for every other mode's, which in a training process would be other
-    processes (else their every module call pays ~0.15 µs). Set before every block, outside the timed span: each
-    block then begins with the same one change of the class attribute, whose cost (Python re-specialises the code
-    that touches modules) falls on every mode alike."""
-    swap = dispatch.DISPATCH
-    if swap is not None and swap.holders:
-        nn.Module._call_impl = swap.call_impl if ours else dispatch.ORIGINAL_CALL_IMPL
+def call_impl_for(swap: Any) -> Iterator[None]:
+    """The ``nn.Module._call_impl`` a mode's block runs with: the swapped one of the package whose probe records it
+    while that probe holds it (engine/dispatch.py: from a probe's first recorded step until it closes), PyTorch's
+    for every other mode, as each would have in a training process of its own (else a baseline's every module call
+    pays ~0.15 µs, and a probe of --before's package finds this checkout's function, not its own). Set before every
+    block, outside the timed span: each block then begins with the same one change of the class attribute, whose
+    cost (Python re-specialises the code that touches modules) falls on every mode alike."""
+    nn.Module._call_impl = swap.call_impl if swap is not None and swap.holders else dispatch.ORIGINAL_CALL_IMPL
     yield
+
+
+def swap_of(package: Any) -> Any:
+    """A package's swapped ``_call_impl`` (``engine.dispatch.DISPATCH``), None where it has none (older checkouts)."""
+    try:
+        return importlib.import_module(f"{package.__name__}.engine.dispatch").DISPATCH
+    except (ImportError, AttributeError):
+        return None
 
 
 def kernel_name(probe: actprobe.Probe) -> str:
@@ -262,6 +273,7 @@ def load_before(folder: Path):
     module = importlib.util.module_from_spec(spec)
     sys.modules["actprobe_before"] = module
     spec.loader.exec_module(module)
+    swap_of(module)  # its engine imported now, before any probe: it takes PyTorch's own _call_impl for the original
     return module
 
 

@@ -1,22 +1,25 @@
-"""Recorded module calls without PyTorch's hook path: ``nn.Module._call_impl`` swapped while a probe records.
+"""Recorded module calls without PyTorch's hook path: ``nn.Module._call_impl`` swapped while a probe is open.
 
 A module with a forward hook takes PyTorch's hook path on every call (``Module._call_impl``'s Python code
 around the hooks): ~1.3 µs a call on this project's CPU, most of what a recorded step of a model of many
-small layers costs. While at least one probe records a step, ``nn.Module._call_impl`` (the function that
-``module(x)`` reaches through ``Module._wrapped_call_impl``) is a method in C (``_cstats.make_call_impl``): for a
-module registered here it calls ``module.forward`` and then the probe's hook itself when nothing else wants the
-hook path (no hook of the module's own or global ones, no ``torch.jit`` trace, no ``torch.compile`` frame
-evaluation), and hands every other call to PyTorch's function. Swapping one class attribute costs ~10 µs at each
-end of a recorded step, however many modules the model has; the modules themselves are never changed (a model
-saved, pickled or copied while a probe records holds nothing of it, and a copy's calls are not recorded).
+small layers costs. From a probe's first recorded step until it closes, ``nn.Module._call_impl`` (the function
+that ``module(x)`` reaches through ``Module._wrapped_call_impl``) is a method in C (``_cstats.make_call_impl``): for
+a module registered here it calls ``module.forward`` and then, on a recorded step (its engine attached), the
+probe's hook itself, when nothing else wants the hook path (no hook of the module's own or global ones, no
+``torch.jit`` trace, no ``torch.compile`` frame evaluation); on other steps it calls ``module.forward`` alone, as
+PyTorch's function does for a module without hooks. Every other call goes to PyTorch's function. The class
+attribute is set twice a probe, not at every recorded step: each change makes Python re-specialise the code
+that touches modules, and CPython 3.13 allows a class a limited number of changes (``CHANGE_LIMIT``). The modules
+themselves are never changed (a model saved, pickled or copied while a probe records holds nothing of it, and a
+copy's calls are not recorded).
 
 A module is recorded this way when the probe starts and its own hook dictionaries are empty, its class reaches
 PyTorch's ``__call__`` and ``_call_impl`` (no override), and no other probe registered it; every other one keeps
 the probe's forward hook, as before. A hook the user adds to a registered module later gives it the probe's hook
-back, first (it sees the module's output before the user's hook changes it, as its hook does). Once
-``torch.compile`` begins compiling anything in the process (Dynamo's compile-start callback, or a call of a
-compiled module while the swap is in place), every probe moves its modules to hooks for good, before Dynamo
-traces: compiled code is made with the hooks it will always have, as before.
+back, first, at its next recorded call (it sees the module's output before the user's hook changes it, as its
+hook does). Once ``torch.compile`` begins compiling anything in the process (Dynamo's compile-start callback, or a
+call of a compiled module while the swap is in place), every probe moves its modules to hooks for good, before
+Dynamo traces: compiled code is made with the hooks it will always have, as before.
 """
 
 from __future__ import annotations
@@ -32,6 +35,12 @@ from ..stats import c_backend
 
 ORIGINAL_CALL = nn.Module.__dict__["__call__"]
 ORIGINAL_CALL_IMPL = nn.Module.__dict__["_call_impl"]
+# Setting a class attribute changes the class and every subclass (PyType_Modified): each takes a new version tag
+# when next looked up, and CPython 3.13 gives a class at most 1,000 (MAX_VERSIONS_PER_CLASS) before it stops
+# specialising attribute lookups and calls on its instances for the rest of the process (measured, 3.13.0: a forward
+# of 100 small modules 443 -> 505 µs after 1,200 changes). The swap is held from a probe's first recorded step
+# until it closes, two changes a probe; after this many in a process, later probes record through hooks.
+CHANGE_LIMIT = 200
 _GLOBAL_HOOKS = tuple(getattr(_module, name) for name in (
     "_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks", "_global_backward_pre_hooks"))
 
@@ -44,6 +53,7 @@ class _Dispatch:
         self.call_impl = make_call_impl(nn.Module, ORIGINAL_CALL_IMPL, self.registry, _GLOBAL_HOOKS,
                                         torch._C._get_tracing_state, compiled_type, self.compile_starts)
         self.holders = 0
+        self.changes = 0  # how many times nn.Module._call_impl was set here (``CHANGE_LIMIT``)
         self.compiling = False  # torch.compile has begun compiling in this process: no module is registered again
         self.users: weakref.WeakSet = weakref.WeakSet()  # engines with registered modules (``use_hooks()``)
 
@@ -93,9 +103,10 @@ class _Dispatch:
         if self.compile_starts not in _start_callbacks():  # (torch._dynamo.reset() clears them)
             _on_compile_start(self.compile_starts)
         if current is not self.call_impl:
-            if current is not ORIGINAL_CALL_IMPL:
+            if current is not ORIGINAL_CALL_IMPL or self.changes >= CHANGE_LIMIT:
                 return False
             nn.Module._call_impl = self.call_impl
+            self.changes += 1
         self.holders += 1
         return True
 
@@ -104,6 +115,7 @@ class _Dispatch:
         self.holders = max(0, self.holders - 1)
         if self.holders == 0 and nn.Module.__dict__.get("_call_impl") is self.call_impl:
             nn.Module._call_impl = ORIGINAL_CALL_IMPL
+            self.changes += 1
 
 
 def _start_callbacks() -> list:

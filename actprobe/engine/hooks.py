@@ -45,7 +45,8 @@ class HookEngine:
         """``lane_owner``: whose sites' lanes the hooks run themselves, in C (``c_backend.lane_hook``), for
         calls that ``on_call`` would hand to the same lane (the recorder); None: every call goes to ``on_call``.
         With a lane owner and the C extension, the modules' calls are recorded through the swapped
-        ``nn.Module._call_impl`` where they can be (engine/dispatch.py), in place only while attached."""
+        ``nn.Module._call_impl`` where they can be (engine/dispatch.py), in place from the first ``attach`` until
+        the engine is removed (or a compile moves them to hooks); while detached, it calls them plainly."""
         self._root = weakref.ref(model)
         self._on_call = on_call
         self._on_error = on_error
@@ -138,7 +139,7 @@ class HookEngine:
         if model is None or self._attached:  # attached already (called every recorded step)
             return
         self._attached = True
-        if self._direct:
+        if self._direct and not self._holding[0]:  # held from the first recorded step until the probe closes
             if dynamo_compiled() or not DISPATCH.hold():
                 self.use_hooks()  # (which puts back and registers the hooks, as below)
             else:
@@ -188,7 +189,7 @@ class HookEngine:
         A hook is taken out of its module's hook dictionary and put back under the id PyTorch gave it
         (``RemovableHandle.id``): ~0.1 µs a module, against ~5 µs to remove and register it again."""
         if all_hooks:
-            self._leave_dispatch()
+            self.leave_dispatch()
             for handle in (self._root_handle, *self._handles.values()):
                 if handle is not None:
                     handle.remove()
@@ -207,8 +208,7 @@ class HookEngine:
             if self._direct:
                 self.use_hooks()
             return
-        self._attached = False
-        self._release()
+        self._attached = False  # the modules recorded directly: the swapped _call_impl reads it, and calls them plainly
         out = self._out
         root = self._root_slot
         if root is not None and root[1] in root[0]:  # the root's pre-hook goes in any case
@@ -220,9 +220,6 @@ class HookEngine:
                 del hooks[hook_id]
                 out.append(slot)
 
-    def _release(self) -> None:
-        _give_back(self._holding)
-
     def _undirect(self, name: str) -> bool:
         """Stop recording module ``name`` directly (unregister it); False if it was not."""
         ref = self._direct.pop(name, None)
@@ -231,9 +228,11 @@ class HookEngine:
             DISPATCH.unregister(module, self._hooks[name])
         return ref is not None
 
-    def _leave_dispatch(self) -> None:
-        """Release the swap, and unregister the modules recorded directly (they hold no hook yet)."""
-        self._release()
+    def leave_dispatch(self) -> None:
+        """Release the swap, and unregister the modules recorded directly (they hold no hook yet): PyTorch's
+        ``Module._call_impl`` is back once no other probe holds it. For an engine that records no more (closed, or
+        its probe failed) and before ``use_hooks``."""
+        _give_back(self._holding)
         for name in list(self._direct):
             self._undirect(name)
 
@@ -244,7 +243,7 @@ class HookEngine:
         compiled without them is not guarded on them). A module recorded directly gets the probe's hook before any of
         the user's, as it would from a recorded call (``_demote``)."""
         direct = frozenset(self._direct)
-        self._leave_dispatch()
+        self.leave_dispatch()
         model = self._model()
         if model is not None:
             self._put_back()

@@ -774,7 +774,7 @@ static PyTypeObject HookType = {
     .tp_getset = hook_getset,
 };
 
-/* Module._call_impl while a probe records a step (engine/dispatch.py): a module's call made through
+/* Module._call_impl while a probe that records directly is open (engine/dispatch.py): a module's call made through
  * Module._wrapped_call_impl (module(x)) reaches call_impl(module, *args, **kwargs), a method of nn.Module made here
  * (make_call_impl: a method descriptor, which binds to a module as PyTorch's function does, and which Dynamo takes
  * for a C function that dispatch.py gives a traceable stand-in). make_call_impl(module_type, original, registry,
@@ -784,15 +784,17 @@ static PyTypeObject HookType = {
  * on_compile() is called when a module of compiled_type (torch.compile's OptimizedModule) is called, before Dynamo
  * can trace it.
  *
- * A registered module's call, when nothing else wants PyTorch's hook path (its own hook dictionaries and the
- * global ones empty, no torch.jit trace, no Dynamo frame callback), runs module.forward(*args, **kwargs) and then
- * the hook on its output, here: what PyTorch's _call_impl does with the hook as the module's only one, without
+ * A registered module's call on a step its probe does not record (the hook's engine detached: _attached false) runs
+ * as PyTorch's _call_impl would without the probe: module.forward(*args, **kwargs) when nothing wants the hook path,
+ * else the original. On a recorded step, when nothing else wants PyTorch's hook path (its own hook dictionaries and
+ * the global ones empty, no torch.jit trace, no Dynamo frame callback), it runs module.forward(*args, **kwargs) and
+ * then the hook on its output, here: what PyTorch's _call_impl does with the hook as the module's only one, without
  * its Python frames. A registered module that has hooks of its own now is handed to demote(module) first, which
  * gives it the probe's hook back, first in its dictionary (and takes it out of the registry), and the original
  * runs them all. Any other registered call runs the original, then the hook (the global hooks run first, as
  * PyTorch runs them before a module's own); every unregistered call, the original alone. An error of forward, or
  * of the hook's Python side, propagates as it would from PyTorch's hook path. */
-static PyObject *s_forward, *s_module_hooks[4];
+static PyObject *s_forward, *s_attached, *s_module_hooks[4];
 static PyObject *ci_original = NULL, *ci_registry = NULL, *ci_global_hooks = NULL, *ci_tracing_state = NULL;
 static PyObject *ci_compiled_type = NULL, *ci_on_compile = NULL;
 
@@ -870,6 +872,15 @@ static PyObject *call_original(PyObject *module, PyObject *const *args, Py_ssize
     return out;
 }
 
+/* module.forward(*args, **kwargs): what PyTorch's _call_impl calls when nothing wants its hook path */
+static PyObject *call_forward(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
+    PyObject *forward = PyObject_GetAttr(module, s_forward);
+    if (forward == NULL) return NULL;
+    PyObject *output = PyObject_Vectorcall(forward, args, nargs, kwnames);
+    Py_DECREF(forward);
+    return output;
+}
+
 static PyObject *call_impl(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames) {
     if (ci_original == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "make_call_impl() comes before its method is called");
@@ -887,8 +898,14 @@ static PyObject *call_impl(PyObject *module, PyObject *const *args, Py_ssize_t n
         return call_original(module, args, nargs, kwnames);
     }
     PyObject *output = NULL, *hook = PyTuple_GET_ITEM(entry, 1);
+    const int attached = attribute_true(((Hook *)hook)->engine, s_attached);
+    if (attached < 0) goto done;
     int plain = plain_call(module);
     if (plain < 0) goto done;
+    if (!attached) {  /* a step the probe does not record: the call as PyTorch makes it without the probe's hook */
+        output = plain == 1 ? call_forward(module, args, nargs, kwnames) : call_original(module, args, nargs, kwnames);
+        goto done;
+    }
     if (plain == 2) {  /* the probe's hook back in the module, before its others: the original runs them all */
         PyObject *demoted = PyObject_CallOneArg(PyTuple_GET_ITEM(entry, 2), module);
         if (demoted == NULL) goto done;
@@ -897,10 +914,7 @@ static PyObject *call_impl(PyObject *module, PyObject *const *args, Py_ssize_t n
         goto done;
     }
     if (plain == 1) {
-        PyObject *forward = PyObject_GetAttr(module, s_forward);
-        if (forward == NULL) goto done;
-        output = PyObject_Vectorcall(forward, args, nargs, kwnames);
-        Py_DECREF(forward);
+        output = call_forward(module, args, nargs, kwnames);
     } else {
         output = call_original(module, args, nargs, kwnames);
         if (output != NULL) {
@@ -952,7 +966,7 @@ static PyMethodDef methods[] = {
     {"lane", (PyCFunction)(void (*)(void))py_lane, METH_FASTCALL, "A site's lane: moments of an output like its last one."},
     {"set_grad_enabled_function", py_set_grad_enabled_function, METH_O, "torch.is_grad_enabled, for the hooks."},
     {"set_frame_callback", py_set_frame_callback, METH_O, "Dynamo's get_eval_frame_callback (or None), for the hooks."},
-    {"make_call_impl", py_make_call_impl, METH_VARARGS, "nn.Module._call_impl in C, for a probe's recorded steps."},
+    {"make_call_impl", py_make_call_impl, METH_VARARGS, "nn.Module._call_impl in C, while a probe records directly."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -981,11 +995,12 @@ PyMODINIT_FUNC PyInit__cstats(void) {
     one = PyLong_FromLong(1);
     if (!s_active || !s_capturing || !s_train_only || !s_root || !s_training || !s_calls || !one) return NULL;
     s_forward = PyUnicode_InternFromString("forward");
+    s_attached = PyUnicode_InternFromString("_attached");
     s_module_hooks[0] = PyUnicode_InternFromString("_forward_hooks");
     s_module_hooks[1] = PyUnicode_InternFromString("_forward_pre_hooks");
     s_module_hooks[2] = PyUnicode_InternFromString("_backward_hooks");
     s_module_hooks[3] = PyUnicode_InternFromString("_backward_pre_hooks");
-    if (!s_forward || !s_module_hooks[0] || !s_module_hooks[1] || !s_module_hooks[2] || !s_module_hooks[3]) return NULL;
+    if (!s_forward || !s_attached || !s_module_hooks[0] || !s_module_hooks[1] || !s_module_hooks[2] || !s_module_hooks[3]) return NULL;
     if (PyType_Ready(&HookType) < 0) return NULL;
     /* torch.compile treats the hooks as its disabled functions: a graph break, never traced */
     if (PyDict_SetItemString(HookType.tp_dict, "_torchdynamo_disable", Py_True) < 0) return NULL;

@@ -90,12 +90,28 @@ def test_direct_calls_record_what_the_hooks_record(tmp_path, monkeypatch, make):
     assert not swapped() and not dispatch.DISPATCH.registry
 
 
-def test_a_probe_that_records_one_step_in_n_swaps_for_its_recorded_steps_only(tmp_path, monkeypatch):
+class Sees(nn.Module):
+    """A layer that notes, inside its own call, whether the swapped ``_call_impl`` is in place."""
+
+    def __init__(self, seen: list) -> None:
+        super().__init__()
+        self.seen = seen
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(swapped())
+        return x * 2
+
+
+def test_a_probe_that_records_one_step_in_n_holds_the_swap_from_its_first_step_until_it_closes(tmp_path, monkeypatch):
+    """nn.Module is changed twice a probe, not at every recorded step (each change makes Python re-specialise the
+    code that touches modules; CPython 3.13 allows a class 1,000); on the other steps the modules are called plainly,
+    and what is recorded is what the hooks record."""
     files = {}
     for path in ("direct", "hooks"):
         direct = record_path(monkeypatch, path)
         torch.manual_seed(0)
-        model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+        inside: list[bool] = []
+        model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), Sees(inside))
         seen = []
         files[path] = tmp_path / f"{path}.h5"
         with actprobe.Probe(model, files[path], every=3) as probe:
@@ -104,14 +120,34 @@ def test_a_probe_that_records_one_step_in_n_swaps_for_its_recorded_steps_only(tm
                 model(torch.randn(3, 4, generator=torch.Generator().manual_seed(step))).sum().backward()
                 probe.step()
         on = [step % 3 == 0 for step in range(7)]
-        assert seen == ([(s, 0) for s in on] if direct else [(False, int(s)) for s in on])
+        assert seen == ([(True, 0)] * 7 if direct else [(False, int(s)) for s in on])
+        assert inside == [direct] * 7 and not swapped()
+        if direct:
+            assert dispatch.DISPATCH.changes == 2 and not dispatch.DISPATCH.registry
     assert_same_files(files["direct"], files["hooks"])
+    assert actprobe.read(files["direct"]).step.tolist() == [0, 3, 6]
 
 
-@pytest.mark.parametrize("when", [0, 3])
-def test_a_users_hook_added_while_recording_runs_after_the_probes(tmp_path, monkeypatch, when):
+def test_past_the_limit_of_changes_to_nn_module_a_probe_records_through_hooks(tmp_path, monkeypatch):
+    record_path(monkeypatch, "direct")
+    monkeypatch.setattr(dispatch.DISPATCH, "changes", dispatch.CHANGE_LIMIT)
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    with actprobe.Probe(model, tmp_path / "hooks.h5") as probe:
+        for _ in range(3):
+            assert not swapped() and len(model[0]._forward_hooks) == 1
+            model(torch.randn(3, 4)).sum().backward()
+            probe.step()
+    assert dispatch.DISPATCH.changes == dispatch.CHANGE_LIMIT and not dispatch.DISPATCH.registry
+    assert actprobe.read(tmp_path / "hooks.h5").rows == 3
+
+
+@pytest.mark.parametrize("when, every", [(0, 1), (3, 1), (1, 3), (2, 3)],
+                         ids=["first step", "fourth step", "an unrecorded step", "the step before a recorded one"])
+def test_a_users_hook_added_while_recording_runs_after_the_probes(tmp_path, monkeypatch, when, every):
     """The user's hook changes the output (to zeros); the probe records what it records through its hooks: the
-    output before the user's hook (its hook goes back into the module, first)."""
+    output before the user's hook (its hook goes back into the module, first). Added on a step the probe does not
+    record, the hook runs there (the module is called plainly) and the probe's goes before it from the next
+    recorded step on."""
     files, order = {}, {}
     for path in ("direct", "hooks"):
         record_path(monkeypatch, path)
@@ -123,7 +159,7 @@ def test_a_users_hook_added_while_recording_runs_after_the_probes(tmp_path, monk
                 model[1].register_forward_hook(lambda module, args, output: output * 0)
 
         files[path] = tmp_path / f"{path}.h5"
-        _train(model, files[path], during=during)
+        _train(model, files[path], during=during, every=every)
         order[path] = len(model[1]._forward_hooks)
     assert_same_files(files["direct"], files["hooks"])
     assert order == {"direct": 1, "hooks": 1}  # (closed: the probe's hook is gone, the user's stays)
@@ -131,7 +167,8 @@ def test_a_users_hook_added_while_recording_runs_after_the_probes(tmp_path, monk
     assert (np.asarray(run.stats["max"][:, 1]) > 0).all()  # the ReLU's own outputs, never the user's zeros
 
 
-def test_global_hooks_run_first_as_pytorch_runs_them(tmp_path, monkeypatch):
+@pytest.mark.parametrize("every", [1, 2])
+def test_global_hooks_run_first_as_pytorch_runs_them(tmp_path, monkeypatch, every):
     files = {}
     for path in ("direct", "hooks"):
         record_path(monkeypatch, path)
@@ -142,7 +179,7 @@ def test_global_hooks_run_first_as_pytorch_runs_them(tmp_path, monkeypatch):
         mine = lambda model, step, probe: step == 1 and model[1].register_forward_hook(lambda m, a, o: o * 0 + 100)
         try:
             files[path] = tmp_path / f"{path}.h5"
-            _train(model, files[path], every=1, during=mine)
+            _train(model, files[path], every=every, during=mine)
         finally:
             handle.remove()
     assert_same_files(files["direct"], files["hooks"])
@@ -199,9 +236,10 @@ def test_copies_made_while_recording_hold_nothing_compute_the_same_and_are_not_r
     assert_same_files(files[True], files[False])
 
 
-def test_a_probe_that_stops_recording_puts_pytorchs_call_impl_back(tmp_path, monkeypatch):
+@pytest.mark.parametrize("every", [1, 2], ids=["the next step recorded", "the next step not recorded"])
+def test_a_probe_that_stops_recording_puts_pytorchs_call_impl_back(tmp_path, monkeypatch, every):
     """The run file cannot be written (the disk is full): the probe stops recording with a warning, and the rest of
-    the training runs with PyTorch's own Module._call_impl."""
+    the training runs with PyTorch's own Module._call_impl, from the moment the failure is known."""
     import errno
     import warnings
 
@@ -214,19 +252,20 @@ def test_a_probe_that_stops_recording_puts_pytorchs_call_impl_back(tmp_path, mon
 
     monkeypatch.setattr(storage, "_extend", full)
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
-    seen = []
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
-        with actprobe.Probe(model, tmp_path / "full.h5", flush_every=1) as probe:
-            for _ in range(30):
-                seen.append(swapped())
+        with actprobe.Probe(model, tmp_path / "full.h5", every=every) as probe:
+            model(torch.randn(2, 4)).sum().backward()
+            probe.step(loss=1.0)
+            assert swapped() and probe._engine.attached == (every == 1)
+            probe.flush(wait=True)  # the writer fails on step 0's row
+            assert probe.error is not None and not swapped()  # while the probe is still open
+            for _ in range(3):
                 model(torch.randn(2, 4)).sum().backward()
                 probe.step(loss=1.0)
-                if probe.error is not None and not swapped():
-                    break
-            assert not swapped()  # while the probe is still open
-    assert probe.error is not None and "No space left" in str(probe.error)
-    assert seen[0] and not swapped() and not dispatch.DISPATCH.registry
+                assert not swapped()
+    assert "No space left" in str(probe.error)
+    assert not swapped() and not dispatch.DISPATCH.registry and dispatch.DISPATCH.holders == 0
 
 
 def test_an_error_in_forward_reaches_the_caller_unchanged_and_recording_goes_on(tmp_path, monkeypatch):

@@ -23,8 +23,9 @@ def hooked(model: nn.Module) -> int:
 @pytest.mark.parametrize("compiled_before", [False, True])
 @pytest.mark.parametrize("path", ["direct", "hooks"])
 def test_unrecorded_steps_have_no_hooks_and_recorded_ones_do(tmp_path, monkeypatch, compiled_before, path):
-    """Idle steps run without hooks and with PyTorch's Module._call_impl, unless torch.compile has compiled
-    something in this process (then they keep the hooks, inactive: see test_compile.py)."""
+    """Idle steps run without hooks, unless torch.compile has compiled something in this process (then they keep
+    the hooks, inactive: see test_compile.py); recorded directly, with the swapped Module._call_impl, which stays in
+    place from the first step until the probe closes (it calls the modules plainly on idle steps)."""
     direct = record_path(monkeypatch, path) and not compiled_before
     monkeypatch.setattr("actprobe.engine.hooks.dynamo_compiled", lambda: compiled_before)
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
@@ -39,7 +40,7 @@ def test_unrecorded_steps_have_no_hooks_and_recorded_ones_do(tmp_path, monkeypat
     # the root's pre-hook and the swapped _call_impl
     recorded = [1, 0, 0, 1, 0, 0, 1] if direct else [4, 0, 0, 4, 0, 0, 4]
     assert counts == ([4] * 7 if compiled_before else recorded)
-    assert swapped == ([True, False, False] * 2 + [True] if direct else [False] * 7)
+    assert swapped == [direct] * 7
     assert hooked(model) == 0 and actprobe.read(tmp_path / "r.h5").step.tolist() == [0, 3, 6]
     assert nn.Module.__dict__["_call_impl"] is dispatch.ORIGINAL_CALL_IMPL
 
@@ -153,9 +154,9 @@ def test_hooks_come_back_after_the_user_cleared_or_replaced_the_dictionaries(tmp
 
 @pytest.mark.parametrize("path", ["direct", "hooks"])
 def test_after_a_failure_the_hooks_leave_the_model(tmp_path, monkeypatch, path):
-    """A probe that stopped recording (here: its kernel failed) takes its hooks out at the next step, as on any
-    unrecorded step, and puts PyTorch's Module._call_impl back: the rest of the training runs on PyTorch's fast
-    call path."""
+    """A probe that stopped recording (here: its kernel failed) puts PyTorch's Module._call_impl back at once, and
+    takes its hooks out at the next step, as on any unrecorded step: the rest of the training runs on PyTorch's
+    fast call path."""
     direct = record_path(monkeypatch, path)
     swapped = []
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
@@ -174,7 +175,7 @@ def test_after_a_failure_the_hooks_leave_the_model(tmp_path, monkeypatch, path):
     assert probe.error is not None and "kernel failed" in str(probe.error)
     # (after step(): the hooks the next step runs with; step 2 failed)
     assert counts == [0, 1 if direct else 4, 0, 0, 0, 0]
-    assert swapped == [False, direct, False, False, False, False]
+    assert swapped == [direct, direct, False, False, False, False]
 
 
 def _broken(*args, **kwargs):
