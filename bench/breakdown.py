@@ -8,8 +8,8 @@ forwards without them (taken out, as on an unrecorded step), alternating, after 
 the first step, a site's lane, runs inside a hook written in C (``_cstats.Hook``), which no Python wrapper can
 time without adding a frame of its own; "(an empty hook)" is what a Python hook that does nothing, on the same
 modules, adds to a forward the same way: PyTorch's cost of dispatching a hook at all, the floor of any hook.
-Prints milliseconds per step for each, and microseconds per site,
-beside the step time. The warm-up steps fill every ring buffer once (their first pass pays the page faults).
+Prints milliseconds per step for each (means), and microseconds per site,
+beside the step time; for ``probe.step()`` its median call too. The warm-up steps fill every ring buffer once (their first pass pays the page faults).
 
     python bench/breakdown.py [--model paper-cnn|wide-100|wide-1000] [--steps 200] [--warmup 400]
     python bench/breakdown.py --every 10 [--model …] [--steps 3000]
@@ -86,7 +86,12 @@ def main() -> None:
         hooks, empty = hooks_cost(workload, probe, args.steps)
     print(f"{args.model}: {sites} sites, {args.steps} steps, {1e3 * total / args.steps:.2f} ms per step (probe included)")
     for key, seconds in {"hooks": hooks * args.steps, **spent, "(an empty hook)": empty * args.steps}.items():
-        print(f"{key:18s} {1e3 * seconds / args.steps:7.3f} ms per step {1e6 * seconds / args.steps / sites:8.2f} µs per site")
+        print(f"{key:20s} {1e3 * seconds / args.steps:7.3f} ms per step {1e6 * seconds / args.steps / sites:8.2f} µs per site")
+    middle = statistics.median(step_calls)  # (the rows above are means: a preempted call weighs in them)
+    print(f"{'probe.step(), median':20s} {1e3 * middle:7.3f} ms per step {1e6 * middle / sites:8.2f} µs per site")
+
+
+step_calls: list[float] = []  # each probe.step()'s seconds, for its median beside the mean
 
 
 def train(workload, probe, steps: int) -> float:
@@ -94,6 +99,7 @@ def train(workload, probe, steps: int) -> float:
     training loop makes it (a wrapper around Probe.step would add a Python frame of its own to what it times)."""
     clock = time.perf_counter
     total = 0.0
+    step_calls.clear()
     for _ in range(steps):
         start = clock()
         loss = workload.step()
@@ -102,6 +108,7 @@ def train(workload, probe, steps: int) -> float:
         end = clock()
         total += end - start
         spent["probe.step()"] += end - middle
+        step_calls.append(end - middle)
     return total
 
 

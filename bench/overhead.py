@@ -241,10 +241,13 @@ def call_impl_for(swap: Any) -> Iterator[None]:
     """The ``nn.Module._call_impl`` a mode's block runs with: the swapped one of the package whose probe records it
     while that probe holds it (engine/dispatch.py: from a probe's first recorded step until it closes), PyTorch's
     for every other mode, as each would have in a training process of its own (else a baseline's every module call
-    pays ~0.15 µs, and a probe of --before's package finds this checkout's function, not its own). Set before every
-    block, outside the timed span: each block then begins with the same one change of the class attribute, whose
-    cost (Python re-specialises the code that touches modules) falls on every mode alike."""
-    nn.Module._call_impl = swap.call_impl if swap is not None and swap.holders else dispatch.ORIGINAL_CALL_IMPL
+    pays ~0.15 µs, and a probe of --before's package finds this checkout's function, not its own). Set before a
+    block, outside the timed span, when it is not the one in place: a change of the class makes Python re-specialise
+    the code that touches modules, in the rotating order of the rounds for every mode alike. (Each change counts
+    against CPython 3.13's 1,000 versions of a class, engine/dispatch.py: ``main`` says so on 3.13.)"""
+    wanted = swap.call_impl if swap is not None and swap.holders else dispatch.ORIGINAL_CALL_IMPL
+    if nn.Module.__dict__.get("_call_impl") is not wanted:
+        nn.Module._call_impl = wanted
     yield
 
 
@@ -301,6 +304,10 @@ def main() -> None:
     if args.rounds < 2:
         parser.error("--rounds must be at least 2 (the quartiles need two rounds)")
     device = torch.device(args.device)
+    if sys.version_info >= (3, 13) and dispatch.DISPATCH is not None:
+        print("note: Python 3.13 gives a class at most 1,000 versions; the modes' blocks change nn.Module._call_impl "
+              "a few times a round, so past a few hundred rounds in one process every mode runs with modules that "
+              "Python no longer specialises (engine/dispatch.py). Compare runs of equal length, or use Python 3.11/3.12.")
     for name in WORKLOADS if args.model == "all" else (args.model,):
         bench(name, device, args)
 

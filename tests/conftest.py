@@ -8,6 +8,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -21,6 +22,16 @@ if os.environ.get("ACTPROBE_DATA"):
     os.environ["ACTPROBE_DATA"] = str(Path(os.environ["ACTPROBE_DATA"]).resolve())
 
 STATS = STATISTICS
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dispatch_limit(monkeypatch):
+    """Each test begins as a process of its own would: none of engine/dispatch.py's ``CHANGE_LIMIT`` used (the probes
+    of earlier tests would otherwise move later ones to hooks, and which tests ran directly would depend on order)."""
+    from actprobe.engine import dispatch
+
+    if dispatch.DISPATCH is not None:
+        monkeypatch.setattr(dispatch.DISPATCH, "changes", 0)
 
 
 def assert_statistics_close(got: dict[str, float], want: dict[str, float], rtol: float = 1e-5) -> None:
@@ -117,5 +128,4 @@ def record_path(monkeypatch, path: str) -> bool:
         monkeypatch.setattr("actprobe.engine.hooks.DISPATCH", None)
         return False
     monkeypatch.setattr(dispatch.DISPATCH, "compiling", False)
-    monkeypatch.setattr(dispatch.DISPATCH, "changes", 0)  # (the probes of earlier tests used up none of the limit)
     return True

@@ -19,7 +19,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ..stats import c_backend
 from . import eager
-from .dispatch import DISPATCH
+from .dispatch import DISPATCH, _Dispatch
 from .eager import ProbeHook, dynamo_compiled, eager_hook, eager_only
 
 c_backend.set_frame_callback(eager.frame_callback)  # the hooks in C leave calls under torch.compile to the Python hook
@@ -74,13 +74,17 @@ class HookEngine:
         # whether this engine holds the swapped _call_impl in place now (a list: an engine collected without being
         # removed, its model gone, gives its hold back through the finalizer, which must not hold the engine)
         self._holding = [False]
-        if DISPATCH is not None and lane_owner is not None and c_backend.lane_hook is not None and not dynamo_compiled():
+        # the swap this engine registered with, kept: whatever the module's DISPATCH says later (a test sets it to None)
+        self._dispatch = DISPATCH
+        if (self._dispatch is not None and lane_owner is not None and c_backend.lane_hook is not None
+                and not dynamo_compiled()):
             for name, module in modules:
-                if module is not model and DISPATCH.register(module, self._hooks[name], partial(self._demote, name)):
+                if module is not model and self._dispatch.register(module, self._hooks[name],
+                                                                   partial(self._demote, name)):
                     self._direct[name] = weakref.ref(module)
             if self._direct:
-                DISPATCH.users.add(self)
-                weakref.finalize(self, _give_back, self._holding)
+                self._dispatch.users.add(self)
+                weakref.finalize(self, _give_back, self._holding, self._dispatch)
         self.attach()
 
     def _new_forward(self, module: nn.Module, args: object) -> None:
@@ -140,7 +144,7 @@ class HookEngine:
             return
         self._attached = True
         if self._direct and not self._holding[0]:  # held from the first recorded step until the probe closes
-            if dynamo_compiled() or not DISPATCH.hold():
+            if dynamo_compiled() or not self._dispatch.hold():
                 self.use_hooks()  # (which puts back and registers the hooks, as below)
             else:
                 self._holding[0] = True
@@ -225,14 +229,14 @@ class HookEngine:
         ref = self._direct.pop(name, None)
         module = None if ref is None else ref()
         if module is not None:
-            DISPATCH.unregister(module, self._hooks[name])
+            self._dispatch.unregister(module, self._hooks[name])
         return ref is not None
 
     def leave_dispatch(self) -> None:
         """Release the swap, and unregister the modules recorded directly (they hold no hook yet): PyTorch's
         ``Module._call_impl`` is back once no other probe holds it. For an engine that records no more (closed, or
         its probe failed) and before ``use_hooks``."""
-        _give_back(self._holding)
+        _give_back(self._holding, self._dispatch)
         for name in list(self._direct):
             self._undirect(name)
 
@@ -268,17 +272,25 @@ class HookEngine:
             self._out = [other for other in self._out if other is not slot]
             self._handles.pop(name).remove()
 
+    def retire(self) -> None:
+        """This engine records no more (its probe failed or closes): PyTorch's ``Module._call_impl`` back (once no
+        other probe holds the swap), its modules unregistered, and a later torch.compile leaves its model alone."""
+        if self._dispatch is not None:
+            self._dispatch.users.discard(self)
+        self.leave_dispatch()
+
     def remove(self) -> None:
+        self.retire()
         self.detach(all_hooks=True)
         self._modules.clear()
         self.active = False
 
 
-def _give_back(holding: list[bool]) -> None:
+def _give_back(holding: list[bool], swap: _Dispatch | None) -> None:
     """Release an engine's hold on the swapped ``_call_impl``, if it has one."""
-    if holding[0]:
+    if holding[0] and swap is not None:
         holding[0] = False
-        DISPATCH.release()
+        swap.release()
 
 
 def _holds(hooks: dict, slot: Slot | None) -> bool:

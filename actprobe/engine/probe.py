@@ -393,7 +393,10 @@ class Probe(ProbeCore):
         if self.error is None:
             self.error = exc
             self._engine.active = False
-            self._engine.leave_dispatch()  # it records no more: PyTorch's Module._call_impl back now, not at close
+            try:
+                self._engine.retire()  # it records no more: PyTorch's Module._call_impl back now, not at close
+            except Exception:  # noqa: BLE001 — failing here must not raise either (close() retires it again)
+                pass
             self._recorder.discard_step()
             warnings.warn(f"actprobe stopped recording to {self.file}: {type(exc).__name__}: {exc}. "
                           "Rows committed before this stay in the file; training goes on.",

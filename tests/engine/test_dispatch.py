@@ -473,3 +473,45 @@ def test_hooks_put_back_as_compile_begins_go_before_a_users_hook(tmp_path, monke
         probe._engine.use_hooks()
         first = next(iter(model[1]._forward_hooks.values()))
         assert first is probe._engine._hooks["1"] and len(model[1]._forward_hooks) == 2
+
+
+def test_a_probe_opened_directly_closes_cleanly_after_the_path_was_switched(tmp_path, monkeypatch):
+    """An engine gives the swap back to the dispatch it registered with, whatever ``hooks.DISPATCH`` says by then
+    (``record_path(..., "hooks")`` sets it to None): close() raises nothing, and PyTorch's function is back."""
+    record_path(monkeypatch, "direct")
+    a = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    pa = actprobe.Probe(a, tmp_path / "a.h5", every=2)
+    a(torch.randn(2, 4)).sum().backward()
+    pa.step()
+    assert swapped() and not pa._engine.attached  # held through the idle step
+    record_path(monkeypatch, "hooks")
+    b = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    with actprobe.Probe(b, tmp_path / "b.h5") as pb:
+        b(torch.randn(2, 4)).sum().backward()
+        pb.step()
+    pa.close()
+    assert pa.error is None and not swapped() and dispatch.DISPATCH.holders == 0 and not dispatch.DISPATCH.registry
+    assert actprobe.read(tmp_path / "a.h5").rows == 1 and actprobe.read(tmp_path / "b.h5").rows == 1
+
+
+@pytest.mark.parametrize("how", ["closed", "failed"])
+def test_a_compile_after_a_probe_stopped_leaves_its_model_alone(tmp_path, monkeypatch, how):
+    """torch.compile beginning (Dynamo's compile-start callback, called here as Dynamo calls it) moves the modules of
+    the probes that record to hooks; a probe closed, or stopped by a failure, records no more: its model stays
+    without a hook of the probe's (a model saved after close() holds nothing of it)."""
+    record_path(monkeypatch, "direct")
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+    probe = actprobe.Probe(model, tmp_path / "p.h5", every=2)
+    for _ in range(3):
+        model(torch.randn(2, 4)).sum().backward()
+        probe.step()
+    if how == "closed":
+        probe.close()
+    else:
+        with pytest.warns(actprobe.ActprobeWarning, match="stopped recording"):
+            probe._fail(RuntimeError("injected"))
+        assert not swapped()
+    dispatch.DISPATCH.compile_starts()
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    probe.close()
+    assert not swapped() and not dispatch.DISPATCH.registry and dispatch.DISPATCH.holders == 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from fractions import Fraction
@@ -20,6 +21,11 @@ RUNS = {
                  "actprobe every step"),
     "overhead-only": (["overhead.py", "--smoke", "--model", "wide-100", "--rounds", "2", "--warmup", "1",
                        "--only", "every-10th"], "by position in the round"),
+    # --before: a copy of this checkout's package, imported under another name (its probes must record: each begins
+    # with its own package's _call_impl, and the benchmark stops on a probe that wrote no row)
+    "overhead-before": (["overhead.py", "--smoke", "--model", "wide-100", "--rounds", "2", "--warmup", "1",
+                         "--only", "every-step", "--before", "{before}"], "actprobe before, every step"),
+    "aftermath": (["aftermath.py", "--steps", "40", "--every", "10"], "modules against the control after the run"),
     "breakdown": (["breakdown.py", "--model", "wide-100", "--steps", "5", "--warmup", "5"], "hooks"),
     "breakdown-every": (["breakdown.py", "--model", "wide-100", "--every", "3", "--steps", "9", "--warmup", "2"],
                         "cost of recording one step in 3"),
@@ -33,12 +39,17 @@ RUNS = {
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_a_benchmark_runs(name, tmp_path):
     arguments, expected = RUNS[name]
+    if "{before}" in arguments:  # a copy: the same extension file loaded twice would share its C state
+        shutil.copytree(BENCH.parent / "actprobe", tmp_path / "before" / "actprobe",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        arguments = [str(tmp_path / "before") if a == "{before}" else a for a in arguments]
     environment = {**os.environ, "TMPDIR": str(tmp_path)}
     done = subprocess.run([sys.executable, str(BENCH / arguments[0]), *arguments[1:]], capture_output=True,
                           text=True, cwd=tmp_path, env=environment, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert expected in done.stdout, done.stdout[-2000:]
     assert "stopped recording" not in done.stdout + done.stderr
+    assert "nothing was recorded" not in done.stdout + done.stderr
     if name == "writer":  # a busy machine may drop rows (a figure, never judged here); none may go missing
         committed, dropped = map(int, re.search(r"rows committed (\d+), dropped (\d+)", done.stdout).groups())
         assert committed + dropped == 60 and committed > 0, done.stdout
