@@ -185,24 +185,13 @@ class HookEngine:
         handle = self._handles[name] = module.register_forward_hook(self._hooks[name], with_kwargs=True, prepend=first)
         self._slots[name] = (module._forward_hooks, handle.id, self._hooks[name])
 
-    def detach(self, *, all_hooks: bool = False) -> None:
+    def detach(self) -> None:
         """Take the hooks out until the next ``attach``: those of the modules that have no other forward
         hook (a module that has one keeps the probe's, inactive, in its place, so that putting it back can
-        never change which of the two runs first). ``all_hooks``: remove every hook for good.
+        never change which of the two runs first). ``remove`` removes every hook for good.
 
         A hook is taken out of its module's hook dictionary and put back under the id PyTorch gave it
         (``RemovableHandle.id``): ~0.1 µs a module, against ~5 µs to remove and register it again."""
-        if all_hooks:
-            self.leave_dispatch()
-            for handle in (self._root_handle, *self._handles.values()):
-                if handle is not None:
-                    handle.remove()
-            self._root_handle = self._root_slot = None
-            self._handles.clear()
-            self._slots.clear()
-            self._out.clear()
-            self._attached = False
-            return
         if not self._attached:  # detached already (called every idle step)
             return
         if dynamo_compiled():
@@ -280,8 +269,16 @@ class HookEngine:
         self.leave_dispatch()
 
     def remove(self) -> None:
+        """Remove every hook for good, and retire."""
         self.retire()
-        self.detach(all_hooks=True)
+        for handle in (self._root_handle, *self._handles.values()):
+            if handle is not None:
+                handle.remove()
+        self._root_handle = self._root_slot = None
+        self._handles.clear()
+        self._slots.clear()
+        self._out.clear()
+        self._attached = False
         self._modules.clear()
         self.active = False
 
